@@ -1,0 +1,82 @@
+/* config — followupd.conf (INI) into a struct, driven by one option table.
+ * The table (config.c) is the single source for the parser, --check, defaults and
+ * the docs check (tests/check-config-docs.sh). */
+#ifndef FOLLOWUPD_CONFIG_H
+#define FOLLOWUPD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#define CONFIG_DEFAULT_PATH "/etc/followupd/followupd.conf"
+
+typedef enum config_api { CONFIG_API_EWS, CONFIG_API_GRAPH } config_api;
+typedef enum config_auth {
+    CONFIG_AUTH_BASIC,
+    CONFIG_AUTH_NTLM,
+    CONFIG_AUTH_NEGOTIATE,
+    CONFIG_AUTH_OAUTH2,
+} config_auth;
+
+typedef struct config {
+    /* [database] */
+    char *db_conninfo;
+    /* [exchange] */
+    config_api api;
+    char *exchange_url;
+    config_auth auth;
+    char *username;
+    char *password_file;      /* NULL: $CREDENTIALS_DIRECTORY/ews-password */
+    bool impersonation;
+    char *server_version;
+    bool tls_verify;
+    char *ca_file;            /* NULL when empty */
+    int timeout_seconds;
+    char *time_zone;
+    /* [graph] */
+    char *graph_base_url;
+    /* [oauth2] */
+    char *oauth2_token_url;
+    char *oauth2_client_id;
+    char *oauth2_client_secret_file;
+    char *oauth2_scope;
+    /* [delivery] */
+    int concurrency;
+    int max_attempts;
+} config;
+
+/* One row of the option table, exported for --help-config style listings and the docs check. */
+typedef struct config_option_info {
+    const char *section;
+    const char *key;
+    const char *default_value;   /* as written in the file; "" for empty */
+    bool reloadable;             /* applied by SIGHUP without restart */
+} config_option_info;
+
+/* Returns the table and its length. */
+const config_option_info *config_options(size_t *count);
+
+/* Loads path into a fresh config with defaults for absent keys.
+ * Returns 0, or -1 with "FILE:LINE: reason" (or "FILE: reason") in err.
+ * Unknown sections/keys, malformed lines, bad values and duplicate keys are errors. */
+int config_load(const char *path, config **out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Same, from a string (name is used in messages). */
+int config_parse_string(const char *name, const char *text, config **out, char *err,
+                        size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Checks cross-key rules that need more than one key (e.g. api=ews needs url;
+ * http:// only for loopback hosts). Returns 0 or -1 with reason in err. */
+int config_validate(const config *cfg, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+void config_free(config *cfg);
+
+/* Reads a secret file: refuses files readable by group or others, strips one trailing
+ * newline. Returns a malloc'd string or NULL with reason in err (never the secret). */
+char *config_read_secret(const char *path, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,1 @@
+/* stub */ typedef int followupd_stub_log_t;

@@ -1,0 +1,1 @@
+/* stub */ typedef int followupd_stub_ews_errors_t;

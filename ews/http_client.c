@@ -1,0 +1,1 @@
+/* stub */ typedef int followupd_stub_http_client_t;

@@ -1,0 +1,1 @@
+-- followupd schema (placeholder)
