@@ -79,4 +79,24 @@ void config_free(config *cfg);
 char *config_read_secret(const char *path, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* Added for callers of the module (main.c, followupctl.c). */
+
+/* "ews"/"graph", "basic"/"ntlm"/"negotiate"/"oauth2": names as written in the file. */
+const char *config_api_name(config_api api);
+const char *config_auth_name(config_auth auth);
+
+/* The EWS password file to read: password_file, or $CREDENTIALS_DIRECTORY/ews-password
+ * when it is unset. Returns a malloc'd path, or NULL with reason in err. */
+char *config_password_path(const config *cfg, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* For SIGHUP: counts keys that differ between old and new_cfg but are not reloadable
+ * (they keep their old value until a restart) and lists them ("[database] conninfo")
+ * in keys. Returns 0 when the new config can be applied as a whole. */
+int config_restart_keys(const config *old, const config *new_cfg, char *keys, size_t len);
+
+/* Writes the effective configuration in followupd.conf syntax (no secrets: the file
+ * holds only paths to them). */
+void config_dump(const config *cfg, FILE *out);
+
 #endif

@@ -1,1 +1,316 @@
-int main(void){return 0;}
+/* followupctl — the operator's and administrator's command: queue status, retries,
+ * attributes and schema upgrades. Talks to the database directly (a short-lived
+ * command may block); exit status 0 success, 1 failure, 2 usage error. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "config.h"
+#include "sql_install.h"
+
+#define EXIT_USAGE 2
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: followupctl [-c FILE] COMMAND [ARGS]\n"
+            "\n"
+            "Commands:\n"
+            "  status [--json]           queue figures: pending, in flight, delivered, failed\n"
+            "  retry --failed | LOG_ID   put parked logs back into the queue\n"
+            "  resync LOG_ID             make Outlook match the log again\n"
+            "  attr [NAME [VALUE]]       list, show or set administrator attributes\n"
+            "  test-connection [EMAIL]   one harmless Exchange call (not available yet)\n"
+            "  migrate                   install or upgrade the database schema\n"
+            "\n"
+            "  -c, --config FILE  configuration file (default " CONFIG_DEFAULT_PATH ")\n"
+            "  -h, --help         print this help\n");
+}
+
+static int fail(const char *fmt, const char *detail)
+{
+    fprintf(stderr, "followupctl: ");
+    fprintf(stderr, fmt, detail);
+    fputc('\n', stderr);
+    return 1;
+}
+
+/* libpq messages end with a newline; one-line errors read better without it. */
+static const char *one_line(const char *message)
+{
+    static char line[1024];
+    snprintf(line, sizeof line, "%s", message);
+    line[strcspn(line, "\n")] = '\0';
+    return line;
+}
+
+static PGresult *query(PGconn *conn, const char *sql, int n, const char *const *params)
+{
+    PGresult *result = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType status = PQresultStatus(result);
+    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+        fail("%s", one_line(PQresultErrorMessage(result)));
+        PQclear(result);
+        return NULL;
+    }
+    return result;
+}
+
+static bool parse_log_id(const char *text, long long *id)
+{
+    char *end;
+    errno = 0;
+    *id = strtoll(text, &end, 10);
+    return errno == 0 && end != text && *end == '\0' && *id > 0;
+}
+
+static void print_json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static int cmd_status(PGconn *conn, bool json)
+{
+    static const char *const numeric[] = {"pending", "in_flight", "delivered", "failed",
+                                          "oldest_pending_seconds"};
+    PGresult *r = query(conn, "SELECT pending, in_flight, delivered, failed, "
+                              "oldest_pending_seconds, last_error "
+                              "FROM contactlog.followupd_status", 0, NULL);
+    if (!r)
+        return 1;
+    PGresult *problems = query(conn, "SELECT problem FROM contactlog.effective_attribute "
+                                     "WHERE problem IS NOT NULL ORDER BY name", 0, NULL);
+    if (!problems) {
+        PQclear(r);
+        return 1;
+    }
+    if (json) {
+        printf("{");
+        for (int c = 0; c < 5; c++)
+            printf("%s\"%s\": %s", c ? ", " : "", numeric[c],
+                   PQgetisnull(r, 0, c) ? "null" : PQgetvalue(r, 0, c));
+        printf(", \"last_error\": ");
+        if (PQgetisnull(r, 0, 5))
+            printf("null");
+        else
+            print_json_string(PQgetvalue(r, 0, 5));
+        printf(", \"attribute_problems\": [");
+        for (int i = 0; i < PQntuples(problems); i++) {
+            printf(i ? ", " : "");
+            print_json_string(PQgetvalue(problems, i, 0));
+        }
+        printf("]}\n");
+    } else {
+        printf("pending:             %s\n", PQgetvalue(r, 0, 0));
+        printf("in flight:           %s\n", PQgetvalue(r, 0, 1));
+        printf("delivered items:     %s\n", PQgetvalue(r, 0, 2));
+        printf("failed (parked):     %s\n", PQgetvalue(r, 0, 3));
+        printf("oldest pending:      %s\n",
+               PQgetisnull(r, 0, 4) ? "-" : PQgetvalue(r, 0, 4));
+        printf("last error:          %s\n", PQgetisnull(r, 0, 5) ? "-" : PQgetvalue(r, 0, 5));
+        for (int i = 0; i < PQntuples(problems); i++)
+            printf("attribute problem:   %s\n", PQgetvalue(problems, i, 0));
+    }
+    PQclear(problems);
+    PQclear(r);
+    return 0;
+}
+
+static int cmd_retry(PGconn *conn, const char *what)
+{
+    long long id = 0;
+    char id_text[32];
+    const char *params[1] = {NULL};
+
+    if (strcmp(what, "--failed") != 0) {
+        if (!parse_log_id(what, &id))
+            return fail("retry: '%s' is not a contact log id (or use --failed)", what), EXIT_USAGE;
+        snprintf(id_text, sizeof id_text, "%lld", id);
+        params[0] = id_text;
+    }
+    PGresult *r = query(conn, "SELECT contactlog.followupd_requeue_failed($1)", 1, params);
+    if (!r)
+        return 1;
+    int n = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (id && n == 0)
+        return fail("retry: contact log %s is not parked as failed", params[0]);
+    printf("%d log%s queued again\n", n, n == 1 ? "" : "s");
+    return 0;
+}
+
+static int cmd_resync(PGconn *conn, const char *what)
+{
+    long long id;
+    char id_text[32];
+
+    if (!parse_log_id(what, &id))
+        return fail("resync: '%s' is not a contact log id", what), EXIT_USAGE;
+    snprintf(id_text, sizeof id_text, "%lld", id);
+    const char *params[] = {id_text};
+    PGresult *r = query(conn, "SELECT contactlog.followupd_resync($1)", 1, params);
+    if (!r)
+        return 1;
+    bool found = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    if (!found)
+        return fail("resync: no contact log %s", id_text);
+    printf("contact log %s queued for resync\n", id_text);
+    return 0;
+}
+
+static int cmd_attr(PGconn *conn, const char *name, const char *value)
+{
+    if (!name) {
+        PGresult *r = query(conn, "SELECT name, coalesce(value, '(unset)'), problem "
+                                  "FROM contactlog.effective_attribute ORDER BY name", 0, NULL);
+        if (!r)
+            return 1;
+        for (int i = 0; i < PQntuples(r); i++)
+            printf("%-30s %s%s%s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                   PQgetisnull(r, i, 2) ? "" : "    ! ",
+                   PQgetisnull(r, i, 2) ? "" : PQgetvalue(r, i, 2));
+        PQclear(r);
+        return 0;
+    }
+    const char *params[] = {name, value};
+    PGresult *known = query(conn, "SELECT value FROM contactlog.effective_attribute "
+                                  "WHERE name = $1", 1, params);
+    if (!known)
+        return 1;
+    if (PQntuples(known) == 0) {
+        PQclear(known);
+        return fail("attr: unknown attribute '%s' (followupctl attr lists them)", name);
+    }
+    if (!value) {
+        printf("%s\n", PQgetisnull(known, 0, 0) ? "(unset)" : PQgetvalue(known, 0, 0));
+        PQclear(known);
+        return 0;
+    }
+    PQclear(known);
+    /* Set and check in one transaction: an invalid value is never stored. */
+    PGresult *r = query(conn, "BEGIN", 0, NULL);
+    PQclear(r);
+    r = query(conn, "INSERT INTO contactlog.attribute (name, value) VALUES ($1, $2) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value", 2, params);
+    if (!r)
+        return 1;
+    PQclear(r);
+    r = query(conn, "SELECT problem FROM contactlog.effective_attribute WHERE name = $1", 1,
+              params);
+    if (!r)
+        return 1;
+    if (!PQgetisnull(r, 0, 0)) {
+        fail("attr: %s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        PQclear(PQexec(conn, "ROLLBACK"));
+        return 1;
+    }
+    PQclear(r);
+    r = query(conn, "COMMIT", 0, NULL);
+    if (!r)
+        return 1;
+    PQclear(r);
+    printf("%s = %s\n", name, value);
+    return 0;
+}
+
+static int cmd_migrate(PGconn *conn)
+{
+    PGresult *r = PQexec(conn, sql_install_script);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fail("migrate failed, nothing changed: %s", one_line(PQresultErrorMessage(r)));
+        PQclear(r);
+        return 1;
+    }
+    PQclear(r);
+    r = query(conn, "SELECT max(version) FROM contactlog.schema_version", 0, NULL);
+    if (!r)
+        return 1;
+    printf("schema contactlog is at version %s\n", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = CONFIG_DEFAULT_PATH;
+    config *cfg = NULL;
+    char err[512];
+    int opt;
+
+    /* '+': stop at the command, so its own options (--json, --failed) stay for it. */
+    while ((opt = getopt_long(argc, argv, "+c:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'c': config_path = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *command = argv[optind];
+    char **args = argv + optind + 1;
+    int n_args = argc - optind - 1;
+
+    bool known = (strcmp(command, "status") == 0 && n_args <= 1 &&
+                  (n_args == 0 || strcmp(args[0], "--json") == 0)) ||
+                 (strcmp(command, "retry") == 0 && n_args == 1) ||
+                 (strcmp(command, "resync") == 0 && n_args == 1) ||
+                 (strcmp(command, "attr") == 0 && n_args <= 2) ||
+                 (strcmp(command, "migrate") == 0 && n_args == 0) ||
+                 (strcmp(command, "test-connection") == 0 && n_args <= 1);
+    if (!known) {
+        fprintf(stderr, "followupctl: unknown command or wrong arguments: %s\n", command);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(command, "test-connection") == 0)
+        return fail("%s", "test-connection is not available in this version yet");
+
+    if (config_load(config_path, &cfg, err, sizeof err) < 0)
+        return fail("%s", err);
+    PGconn *conn = PQconnectdb(cfg->db_conninfo);
+    config_free(cfg);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fail("cannot connect to the database: %s", one_line(PQerrorMessage(conn)));
+        PQfinish(conn);
+        return 1;
+    }
+    PQclear(PQexec(conn, "SET client_min_messages = warning"));
+
+    int status;
+    if (strcmp(command, "status") == 0)
+        status = cmd_status(conn, n_args == 1);
+    else if (strcmp(command, "retry") == 0)
+        status = cmd_retry(conn, args[0]);
+    else if (strcmp(command, "resync") == 0)
+        status = cmd_resync(conn, args[0]);
+    else if (strcmp(command, "attr") == 0)
+        status = cmd_attr(conn, n_args > 0 ? args[0] : NULL, n_args > 1 ? args[1] : NULL);
+    else
+        status = cmd_migrate(conn);
+    PQfinish(conn);
+    return status;
+}

@@ -1,1 +1,87 @@
-/* stub */ typedef int followupd_stub_log_t;
+/* log — see log.h. */
+#include "log.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SD_JOURNAL_SUPPRESS_LOCATION
+#include <systemd/sd-journal.h>
+
+static bool debug_enabled;
+static bool stderr_is_journal;
+
+/* systemd sets JOURNAL_STREAM=dev:ino for the stream it connected to stderr. */
+static bool detect_journal_stream(void)
+{
+    const char *value = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+
+    if (!value || sscanf(value, "%llu:%llu", &dev, &ino) != 2)
+        return false;
+    if (fstat(STDERR_FILENO, &st) < 0)
+        return false;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+void log_init(bool debug)
+{
+    debug_enabled = debug;
+    stderr_is_journal = detect_journal_stream();
+}
+
+bool log_debug_enabled(void)
+{
+    return debug_enabled;
+}
+
+static void write_line(int priority, const char *text)
+{
+    /* One fprintf per line so concurrent writers never interleave within a line. */
+    fprintf(stderr, "<%d>%s\n", priority, text);
+}
+
+void log_msg(int priority, const char *fmt, ...)
+{
+    char text[2048];
+    va_list ap;
+
+    if (priority == LOG_DEBUG && !debug_enabled)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (stderr_is_journal)
+        sd_journal_send("MESSAGE=%s", text, "PRIORITY=%d", priority,
+                        "SYSLOG_IDENTIFIER=followupd", NULL);
+    else
+        write_line(priority, text);
+}
+
+void log_item(int priority, int64_t log_id, const char *mailbox, const char *response_code,
+              const char *fmt, ...)
+{
+    char text[2048];
+    va_list ap;
+
+    if (priority == LOG_DEBUG && !debug_enabled)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (stderr_is_journal) {
+        sd_journal_send("MESSAGE=%s", text, "PRIORITY=%d", priority,
+                        "SYSLOG_IDENTIFIER=followupd",
+                        "CONTACT_LOG_ID=%" PRId64, log_id,
+                        "MAILBOX=%s", mailbox ? mailbox : "",
+                        "EWS_RESPONSE_CODE=%s", response_code ? response_code : "",
+                        NULL);
+        return;
+    }
+    write_line(priority, text);
+}

@@ -1,1 +1,298 @@
-int main(void){return 0;}
+/* followupd — keeps Outlook in step with the CRM's contact logs.
+ *
+ * Start-up order: config → event loop and signals → delivery back end → database
+ * (connect, LISTEN) → worker. READY=1 once the database listens. Signals arrive as
+ * loop events (sd_event_add_signal): the handlers run in the loop, never async. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <libxml/parser.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "db.h"
+#include "delivery.h"
+#include "log.h"
+#include "worker.h"
+
+#define NOTIFY_CHANNEL "followupd"
+#define STATUS_INTERVAL_USEC (2 * 1000 * 1000ULL)
+
+typedef struct daemon_state {
+    sd_event *event;
+    const char *config_path;
+    config *cfg;
+    db *database;
+    delivery *backend;
+    worker *worker;
+    bool ready_sent;
+    bool stopping;
+    sd_event_source *status_timer;
+    sd_event_source *drain_timer;
+} daemon_state;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: followupd [-c FILE] [-d]\n"
+            "       followupd --check [-c FILE]\n"
+            "       followupd --version | --help\n"
+            "\n"
+            "Puts follow-ups of CRM contact logs into the creators' Outlook.\n"
+            "\n"
+            "  -c, --config FILE  configuration file (default " CONFIG_DEFAULT_PATH ")\n"
+            "      --check        validate the configuration file and exit\n"
+            "  -d, --debug        log debug messages\n"
+            "      --version      print the version and exit\n"
+            "  -h, --help         print this help and exit\n");
+}
+
+static void send_status(daemon_state *st)
+{
+    const worker_stats *ws = worker_get_stats(st->worker);
+    sd_notifyf(false, "STATUS=%s; %zu working, %" PRIu64 " done, %" PRIu64
+                      " retries, %" PRIu64 " parked%s%s",
+               db_is_ready(st->database) ? "connected" : "database unavailable", ws->active,
+               ws->delivered, ws->retries, ws->parked, ws->last_error[0] ? "; last error: " : "",
+               ws->last_error);
+}
+
+static int on_status_timer(sd_event_source *source, uint64_t usec, void *userdata)
+{
+    daemon_state *st = userdata;
+    send_status(st);
+    sd_event_source_set_time(source, usec + STATUS_INTERVAL_USEC);
+    return 0;
+}
+
+static void on_db_connected(void *userdata)
+{
+    daemon_state *st = userdata;
+    if (!st->ready_sent) {
+        sd_notify(false, "READY=1");
+        st->ready_sent = true;
+    }
+    send_status(st);
+    worker_db_connected(st->worker);
+}
+
+static void on_db_disconnected(const char *why, void *userdata)
+{
+    daemon_state *st = userdata;
+    (void)why;
+    worker_db_disconnected(st->worker);
+    send_status(st);
+}
+
+static void on_db_notified(const char *payload, void *userdata)
+{
+    daemon_state *st = userdata;
+    log_debug("notified: contact log %s changed", payload);
+    worker_notified(st->worker);
+}
+
+static void on_drained(void *userdata)
+{
+    daemon_state *st = userdata;
+    log_info("all work handed back; exiting");
+    sd_event_exit(st->event, 0);
+}
+
+static int on_drain_timeout(sd_event_source *source, uint64_t usec, void *userdata)
+{
+    daemon_state *st = userdata;
+    (void)source;
+    (void)usec;
+    log_warning("requests still in flight after the stop timeout; exiting anyway "
+                "(their logs are looked up, not duplicated, on the next start)");
+    sd_event_exit(st->event, 0);
+    return 0;
+}
+
+static int on_terminate(sd_event_source *source, const struct signalfd_siginfo *si,
+                        void *userdata)
+{
+    daemon_state *st = userdata;
+    (void)source;
+    if (st->stopping)
+        return 0;
+    st->stopping = true;
+    sd_notify(false, "STOPPING=1");
+    log_info("received %s; finishing requests in flight", strsignal((int)si->ssi_signo));
+    uint64_t now;
+    sd_event_now(st->event, CLOCK_MONOTONIC, &now);
+    sd_event_add_time(st->event, &st->drain_timer, CLOCK_MONOTONIC,
+                      now + (uint64_t)(st->cfg->timeout_seconds + 5) * 1000000ULL, 0,
+                      on_drain_timeout, st);
+    worker_drain(st->worker, on_drained, st);
+    return 0;
+}
+
+/* Reload is a transaction: the new file is applied only when all of it is good. */
+static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si, void *userdata)
+{
+    daemon_state *st = userdata;
+    config *fresh = NULL;
+    char err[512];
+    struct timespec ts;
+
+    (void)source;
+    (void)si;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64,
+               (uint64_t)ts.tv_sec * UINT64_C(1000000) + (uint64_t)ts.tv_nsec / 1000);
+    if (config_load(st->config_path, &fresh, err, sizeof err) < 0 ||
+        config_validate(fresh, err, sizeof err) < 0) {
+        log_error("reload refused, keeping the running configuration: %s", err);
+        goto out;
+    }
+    if (fresh->api != st->cfg->api ||
+        strcmp(fresh->db_conninfo, st->cfg->db_conninfo) != 0)
+        log_warning("reload: [database] conninfo and [exchange] api apply only after a "
+                    "restart");
+    if (delivery_configure(st->backend, fresh, err, sizeof err) < 0) {
+        log_error("reload refused, keeping the running configuration: %s", err);
+        goto out;
+    }
+    /* The database connection and back end stay; the rest follows the new file. */
+    char *conninfo = fresh->db_conninfo;
+    fresh->db_conninfo = st->cfg->db_conninfo;
+    st->cfg->db_conninfo = conninfo;
+    fresh->api = st->cfg->api;
+    config_free(st->cfg);
+    st->cfg = fresh;
+    fresh = NULL;
+    worker_apply_config(st->worker, st->cfg);
+    log_info("configuration reloaded from %s", st->config_path);
+out:
+    config_free(fresh);
+    sd_notify(false, "READY=1");
+    send_status(st);
+    return 0;
+}
+
+static int run(daemon_state *st)
+{
+    char err[512];
+    int r;
+    sigset_t mask;
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    r = sd_event_default(&st->event);
+    if (r < 0) {
+        log_error("cannot create the event loop: %s", strerror(-r));
+        return 1;
+    }
+    sd_event_add_signal(st->event, NULL, SIGTERM, on_terminate, st);
+    sd_event_add_signal(st->event, NULL, SIGINT, on_terminate, st);
+    sd_event_add_signal(st->event, NULL, SIGHUP, on_reload, st);
+    /* WatchdogSec= in the unit: sd_event pings it while the loop turns. */
+    sd_event_set_watchdog(st->event, true);
+
+    st->backend = delivery_new(st->event, st->cfg, err, sizeof err);
+    if (!st->backend) {
+        log_error("%s: %s", st->config_path, err);
+        return 1;
+    }
+    db_callbacks callbacks = {on_db_connected, on_db_disconnected, on_db_notified, st};
+    st->database = db_new(st->event, st->cfg->db_conninfo, NOTIFY_CHANNEL, &callbacks);
+    st->worker = st->database ? worker_new(st->event, st->database, st->backend, st->cfg) : NULL;
+    if (!st->database || !st->worker) {
+        log_error("out of memory at start-up");
+        return 1;
+    }
+    uint64_t now;
+    sd_event_now(st->event, CLOCK_MONOTONIC, &now);
+    sd_event_add_time(st->event, &st->status_timer, CLOCK_MONOTONIC,
+                      now + STATUS_INTERVAL_USEC, 0, on_status_timer, st);
+    sd_event_source_set_enabled(st->status_timer, SD_EVENT_ON);
+
+    log_info("followupd " PACKAGE_VERSION " starting: Exchange %s, %d requests at once",
+             st->cfg->exchange_url, st->cfg->concurrency);
+    db_start(st->database);
+    r = sd_event_loop(st->event);
+    if (r < 0) {
+        log_error("event loop failed: %s", strerror(-r));
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_CHECK = 256, OPT_VERSION };
+    static const struct option options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, OPT_CHECK},
+        {"debug", no_argument, NULL, 'd'},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    daemon_state st = {.config_path = CONFIG_DEFAULT_PATH};
+    bool check_only = false, debug = false;
+    char err[512];
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "c:dh", options, NULL)) != -1) {
+        switch (opt) {
+        case 'c': st.config_path = optarg; break;
+        case 'd': debug = true; break;
+        case OPT_CHECK: check_only = true; break;
+        case OPT_VERSION: printf("followupd %s\n", PACKAGE_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "followupd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    log_init(debug);
+    if (config_load(st.config_path, &st.cfg, err, sizeof err) < 0 ||
+        config_validate(st.cfg, err, sizeof err) < 0) {
+        if (check_only)
+            fprintf(stderr, "%s\n", err);
+        else
+            log_error("%s", err);
+        config_free(st.cfg);
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: configuration OK\n", st.config_path);
+        config_free(st.cfg);
+        return 0;
+    }
+
+    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    xmlInitParser();
+    int status = run(&st);
+
+    worker_free(st.worker);
+    db_free(st.database);
+    delivery_free(st.backend);
+    sd_event_source_disable_unref(st.status_timer);
+    sd_event_source_disable_unref(st.drain_timer);
+    sd_event_unref(st.event);
+    config_free(st.cfg);
+    xmlCleanupParser();
+    curl_global_cleanup();
+    return status;
+}

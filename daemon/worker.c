@@ -1,1 +1,816 @@
-/* stub */ typedef int followupd_stub_worker_t;
+/* worker — see worker.h.
+ *
+ * One job per claimed log. A job walks the item kinds in order (appointment, then
+ * task); each step is an optional lookup, then create / update / delete, each
+ * followed by a database write that records what Outlook now holds. Everything is
+ * a callback on the event loop: no step blocks. */
+#include "worker.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "item_content.h"
+#include "log.h"
+#include "reconcile.h"
+
+#define SAFETY_POLL_SECONDS 30.0
+#define BACKOFF_BASE_MS 5000
+#define BACKOFF_CAP_MS (15 * 60 * 1000)
+
+static const char sql_attributes[] =
+    "SELECT name, effective_value, problem FROM contactlog.effective_attribute";
+static const char sql_claim[] = "SELECT * FROM contactlog.followupd_claim($1, $2, $3)";
+static const char sql_next_due[] = "SELECT contactlog.followupd_next_due()";
+static const char sql_begin_create[] = "SELECT contactlog.followupd_begin_create($1, $2, $3)";
+static const char sql_record_item[] =
+    "SELECT contactlog.followupd_record_item($1, $2, $3, $4, $5, $6)";
+static const char sql_forget_item[] = "SELECT contactlog.followupd_forget_item($1, $2)";
+static const char sql_finish[] = "SELECT contactlog.followupd_finish($1, $2)";
+static const char sql_retry_later[] =
+    "SELECT contactlog.followupd_retry_later($1, $2, $3, $4, $5)";
+
+typedef struct job job;
+
+struct worker {
+    sd_event *event;
+    db *database;
+    delivery *backend;
+    sd_event_source *due_timer;
+    char worker_id[128];
+    int concurrency;
+    int max_attempts;
+    int lease_seconds;
+    char *time_zone;
+    /* Settings from the attribute table, read afresh before every claim. */
+    reconcile_settings settings;
+    char *link_template;
+    char *attribute_problems;   /* last reported, so each problem is logged once */
+    bool claiming;
+    bool rescan_wanted;
+    bool draining;
+    void (*drained)(void *userdata);
+    void *drained_userdata;
+    job *jobs;
+    worker_stats stats;
+};
+
+/* Column order of contactlog.followupd_claim(). */
+enum claim_column {
+    COL_LOG_ID, COL_VERSION, COL_ATTEMPTS, COL_INSERTED_WITH_FOLLOW_UP, COL_EVER_SYNCED,
+    COL_LOG_EXISTS, COL_STATUS, COL_NEXT_CONTACT_AT, COL_REASON, COL_CONTACT_NAME,
+    COL_PRIORITY, COL_CREATOR_EMAIL, COL_CREATOR_TIME_ZONE, COL_ASSIGNED_NAME,
+    COL_FORWARD_NAME,
+    COL_ITEM_FIRST,   /* then per kind: mailbox, item_id, change_key, hash, pending */
+    COL_COUNT = COL_ITEM_FIRST + 5 * RECONCILE_KINDS,
+};
+
+struct job {
+    worker *w;
+    job *next;
+    reconcile_log log;
+    char *owned[COL_COUNT];          /* text of every column, kept for log's pointers */
+    reconcile_plan plan;
+    item_content content[RECONCILE_KINDS];
+    bool content_built[RECONCILE_KINDS];
+    int kind;                        /* the kind being worked on */
+    bool looked_up[RECONCILE_KINDS];
+    /* What Outlook holds for each kind as far as this job knows (owned). */
+    char *item_id[RECONCILE_KINDS];
+    char *change_key[RECONCILE_KINDS];
+    char **extra_ids;                /* duplicates found by a lookup, to delete */
+    size_t n_extra;
+};
+
+static void kick(worker *w);
+static void job_run_step(job *j);
+static void job_advance(job *j);
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void replace_string(char **slot, const char *value)
+{
+    free(*slot);
+    *slot = dup_or_null(value);
+}
+
+static const char *kind_name(int kind)
+{
+    return ews_item_kind_name((ews_item_kind)kind);
+}
+
+static const char *job_mailbox(const job *j)
+{
+    const reconcile_current *cur = &j->log.current[j->kind];
+    /* An existing item lives where it was made, even if the creator's address changed. */
+    if (cur->present && cur->mailbox)
+        return cur->mailbox;
+    return j->log.creator_email ? j->log.creator_email : "";
+}
+
+static void set_last_error(worker *w, const char *text)
+{
+    snprintf(w->stats.last_error, sizeof w->stats.last_error, "%s", text);
+}
+
+/* ---- job life ------------------------------------------------------------- */
+
+static void job_free(job *j)
+{
+    for (int k = 0; k < RECONCILE_KINDS; k++) {
+        if (j->content_built[k])
+            item_content_clear(&j->content[k]);
+        free(j->item_id[k]);
+        free(j->change_key[k]);
+    }
+    for (size_t i = 0; i < j->n_extra; i++)
+        free(j->extra_ids[i]);
+    free(j->extra_ids);
+    for (int c = 0; c < COL_COUNT; c++)
+        free(j->owned[c]);
+    free(j);
+}
+
+static void job_done(job *j)
+{
+    worker *w = j->w;
+    for (job **p = &w->jobs; *p; p = &(*p)->next) {
+        if (*p == j) {
+            *p = j->next;
+            break;
+        }
+    }
+    w->stats.active--;
+    job_free(j);
+    if (w->draining && !w->jobs) {
+        if (w->drained)
+            w->drained(w->drained_userdata);
+        return;
+    }
+    kick(w);
+}
+
+/* A database write failed: nothing more can be recorded for this log now. Its claim
+ * lapses with our session or its lease, and the next pass starts it afresh. */
+static void job_abandon(job *j, PGresult *result, const char *what)
+{
+    log_item(LOG_WARNING, j->log.log_id, NULL, NULL,
+             "contact log %" PRId64 ": could not record %s: %s; it will be retried",
+             j->log.log_id, what,
+             result ? PQresultErrorMessage(result) : "database connection lost");
+    job_done(j);
+}
+
+static bool query_or_abandon(job *j, const char *sql, int n, const char *const *params,
+                             db_result_fn done, const char *what)
+{
+    if (db_query(j->w->database, sql, n, params, done, j) < 0) {
+        job_abandon(j, NULL, what);
+        return false;
+    }
+    return true;
+}
+
+static int64_t backoff_ms(int attempts)
+{
+    int64_t delay = BACKOFF_BASE_MS;
+    for (int i = 1; i < attempts && delay < BACKOFF_CAP_MS; i++)
+        delay *= 2;
+    if (delay > BACKOFF_CAP_MS)
+        delay = BACKOFF_CAP_MS;
+    /* ±20 % jitter spreads retries of a whole batch over time. */
+    int64_t jitter = delay / 5;
+    return delay - jitter + (jitter > 0 ? (int64_t)(rand() % (2 * jitter + 1)) : 0);
+}
+
+static void on_retry_recorded(PGresult *result, void *userdata)
+{
+    job *j = userdata;
+    if (!db_result_ok(result)) {
+        job_abandon(j, result, "the retry");
+        return;
+    }
+    if (PQntuples(result) == 1 && strcmp(PQgetvalue(result, 0, 0), "t") == 0) {
+        j->w->stats.parked++;
+        log_item(LOG_ERR, j->log.log_id, job_mailbox(j), NULL,
+                 "contact log %" PRId64 " parked as failed: %s (followupctl retry %" PRId64
+                 " queues it again)",
+                 j->log.log_id, j->w->stats.last_error, j->log.log_id);
+    }
+    job_done(j);
+}
+
+/* Ends the pass over this log with "not yet": back off, or park when permanent. */
+static void job_fail(job *j, bool permanent, int64_t server_wait_ms, const char *code,
+                     const char *reason)
+{
+    worker *w = j->w;
+    int64_t delay = backoff_ms(j->log.attempts + 1);
+    char delay_text[32], attempts_text[16], error[1024];
+
+    if (server_wait_ms > delay)
+        delay = server_wait_ms;   /* the server's wait is a floor, never shortened */
+    snprintf(error, sizeof error, "%s %s: %s", kind_name(j->kind), code ? code : "", reason);
+    set_last_error(w, error);
+    w->stats.retries++;
+    log_item(permanent ? LOG_ERR : LOG_WARNING, j->log.log_id, job_mailbox(j), code,
+             "contact log %" PRId64 " (%s, mailbox %s): %s%s", j->log.log_id,
+             kind_name(j->kind), job_mailbox(j), reason,
+             permanent ? "; not retrying" : "; will retry");
+    snprintf(delay_text, sizeof delay_text, "%" PRId64, delay);
+    snprintf(attempts_text, sizeof attempts_text, "%d", w->max_attempts);
+    const char *params[] = {j->owned[COL_LOG_ID], delay_text, error, attempts_text,
+                            permanent ? "true" : "false"};
+    query_or_abandon(j, sql_retry_later, 5, params, on_retry_recorded, "the retry");
+}
+
+static void fail_from_result(job *j, const delivery_result *r)
+{
+    job_fail(j, r->outcome == DELIVERY_PERMANENT, r->retry_after_ms, r->code, r->reason);
+}
+
+/* ---- the steps ------------------------------------------------------------ */
+
+static void on_finished(PGresult *result, void *userdata)
+{
+    job *j = userdata;
+    if (!db_result_ok(result)) {
+        job_abandon(j, result, "the finished pass");
+        return;
+    }
+    j->w->stats.delivered++;
+    job_done(j);
+}
+
+static void job_finish(job *j)
+{
+    if (j->plan.permanent_error) {
+        j->kind = 0;
+        job_fail(j, true, -1, "NoMailbox", j->plan.permanent_error);
+        return;
+    }
+    const char *params[] = {j->owned[COL_LOG_ID], j->owned[COL_VERSION]};
+    query_or_abandon(j, sql_finish, 2, params, on_finished, "the finished pass");
+}
+
+static void job_advance(job *j)
+{
+    j->kind++;
+    while (j->kind < RECONCILE_KINDS && j->plan.steps[j->kind].action == RECONCILE_NOTHING)
+        j->kind++;
+    if (j->kind >= RECONCILE_KINDS)
+        job_finish(j);
+    else
+        job_run_step(j);
+}
+
+static void on_recorded(PGresult *result, void *userdata)
+{
+    job *j = userdata;
+    if (!db_result_ok(result)) {
+        job_abandon(j, result, "the Outlook item");
+        return;
+    }
+    job_advance(j);
+}
+
+static void record_item(job *j, db_result_fn then, const char *hash)
+{
+    const char *params[] = {j->owned[COL_LOG_ID], kind_name(j->kind), job_mailbox(j),
+                            j->item_id[j->kind], j->change_key[j->kind], hash};
+    query_or_abandon(j, sql_record_item, 6, params, then, "the Outlook item");
+}
+
+static void forget_item(job *j, db_result_fn then)
+{
+    const char *params[] = {j->owned[COL_LOG_ID], kind_name(j->kind)};
+    query_or_abandon(j, sql_forget_item, 2, params, then, "the removed Outlook item");
+}
+
+static void adopt_item(job *j, const ews_item_ref *ref)
+{
+    replace_string(&j->item_id[j->kind], ref->item_id);
+    replace_string(&j->change_key[j->kind], ref->change_key);
+}
+
+static void on_saved(const delivery_result *r, void *userdata)
+{
+    job *j = userdata;
+    reconcile_step *step = &j->plan.steps[j->kind];
+
+    if (r->outcome == DELIVERY_NOT_FOUND && step->action == RECONCILE_UPDATE) {
+        /* Deleted by the user in Outlook: make it again rather than loop on errors. */
+        log_item(LOG_INFO, j->log.log_id, job_mailbox(j), r->code,
+                 "contact log %" PRId64 ": %s was deleted in Outlook; creating it again",
+                 j->log.log_id, kind_name(j->kind));
+        step->action = RECONCILE_CREATE;
+        step->lookup_first = false;
+        j->log.current[j->kind].present = false;
+        job_run_step(j);
+        return;
+    }
+    if (r->outcome != DELIVERY_OK) {
+        fail_from_result(j, r);
+        return;
+    }
+    adopt_item(j, &r->item);
+    log_item(LOG_INFO, j->log.log_id, job_mailbox(j), r->code,
+             "contact log %" PRId64 ": %s %sd in %s", j->log.log_id, kind_name(j->kind),
+             reconcile_action_name(step->action), job_mailbox(j));
+    record_item(j, on_recorded, j->content[j->kind].hash);
+}
+
+static void on_removed(const delivery_result *r, void *userdata)
+{
+    job *j = userdata;
+    if (r->outcome != DELIVERY_OK && r->outcome != DELIVERY_NOT_FOUND) {
+        fail_from_result(j, r);
+        return;
+    }
+    log_item(LOG_INFO, j->log.log_id, job_mailbox(j), r->code,
+             "contact log %" PRId64 ": %s removed from %s", j->log.log_id, kind_name(j->kind),
+             job_mailbox(j));
+    forget_item(j, on_recorded);
+}
+
+static void send_create(job *j)
+{
+    int r = delivery_create(j->w->backend, job_mailbox(j), &j->content[j->kind].item,
+                            on_saved, j);
+    if (r < 0)
+        job_fail(j, r == -EINVAL, -1, "request", strerror(-r));
+}
+
+static void on_create_begun(PGresult *result, void *userdata)
+{
+    job *j = userdata;
+    if (!db_result_ok(result)) {
+        job_abandon(j, result, "the start of a create");
+        return;
+    }
+    send_create(j);
+}
+
+/* Deletes duplicates a lookup found (at most one item per log, ever), one by one. */
+static void on_extra_removed(const delivery_result *r, void *userdata)
+{
+    job *j = userdata;
+    if (r->outcome != DELIVERY_OK && r->outcome != DELIVERY_NOT_FOUND) {
+        fail_from_result(j, r);
+        return;
+    }
+    j->n_extra--;
+    free(j->extra_ids[j->n_extra]);
+    job_run_step(j);
+}
+
+static void on_adopted(PGresult *result, void *userdata)
+{
+    job *j = userdata;
+    if (!db_result_ok(result)) {
+        job_abandon(j, result, "the adopted Outlook item");
+        return;
+    }
+    job_run_step(j);
+}
+
+static void on_lookup_forgotten(PGresult *result, void *userdata)
+{
+    job *j = userdata;
+    if (!db_result_ok(result)) {
+        job_abandon(j, result, "the missing Outlook item");
+        return;
+    }
+    job_run_step(j);
+}
+
+static void on_found(const delivery_result *r, void *userdata)
+{
+    job *j = userdata;
+    reconcile_step *step = &j->plan.steps[j->kind];
+
+    if (r->outcome != DELIVERY_OK) {
+        fail_from_result(j, r);
+        return;
+    }
+    j->looked_up[j->kind] = true;
+    if (r->n_found == 0) {
+        /* The lost create never happened. */
+        j->log.current[j->kind].present = false;
+        if (step->action == RECONCILE_DELETE) {
+            step->action = RECONCILE_NOTHING;
+            forget_item(j, on_recorded);
+            return;
+        }
+        step->action = RECONCILE_CREATE;
+        forget_item(j, on_lookup_forgotten);
+        return;
+    }
+    log_item(LOG_INFO, j->log.log_id, job_mailbox(j), NULL,
+             "contact log %" PRId64 ": found the %s of an earlier create; adopting it%s",
+             j->log.log_id, kind_name(j->kind),
+             r->n_found > 1 ? " and removing duplicates" : "");
+    adopt_item(j, &r->found[0]);
+    for (size_t i = 1; i < r->n_found; i++) {
+        char **grown = realloc(j->extra_ids, (j->n_extra + 1) * sizeof *grown);
+        if (!grown)
+            break;
+        j->extra_ids = grown;
+        if ((j->extra_ids[j->n_extra] = dup_or_null(r->found[i].item_id)))
+            j->n_extra++;
+    }
+    j->log.current[j->kind].present = true;
+    j->log.current[j->kind].pending = false;
+    /* We do not know what the found item holds: overwrite it unless it must go. */
+    if (step->action != RECONCILE_DELETE)
+        step->action = RECONCILE_UPDATE;
+    record_item(j, on_adopted, NULL);
+}
+
+static void job_run_step(job *j)
+{
+    reconcile_step *step = &j->plan.steps[j->kind];
+    worker *w = j->w;
+    ews_item_ref ref = {j->item_id[j->kind], j->change_key[j->kind]};
+    int r = 0;
+
+    if (step->lookup_first && !j->looked_up[j->kind]) {
+        r = delivery_find(w->backend, job_mailbox(j), (ews_item_kind)j->kind, j->log.log_id,
+                          on_found, j);
+    } else if (j->n_extra > 0) {
+        ews_item_ref extra = {j->extra_ids[j->n_extra - 1], NULL};
+        r = delivery_remove(w->backend, job_mailbox(j), (ews_item_kind)j->kind, &extra,
+                            on_extra_removed, j);
+    } else {
+        switch (step->action) {
+        case RECONCILE_NOTHING:
+            job_advance(j);
+            return;
+        case RECONCILE_CREATE: {
+            const char *params[] = {j->owned[COL_LOG_ID], kind_name(j->kind), job_mailbox(j)};
+            /* Recorded before sending: a lost answer leads to a lookup, not a duplicate. */
+            query_or_abandon(j, sql_begin_create, 3, params, on_create_begun,
+                             "the start of a create");
+            return;
+        }
+        case RECONCILE_UPDATE:
+            r = delivery_update(w->backend, job_mailbox(j), &ref, &j->content[j->kind].item,
+                                on_saved, j);
+            break;
+        case RECONCILE_DELETE:
+            r = delivery_remove(w->backend, job_mailbox(j), (ews_item_kind)j->kind, &ref,
+                                on_removed, j);
+            break;
+        }
+    }
+    if (r < 0)
+        job_fail(j, r == -EINVAL, -1, "request", strerror(-r));
+}
+
+/* ---- claiming --------------------------------------------------------------- */
+
+static const char *column(PGresult *result, int row, int col, job *j)
+{
+    if (PQgetisnull(result, row, col))
+        return NULL;
+    j->owned[col] = strdup(PQgetvalue(result, row, col));
+    return j->owned[col];
+}
+
+static bool is_true(const char *value)
+{
+    return value && value[0] == 't';
+}
+
+static job *job_from_row(worker *w, PGresult *result, int row)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->w = w;
+    reconcile_log *log = &j->log;
+    const char *status;
+
+    log->log_id = strtoll(column(result, row, COL_LOG_ID, j), NULL, 10);
+    log->version = strtoll(column(result, row, COL_VERSION, j), NULL, 10);
+    log->attempts = atoi(column(result, row, COL_ATTEMPTS, j));
+    log->inserted_with_follow_up = is_true(column(result, row, COL_INSERTED_WITH_FOLLOW_UP, j));
+    log->ever_synced = is_true(column(result, row, COL_EVER_SYNCED, j));
+    log->exists = is_true(column(result, row, COL_LOG_EXISTS, j));
+    status = column(result, row, COL_STATUS, j);
+    log->completed = status && strcmp(status, "completed") == 0;
+    const char *next_contact = column(result, row, COL_NEXT_CONTACT_AT, j);
+    log->has_follow_up = next_contact != NULL;
+    log->next_contact_at = next_contact ? strtoll(next_contact, NULL, 10) : 0;
+    log->reason = column(result, row, COL_REASON, j);
+    log->contact_name = column(result, row, COL_CONTACT_NAME, j);
+    log->priority = column(result, row, COL_PRIORITY, j);
+    log->creator_email = column(result, row, COL_CREATOR_EMAIL, j);
+    column(result, row, COL_CREATOR_TIME_ZONE, j);
+    log->assigned_name = column(result, row, COL_ASSIGNED_NAME, j);
+    log->forward_name = column(result, row, COL_FORWARD_NAME, j);
+    for (int k = 0; k < RECONCILE_KINDS; k++) {
+        int base = COL_ITEM_FIRST + 5 * k;
+        reconcile_current *cur = &log->current[k];
+        cur->mailbox = column(result, row, base, j);
+        cur->item_id = column(result, row, base + 1, j);
+        cur->change_key = column(result, row, base + 2, j);
+        cur->content_hash = column(result, row, base + 3, j);
+        cur->pending = is_true(column(result, row, base + 4, j));
+        cur->present = cur->mailbox != NULL;
+        j->item_id[k] = dup_or_null(cur->item_id);
+        j->change_key[k] = dup_or_null(cur->change_key);
+    }
+    return j;
+}
+
+static void job_start(job *j)
+{
+    worker *w = j->w;
+    const char *hashes[RECONCILE_KINDS] = {NULL, NULL};
+
+    if (j->log.exists && j->log.has_follow_up) {
+        for (int k = 0; k < RECONCILE_KINDS; k++) {
+            if (item_content_build(&j->log, &w->settings, (ews_item_kind)k, j->log.completed,
+                                   &j->content[k]) < 0) {
+                job_fail(j, false, -1, "ENOMEM", "out of memory building the item");
+                return;
+            }
+            j->content_built[k] = true;
+            hashes[k] = j->content[k].hash;
+        }
+    }
+    reconcile_plan_log(&j->log, &w->settings, (int64_t)time(NULL), hashes, &j->plan);
+    for (int k = 0; k < RECONCILE_KINDS; k++)
+        if (j->plan.steps[k].action != RECONCILE_NOTHING)
+            log_debug("contact log %" PRId64 ": %s: %s%s", j->log.log_id, kind_name(k),
+                      reconcile_action_name(j->plan.steps[k].action),
+                      j->plan.steps[k].lookup_first ? " after lookup" : "");
+    j->kind = -1;
+    job_advance(j);
+}
+
+static void arm_due_timer(worker *w, double seconds)
+{
+    uint64_t now;
+    if (seconds < 0 || seconds > SAFETY_POLL_SECONDS)
+        seconds = SAFETY_POLL_SECONDS;
+    sd_event_now(w->event, CLOCK_MONOTONIC, &now);
+    sd_event_source_set_time(w->due_timer, now + (uint64_t)(seconds * 1e6) + 1000);
+    sd_event_source_set_enabled(w->due_timer, SD_EVENT_ONESHOT);
+}
+
+static void on_next_due(PGresult *result, void *userdata)
+{
+    worker *w = userdata;
+    double seconds = SAFETY_POLL_SECONDS;
+
+    if (db_result_ok(result) && PQntuples(result) == 1 && !PQgetisnull(result, 0, 0))
+        seconds = atof(PQgetvalue(result, 0, 0));
+    arm_due_timer(w, seconds);
+}
+
+static void claiming_done(worker *w)
+{
+    w->claiming = false;
+    if (w->rescan_wanted)
+        kick(w);
+}
+
+static void on_claimed(PGresult *result, void *userdata)
+{
+    worker *w = userdata;
+    int requested = w->concurrency - (int)w->stats.active;
+
+    if (!db_result_ok(result)) {
+        if (result)
+            log_error("claiming queued logs failed: %s", PQresultErrorMessage(result));
+        w->claiming = false;
+        arm_due_timer(w, 5);
+        return;
+    }
+    int rows = PQntuples(result);
+    if (PQnfields(result) != COL_COUNT) {
+        log_error("contactlog.followupd_claim() returned %d columns, expected %d: run "
+                  "followupctl migrate", PQnfields(result), (int)COL_COUNT);
+        w->claiming = false;
+        arm_due_timer(w, SAFETY_POLL_SECONDS);
+        return;
+    }
+    for (int row = 0; row < rows; row++) {
+        job *j = job_from_row(w, result, row);
+        if (!j) {
+            log_error("out of memory claiming contact logs");
+            break;
+        }
+        j->next = w->jobs;
+        w->jobs = j;
+        w->stats.active++;
+        job_start(j);
+    }
+    if (rows >= requested)
+        w->rescan_wanted = true;   /* a full batch: more may be waiting */
+    if (!w->rescan_wanted && db_query(w->database, sql_next_due, 0, NULL, on_next_due, w) < 0)
+        arm_due_timer(w, 1);
+    claiming_done(w);
+}
+
+static void report_attribute_problems(worker *w, PGresult *result)
+{
+    size_t total = 1;
+    int rows = PQntuples(result);
+    for (int row = 0; row < rows; row++)
+        if (!PQgetisnull(result, row, 2))
+            total += strlen(PQgetvalue(result, row, 2)) + 1;
+    char *problems = calloc(1, total);
+    if (!problems)
+        return;
+    for (int row = 0; row < rows; row++) {
+        if (PQgetisnull(result, row, 2))
+            continue;
+        strcat(problems, PQgetvalue(result, row, 2));
+        strcat(problems, "\n");
+    }
+    if (!w->attribute_problems || strcmp(problems, w->attribute_problems) != 0) {
+        for (int row = 0; row < rows; row++)
+            if (!PQgetisnull(result, row, 2))
+                log_warning("%s (fix it with followupctl attr)", PQgetvalue(result, row, 2));
+        free(w->attribute_problems);
+        w->attribute_problems = problems;
+    } else {
+        free(problems);
+    }
+}
+
+static void apply_attributes(worker *w, PGresult *result)
+{
+    reconcile_settings *s = &w->settings;
+    for (int row = 0; row < PQntuples(result); row++) {
+        const char *name = PQgetvalue(result, row, 0);
+        const char *value = PQgetvalue(result, row, 1);
+        if (strcmp(name, "DefaultMessageSystem") == 0)
+            s->outlook_enabled = strcmp(value, "Outlook Mail") == 0;
+        else if (strcmp(name, "AddToCalendar") == 0)
+            s->add_to_calendar = strcmp(value, "1") == 0;
+        else if (strcmp(name, "AddToTasks") == 0)
+            s->add_to_tasks = strcmp(value, "1") == 0;
+        else if (strcmp(name, "SyncUpdates") == 0)
+            s->sync_updates = strcmp(value, "1") == 0;
+        else if (strcmp(name, "AppointmentDurationInMinutes") == 0)
+            s->duration_minutes = atoi(value);
+        else if (strcmp(name, "ReminderMinutesBeforeStart") == 0)
+            s->reminder_minutes = atoi(value);
+        else if (strcmp(name, "LinkUrlTemplate") == 0) {
+            char *copy = strdup(value);
+            if (copy) {
+                free(w->link_template);
+                w->link_template = copy;
+            }
+        }
+    }
+    s->link_template = w->link_template;
+    s->time_zone = w->time_zone;
+    report_attribute_problems(w, result);
+}
+
+static void on_attributes(PGresult *result, void *userdata)
+{
+    worker *w = userdata;
+    char batch[16], lease[16];
+
+    if (!db_result_ok(result)) {
+        if (result)
+            log_error("reading contactlog.effective_attribute failed: %s (run followupctl "
+                      "migrate?)", PQresultErrorMessage(result));
+        w->claiming = false;
+        arm_due_timer(w, 5);
+        return;
+    }
+    apply_attributes(w, result);
+    int free_slots = w->concurrency - (int)w->stats.active;
+    if (free_slots <= 0 || w->draining) {
+        claiming_done(w);
+        return;
+    }
+    snprintf(batch, sizeof batch, "%d", free_slots);
+    snprintf(lease, sizeof lease, "%d", w->lease_seconds);
+    const char *params[] = {batch, lease, w->worker_id};
+    if (db_query(w->database, sql_claim, 3, params, on_claimed, w) < 0)
+        w->claiming = false;
+}
+
+static void kick(worker *w)
+{
+    if (w->claiming) {
+        w->rescan_wanted = true;   /* claim again when this one is back */
+        return;
+    }
+    if (w->draining || !db_is_ready(w->database) || (int)w->stats.active >= w->concurrency)
+        return;
+    w->claiming = true;
+    w->rescan_wanted = false;
+    if (db_query(w->database, sql_attributes, 0, NULL, on_attributes, w) < 0)
+        w->claiming = false;
+}
+
+static int on_due(sd_event_source *source, uint64_t usec, void *userdata)
+{
+    (void)source;
+    (void)usec;
+    kick(userdata);
+    return 0;
+}
+
+/* ---- public ----------------------------------------------------------------- */
+
+void worker_apply_config(worker *w, const config *cfg)
+{
+    w->concurrency = cfg->concurrency;
+    w->max_attempts = cfg->max_attempts;
+    /* Long enough for every step of one log, each bounded by the request timeout. */
+    w->lease_seconds = cfg->timeout_seconds * 10 + 60;
+    replace_string(&w->time_zone, cfg->time_zone);
+    w->settings.time_zone = w->time_zone;
+    kick(w);
+}
+
+worker *worker_new(sd_event *event, db *database, delivery *backend, const config *cfg)
+{
+    worker *w = calloc(1, sizeof *w);
+    char host[64] = "localhost";
+
+    if (!w)
+        return NULL;
+    w->event = sd_event_ref(event);
+    w->database = database;
+    w->backend = backend;
+    gethostname(host, sizeof host - 1);
+    snprintf(w->worker_id, sizeof w->worker_id, "%s:%ld", host, (long)getpid());
+    /* Safe defaults until the attribute table is read. */
+    w->settings.outlook_enabled = false;
+    if (sd_event_add_time(event, &w->due_timer, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_due, w) < 0) {
+        worker_free(w);
+        return NULL;
+    }
+    sd_event_source_set_enabled(w->due_timer, SD_EVENT_OFF);
+    worker_apply_config(w, cfg);
+    return w;
+}
+
+void worker_free(worker *w)
+{
+    if (!w)
+        return;
+    while (w->jobs) {
+        job *next = w->jobs->next;
+        job_free(w->jobs);
+        w->jobs = next;
+    }
+    sd_event_source_disable_unref(w->due_timer);
+    sd_event_unref(w->event);
+    free(w->time_zone);
+    free(w->link_template);
+    free(w->attribute_problems);
+    free(w);
+}
+
+void worker_db_connected(worker *w)
+{
+    /* Anything committed while we were away is in the outbox: scan it now. */
+    kick(w);
+}
+
+void worker_db_disconnected(worker *w)
+{
+    /* Queries in flight were failed by db (their jobs are abandoned); claiming stops. */
+    w->claiming = false;
+}
+
+void worker_notified(worker *w)
+{
+    kick(w);
+}
+
+void worker_drain(worker *w, void (*drained)(void *userdata), void *userdata)
+{
+    w->draining = true;
+    w->drained = drained;
+    w->drained_userdata = userdata;
+    sd_event_source_set_enabled(w->due_timer, SD_EVENT_OFF);
+    if (!w->jobs && drained)
+        drained(userdata);
+}
+
+const worker_stats *worker_get_stats(const worker *w)
+{
+    return &w->stats;
+}

@@ -1,1 +1,41 @@
-/* stub */
+/* worker — the queue side of the daemon: claims dirty logs in batches, reconciles
+ * each with Outlook through the delivery back end (one log's steps in order, many
+ * logs at once), and records the outcome: finished, retry later, or parked. */
+#ifndef FOLLOWUPD_WORKER_H
+#define FOLLOWUPD_WORKER_H
+
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "db.h"
+#include "delivery.h"
+
+typedef struct worker worker;
+
+typedef struct worker_stats {
+    uint64_t delivered;        /* logs reconciled since start */
+    uint64_t retries;          /* passes that ended in "try again later" */
+    uint64_t parked;           /* logs parked as failed since start */
+    size_t active;             /* logs being worked on now */
+    char last_error[256];
+} worker_stats;
+
+worker *worker_new(sd_event *event, db *database, delivery *backend, const config *cfg)
+    __attribute__((warn_unused_result));
+void worker_free(worker *w);
+
+/* Applies reloadable settings (concurrency, max_attempts, time_zone, timeout). */
+void worker_apply_config(worker *w, const config *cfg);
+
+/* Events from db. */
+void worker_db_connected(worker *w);
+void worker_db_disconnected(worker *w);
+void worker_notified(worker *w);
+
+/* Stops claiming; drained is called once no log is being worked on any more. */
+void worker_drain(worker *w, void (*drained)(void *userdata), void *userdata);
+
+const worker_stats *worker_get_stats(const worker *w);
+
+#endif

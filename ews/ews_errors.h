@@ -4,6 +4,7 @@
 #define FOLLOWUPD_EWS_ERRORS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 typedef enum ews_code {
     EWS_NO_ERROR = 0,
@@ -28,5 +29,10 @@ typedef enum ews_disposition {
 
 ews_code ews_code_from_string(const char *response_code);
 ews_disposition ews_code_disposition(ews_code code);
+
+/* Row index of the table (0, 1, ...): its ResponseCode string, with its enum and
+ * disposition stored through the non-NULL pointers; NULL past the last row.
+ * For tests and listings. */
+const char *ews_code_table_row(size_t index, ews_code *code, ews_disposition *disposition);
 
 #endif

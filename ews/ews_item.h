@@ -5,6 +5,7 @@
 #define FOLLOWUPD_EWS_ITEM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* The fixed MAPI property set under which every item names its contact log.

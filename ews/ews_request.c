@@ -1,1 +1,643 @@
-/* stub */ typedef int followupd_stub_ews_request_t;
+/* ews_request — EWS SOAP 1.1 request envelopes, built with the libxml2 tree API.
+ *
+ * Every envelope has the shape
+ *
+ *   soap:Envelope (xmlns:soap, xmlns:t, xmlns:m declared once, on the root)
+ *     soap:Header  t:RequestServerVersion, [t:ExchangeImpersonation]
+ *     soap:Body    m:CreateItem | m:UpdateItem | m:DeleteItem | m:FindItem | m:GetFolder
+ *
+ * and validates against Microsoft's messages.xsd/types.xsd (tests/unit/test_ews_request
+ * checks every builder against the schema). The schema's item types are strict
+ * xs:sequences, so the order of the add_* calls below is the order of the schema:
+ * ItemType fields (Subject ... ExtendedProperty) first, then CalendarItemType or
+ * TaskType fields.
+ *
+ * The tree API escapes text and attribute values itself; this file never pastes
+ * strings together. What it does check is that every string is valid UTF-8 made of
+ * characters XML 1.0 allows: libxml2 would otherwise serialise a control character as
+ * "&#1;", which no XML parser (Exchange's included) accepts. */
+#include "ews_request.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libxml/tree.h>
+
+#define NS_SOAP "http://schemas.xmlsoap.org/soap/envelope/"
+#define NS_TYPES "http://schemas.microsoft.com/exchange/services/2006/types"
+#define NS_MESSAGES "http://schemas.microsoft.com/exchange/services/2006/messages"
+
+/* types.xsd, ReminderMinutesBeforeStartType: 0 .. 2629800 (five years). */
+#define REMINDER_MINUTES_MAX 2629800
+
+/* "YYYY-MM-DDTHH:MM:SSZ" plus NUL, with room to spare. */
+#define UTC_TIME_SIZE 32
+
+/* The tag is "contactlog:<int64>:appointment": well under this. */
+#define TAG_SIZE 64
+
+typedef struct soap_builder {
+    xmlDocPtr doc;
+    xmlNodePtr body;
+    xmlNsPtr ns_soap;
+    xmlNsPtr ns_t;
+    xmlNsPtr ns_m;
+    /* Set by the first failed libxml2 call (out of memory); the helpers below do
+     * nothing once a parent is NULL, so builders check only at the end. */
+    bool failed;
+} soap_builder;
+
+/* ---- input checks ---------------------------------------------------------- */
+
+/* Is s valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF) consisting only of
+ * XML 1.0 Chars (#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF])? */
+static bool is_xml_text(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    while (*p != '\0') {
+        uint32_t cp;
+        int extra;
+
+        if (p[0] < 0x80) {
+            cp = p[0];
+            extra = 0;
+        } else if ((p[0] & 0xE0) == 0xC0) {
+            cp = p[0] & 0x1Fu;
+            extra = 1;
+        } else if ((p[0] & 0xF0) == 0xE0) {
+            cp = p[0] & 0x0Fu;
+            extra = 2;
+        } else if ((p[0] & 0xF8) == 0xF0) {
+            cp = p[0] & 0x07u;
+            extra = 3;
+        } else {
+            return false;
+        }
+        for (int i = 1; i <= extra; i++) {
+            if ((p[i] & 0xC0) != 0x80)      /* also stops at the NUL terminator */
+                return false;
+            cp = (cp << 6) | (p[i] & 0x3Fu);
+        }
+        if ((extra == 1 && cp < 0x80) || (extra == 2 && cp < 0x800) ||
+            (extra == 3 && cp < 0x10000))
+            return false;                   /* overlong encoding */
+        if (cp < 0x20 && cp != 0x9 && cp != 0xA && cp != 0xD)
+            return false;
+        if ((cp >= 0xD800 && cp <= 0xDFFF) || cp == 0xFFFE || cp == 0xFFFF || cp > 0x10FFFF)
+            return false;
+        p += extra + 1;
+    }
+    return true;
+}
+
+static bool is_nonempty_xml_text(const char *s)
+{
+    return s != NULL && s[0] != '\0' && is_xml_text(s);
+}
+
+/* NULL strings in an item mean "empty". */
+static const char *or_empty(const char *s)
+{
+    return s != NULL ? s : "";
+}
+
+static bool options_ok(const ews_request_options *opt)
+{
+    return opt != NULL && is_nonempty_xml_text(opt->server_version) &&
+           is_nonempty_xml_text(opt->mailbox);
+}
+
+static bool kind_ok(ews_item_kind kind)
+{
+    return kind == EWS_ITEM_APPOINTMENT || kind == EWS_ITEM_TASK;
+}
+
+/* xs:dateTime in UTC from Unix seconds. Years outside 1..9999 have no four-digit
+ * form, so they are refused rather than sent malformed. */
+static bool format_utc(int64_t seconds, char out[UTC_TIME_SIZE])
+{
+    time_t t = (time_t)seconds;
+    struct tm tm;
+
+    if ((int64_t)t != seconds || gmtime_r(&t, &tm) == NULL)
+        return false;
+    if (tm.tm_year < 1 - 1900 || tm.tm_year > 9999 - 1900)
+        return false;
+    int n = snprintf(out, UTC_TIME_SIZE, "%04d-%02d-%02dT%02d:%02d:%02dZ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec);
+    return n > 0 && n < UTC_TIME_SIZE;
+}
+
+static const char *importance_name(ews_importance importance)
+{
+    switch (importance) {
+    case EWS_IMPORTANCE_LOW: return "Low";
+    case EWS_IMPORTANCE_NORMAL: return "Normal";
+    case EWS_IMPORTANCE_HIGH: return "High";
+    }
+    return NULL;
+}
+
+static bool has_time_zone(const ews_item *item)
+{
+    return item->kind == EWS_ITEM_APPOINTMENT && item->time_zone != NULL &&
+           item->time_zone[0] != '\0';
+}
+
+static bool item_ok(const ews_item *item)
+{
+    char when[UTC_TIME_SIZE];
+
+    if (item == NULL || !kind_ok(item->kind) || importance_name(item->importance) == NULL)
+        return false;
+    if (!is_xml_text(or_empty(item->subject)) || !is_xml_text(or_empty(item->body_html)))
+        return false;
+    if (!format_utc(item->start, when))
+        return false;
+    if (item->kind == EWS_ITEM_APPOINTMENT) {
+        if (!format_utc(item->end, when))
+            return false;
+        if (item->reminder_minutes < 0 || item->reminder_minutes > REMINDER_MINUTES_MAX)
+            return false;
+        if (has_time_zone(item) && !is_xml_text(item->time_zone))
+            return false;
+    }
+    return true;
+}
+
+static bool ref_ok(const ews_item_ref *ref)
+{
+    return ref != NULL && is_nonempty_xml_text(ref->item_id) &&
+           (ref->change_key == NULL || is_xml_text(ref->change_key));
+}
+
+/* ---- tree helpers ---------------------------------------------------------- */
+
+static xmlNodePtr add_element(soap_builder *b, xmlNodePtr parent, xmlNsPtr ns,
+                              const char *name)
+{
+    if (parent == NULL) {
+        b->failed = true;
+        return NULL;
+    }
+    xmlNodePtr node = xmlNewChild(parent, ns, BAD_CAST name, NULL);
+    if (node == NULL)
+        b->failed = true;
+    return node;
+}
+
+/* An element whose text is escaped on output (xmlNewTextChild, unlike xmlNewChild,
+ * does not interpret '&' in the content). */
+static xmlNodePtr add_text_element(soap_builder *b, xmlNodePtr parent, xmlNsPtr ns,
+                                   const char *name, const char *text)
+{
+    if (parent == NULL) {
+        b->failed = true;
+        return NULL;
+    }
+    xmlNodePtr node = xmlNewTextChild(parent, ns, BAD_CAST name, BAD_CAST text);
+    /* libxml2 ignores a failed text-node allocation inside xmlNewTextChild. */
+    if (node == NULL || (text[0] != '\0' && node->children == NULL))
+        b->failed = true;
+    return node;
+}
+
+static void set_attribute(soap_builder *b, xmlNodePtr node, const char *name,
+                          const char *value)
+{
+    if (node == NULL) {
+        b->failed = true;
+        return;
+    }
+    xmlAttrPtr attr = xmlNewProp(node, BAD_CAST name, BAD_CAST value);
+    if (attr == NULL || (value[0] != '\0' && attr->children == NULL))
+        b->failed = true;
+}
+
+/* The envelope, header and empty body shared by every request. */
+static bool builder_start(soap_builder *b, const ews_request_options *opt)
+{
+    memset(b, 0, sizeof *b);
+    b->doc = xmlNewDoc(BAD_CAST "1.0");
+    if (b->doc == NULL)
+        return false;
+
+    xmlNodePtr envelope = xmlNewDocNode(b->doc, NULL, BAD_CAST "Envelope", NULL);
+    if (envelope == NULL)
+        return false;
+    xmlDocSetRootElement(b->doc, envelope);
+
+    b->ns_soap = xmlNewNs(envelope, BAD_CAST NS_SOAP, BAD_CAST "soap");
+    b->ns_t = xmlNewNs(envelope, BAD_CAST NS_TYPES, BAD_CAST "t");
+    b->ns_m = xmlNewNs(envelope, BAD_CAST NS_MESSAGES, BAD_CAST "m");
+    if (b->ns_soap == NULL || b->ns_t == NULL || b->ns_m == NULL)
+        return false;
+    xmlSetNs(envelope, b->ns_soap);
+
+    xmlNodePtr header = add_element(b, envelope, b->ns_soap, "Header");
+    xmlNodePtr version = add_element(b, header, b->ns_t, "RequestServerVersion");
+    set_attribute(b, version, "Version", opt->server_version);
+
+    /* Impersonation names the mailbox once, in the header; delegate access names it
+     * in every DistinguishedFolderId instead (add_folder_id). */
+    if (opt->impersonation) {
+        xmlNodePtr impersonation = add_element(b, header, b->ns_t, "ExchangeImpersonation");
+        xmlNodePtr sid = add_element(b, impersonation, b->ns_t, "ConnectingSID");
+        add_text_element(b, sid, b->ns_t, "PrimarySmtpAddress", opt->mailbox);
+    }
+
+    b->body = add_element(b, envelope, b->ns_soap, "Body");
+    return !b->failed;
+}
+
+/* Serialises the document into a malloc'd buffer (the header promises free(), and
+ * xmlFree need not be free) and releases the tree. */
+static char *builder_finish(soap_builder *b, size_t *len)
+{
+    xmlChar *xml = NULL;
+    int size = 0;
+    char *out = NULL;
+
+    if (b->failed || b->doc == NULL)
+        goto done;
+    xmlDocDumpMemoryEnc(b->doc, &xml, &size, "UTF-8");
+    if (xml == NULL || size <= 0)
+        goto done;
+    out = malloc((size_t)size + 1);
+    if (out == NULL)
+        goto done;
+    memcpy(out, xml, (size_t)size);
+    out[size] = '\0';
+    if (len != NULL)
+        *len = (size_t)size;
+done:
+    xmlFree(xml);
+    xmlFreeDoc(b->doc);
+    b->doc = NULL;
+    return out;
+}
+
+static void builder_abandon(soap_builder *b)
+{
+    xmlFreeDoc(b->doc);
+    b->doc = NULL;
+}
+
+static const char *folder_name(ews_item_kind kind)
+{
+    return kind == EWS_ITEM_TASK ? "tasks" : "calendar";
+}
+
+/* t:DistinguishedFolderId Id=calendar|tasks, with t:Mailbox when the mailbox is not
+ * already named by an impersonation header. */
+static void add_folder_id(soap_builder *b, xmlNodePtr parent, const ews_request_options *opt,
+                          const char *folder)
+{
+    xmlNodePtr id = add_element(b, parent, b->ns_t, "DistinguishedFolderId");
+    set_attribute(b, id, "Id", folder);
+    if (!opt->impersonation) {
+        xmlNodePtr mailbox = add_element(b, id, b->ns_t, "Mailbox");
+        add_text_element(b, mailbox, b->ns_t, "EmailAddress", opt->mailbox);
+    }
+}
+
+/* t:ExtendedFieldURI of our naming property (item field, restriction, shape). */
+static void add_naming_field_uri(soap_builder *b, xmlNodePtr parent)
+{
+    xmlNodePtr uri = add_element(b, parent, b->ns_t, "ExtendedFieldURI");
+    set_attribute(b, uri, "PropertySetId", EWS_PROPERTY_SET_ID);
+    set_attribute(b, uri, "PropertyName", EWS_PROPERTY_NAME);
+    set_attribute(b, uri, "PropertyType", "String");
+}
+
+static void add_naming_property(soap_builder *b, xmlNodePtr item_node, const ews_item *item)
+{
+    char tag[TAG_SIZE];
+    int n = ews_item_tag(tag, sizeof tag, item->log_id, item->kind);
+
+    if (n < 0 || (size_t)n >= sizeof tag) {
+        b->failed = true;
+        return;
+    }
+    xmlNodePtr property = add_element(b, item_node, b->ns_t, "ExtendedProperty");
+    add_naming_field_uri(b, property);
+    add_text_element(b, property, b->ns_t, "Value", tag);
+}
+
+static void add_body(soap_builder *b, xmlNodePtr parent, const ews_item *item)
+{
+    xmlNodePtr body = add_text_element(b, parent, b->ns_t, "Body", or_empty(item->body_html));
+    set_attribute(b, body, "BodyType", "HTML");
+}
+
+static void add_time(soap_builder *b, xmlNodePtr parent, const char *name, int64_t seconds)
+{
+    char when[UTC_TIME_SIZE];
+
+    if (!format_utc(seconds, when)) {       /* item_ok() checked; defensive */
+        b->failed = true;
+        return;
+    }
+    add_text_element(b, parent, b->ns_t, name, when);
+}
+
+static void add_reminder_minutes(soap_builder *b, xmlNodePtr parent, int minutes)
+{
+    char text[16];
+
+    snprintf(text, sizeof text, "%d", minutes);
+    add_text_element(b, parent, b->ns_t, "ReminderMinutesBeforeStart", text);
+}
+
+static void add_time_zone(soap_builder *b, xmlNodePtr parent, const char *name,
+                          const char *windows_id)
+{
+    /* TimeZoneDefinitionType: an Id alone names one of the server's zones. */
+    xmlNodePtr zone = add_element(b, parent, b->ns_t, name);
+    set_attribute(b, zone, "Id", windows_id);
+}
+
+static const char *task_status(const ews_item *item)
+{
+    return item->task_completed ? "Completed" : "NotStarted";
+}
+
+/* t:CalendarItem in types.xsd order: ItemType fields, then CalendarItemType fields
+ * (Start, End, LegacyFreeBusyStatus, ... StartTimeZone, EndTimeZone). */
+static void add_calendar_item(soap_builder *b, xmlNodePtr items, const ews_item *item)
+{
+    xmlNodePtr node = add_element(b, items, b->ns_t, "CalendarItem");
+
+    add_text_element(b, node, b->ns_t, "Subject", or_empty(item->subject));
+    add_body(b, node, item);
+    add_text_element(b, node, b->ns_t, "Importance", importance_name(item->importance));
+    add_text_element(b, node, b->ns_t, "ReminderIsSet", "true");
+    add_reminder_minutes(b, node, item->reminder_minutes);
+    add_naming_property(b, node, item);
+    add_time(b, node, "Start", item->start);
+    add_time(b, node, "End", item->end);
+    add_text_element(b, node, b->ns_t, "LegacyFreeBusyStatus", "Busy");
+    if (has_time_zone(item)) {
+        add_time_zone(b, node, "StartTimeZone", item->time_zone);
+        add_time_zone(b, node, "EndTimeZone", item->time_zone);
+    }
+}
+
+/* t:Task in types.xsd order: ItemType fields, then TaskType's DueDate ... Status. */
+static void add_task(soap_builder *b, xmlNodePtr items, const ews_item *item)
+{
+    xmlNodePtr node = add_element(b, items, b->ns_t, "Task");
+
+    add_text_element(b, node, b->ns_t, "Subject", or_empty(item->subject));
+    add_body(b, node, item);
+    add_text_element(b, node, b->ns_t, "Importance", importance_name(item->importance));
+    add_time(b, node, "ReminderDueBy", item->start);
+    add_text_element(b, node, b->ns_t, "ReminderIsSet", "true");
+    add_naming_property(b, node, item);
+    add_time(b, node, "DueDate", item->start);
+    add_text_element(b, node, b->ns_t, "Status", task_status(item));
+}
+
+static void add_item_id(soap_builder *b, xmlNodePtr parent, const ews_item_ref *ref)
+{
+    xmlNodePtr id = add_element(b, parent, b->ns_t, "ItemId");
+    set_attribute(b, id, "Id", ref->item_id);
+    if (ref->change_key != NULL && ref->change_key[0] != '\0')
+        set_attribute(b, id, "ChangeKey", ref->change_key);
+}
+
+/* ---- CreateItem ------------------------------------------------------------ */
+
+char *ews_request_create_items(const ews_request_options *opt, const ews_item *items,
+                               size_t n, size_t *len)
+{
+    soap_builder b;
+
+    if (!options_ok(opt) || items == NULL || n == 0 || len == NULL)
+        return NULL;
+    /* One CreateItem goes to one folder, so every item must be of the same kind. */
+    for (size_t i = 0; i < n; i++)
+        if (!item_ok(&items[i]) || items[i].kind != items[0].kind)
+            return NULL;
+
+    ews_item_kind kind = items[0].kind;
+    if (!builder_start(&b, opt))
+        goto fail;
+
+    xmlNodePtr create = add_element(&b, b.body, b.ns_m, "CreateItem");
+    if (kind == EWS_ITEM_APPOINTMENT)
+        set_attribute(&b, create, "SendMeetingInvitations", "SendToNone");
+    else
+        set_attribute(&b, create, "MessageDisposition", "SaveOnly");
+
+    xmlNodePtr folder = add_element(&b, create, b.ns_m, "SavedItemFolderId");
+    add_folder_id(&b, folder, opt, folder_name(kind));
+
+    xmlNodePtr list = add_element(&b, create, b.ns_m, "Items");
+    for (size_t i = 0; i < n && !b.failed; i++) {
+        if (kind == EWS_ITEM_APPOINTMENT)
+            add_calendar_item(&b, list, &items[i]);
+        else
+            add_task(&b, list, &items[i]);
+    }
+    return builder_finish(&b, len);
+
+fail:
+    builder_abandon(&b);
+    return NULL;
+}
+
+/* ---- UpdateItem ------------------------------------------------------------ */
+
+/* <t:SetItemField><t:FieldURI FieldURI=uri/><t:CalendarItem|Task>VALUE</...></...>
+ * Returns the CalendarItem/Task node for the caller to put the one field into. */
+static xmlNodePtr add_set_field(soap_builder *b, xmlNodePtr updates, ews_item_kind kind,
+                                const char *field_uri)
+{
+    xmlNodePtr set = add_element(b, updates, b->ns_t, "SetItemField");
+    xmlNodePtr uri = add_element(b, set, b->ns_t, "FieldURI");
+    set_attribute(b, uri, "FieldURI", field_uri);
+    return add_element(b, set, b->ns_t, kind == EWS_ITEM_TASK ? "Task" : "CalendarItem");
+}
+
+static void add_set_text_field(soap_builder *b, xmlNodePtr updates, ews_item_kind kind,
+                               const char *field_uri, const char *element, const char *text)
+{
+    xmlNodePtr holder = add_set_field(b, updates, kind, field_uri);
+    add_text_element(b, holder, b->ns_t, element, text);
+}
+
+static void add_set_time_field(soap_builder *b, xmlNodePtr updates, ews_item_kind kind,
+                               const char *field_uri, const char *element, int64_t seconds)
+{
+    xmlNodePtr holder = add_set_field(b, updates, kind, field_uri);
+    add_time(b, holder, element, seconds);
+}
+
+/* Every field we own, so that an update makes the item match the log whatever the
+ * user did to it in Outlook. The naming property is left alone: it never changes. */
+static void add_updates(soap_builder *b, xmlNodePtr updates, const ews_item *item)
+{
+    ews_item_kind kind = item->kind;
+
+    add_set_text_field(b, updates, kind, "item:Subject", "Subject", or_empty(item->subject));
+    add_body(b, add_set_field(b, updates, kind, "item:Body"), item);
+    add_set_text_field(b, updates, kind, "item:Importance", "Importance",
+                       importance_name(item->importance));
+
+    if (kind == EWS_ITEM_APPOINTMENT) {
+        add_set_text_field(b, updates, kind, "item:ReminderIsSet", "ReminderIsSet", "true");
+        add_reminder_minutes(b, add_set_field(b, updates, kind, "item:ReminderMinutesBeforeStart"),
+                             item->reminder_minutes);
+        /* Time zones first: Exchange applies the updates in order, and Start/End are
+         * then interpreted with the zones already in place. */
+        if (has_time_zone(item)) {
+            add_time_zone(b, add_set_field(b, updates, kind, "calendar:StartTimeZone"),
+                          "StartTimeZone", item->time_zone);
+            add_time_zone(b, add_set_field(b, updates, kind, "calendar:EndTimeZone"),
+                          "EndTimeZone", item->time_zone);
+        }
+        add_set_time_field(b, updates, kind, "calendar:Start", "Start", item->start);
+        add_set_time_field(b, updates, kind, "calendar:End", "End", item->end);
+        add_set_text_field(b, updates, kind, "calendar:LegacyFreeBusyStatus",
+                           "LegacyFreeBusyStatus", "Busy");
+    } else {
+        add_set_time_field(b, updates, kind, "item:ReminderDueBy", "ReminderDueBy", item->start);
+        add_set_text_field(b, updates, kind, "item:ReminderIsSet", "ReminderIsSet", "true");
+        add_set_time_field(b, updates, kind, "task:DueDate", "DueDate", item->start);
+        add_set_text_field(b, updates, kind, "task:Status", "Status", task_status(item));
+    }
+}
+
+char *ews_request_update_item(const ews_request_options *opt, const ews_item_ref *ref,
+                              const ews_item *item, size_t *len)
+{
+    soap_builder b;
+
+    if (!options_ok(opt) || !ref_ok(ref) || !item_ok(item) || len == NULL)
+        return NULL;
+    if (!builder_start(&b, opt))
+        goto fail;
+
+    /* The item id already names the mailbox, so no folder (and no t:Mailbox) here. */
+    xmlNodePtr update = add_element(&b, b.body, b.ns_m, "UpdateItem");
+    set_attribute(&b, update, "ConflictResolution", "AlwaysOverwrite");
+    set_attribute(&b, update, "MessageDisposition", "SaveOnly");
+    if (item->kind == EWS_ITEM_APPOINTMENT)
+        set_attribute(&b, update, "SendMeetingInvitationsOrCancellations", "SendToNone");
+
+    xmlNodePtr changes = add_element(&b, update, b.ns_m, "ItemChanges");
+    xmlNodePtr change = add_element(&b, changes, b.ns_t, "ItemChange");
+    add_item_id(&b, change, ref);
+    add_updates(&b, add_element(&b, change, b.ns_t, "Updates"), item);
+    return builder_finish(&b, len);
+
+fail:
+    builder_abandon(&b);
+    return NULL;
+}
+
+/* ---- DeleteItem ------------------------------------------------------------ */
+
+char *ews_request_delete_item(const ews_request_options *opt, ews_item_kind kind,
+                              const ews_item_ref *ref, size_t *len)
+{
+    soap_builder b;
+
+    if (!options_ok(opt) || !kind_ok(kind) || !ref_ok(ref) || len == NULL)
+        return NULL;
+    if (!builder_start(&b, opt))
+        goto fail;
+
+    /* Exchange demands SendMeetingCancellations for calendar items and
+     * AffectedTaskOccurrences for tasks (schema-optional, required at run time);
+     * each is ignored for the other kind, so both always go out: a delete never
+     * fails because the stored kind and the real item disagree. */
+    xmlNodePtr del = add_element(&b, b.body, b.ns_m, "DeleteItem");
+    set_attribute(&b, del, "DeleteType", "MoveToDeletedItems");
+    set_attribute(&b, del, "SendMeetingCancellations", "SendToNone");
+    set_attribute(&b, del, "AffectedTaskOccurrences", "AllOccurrences");
+
+    xmlNodePtr ids = add_element(&b, del, b.ns_m, "ItemIds");
+    add_item_id(&b, ids, ref);
+    return builder_finish(&b, len);
+
+fail:
+    builder_abandon(&b);
+    return NULL;
+}
+
+/* ---- FindItem -------------------------------------------------------------- */
+
+char *ews_request_find_item(const ews_request_options *opt, ews_item_kind kind,
+                            int64_t log_id, size_t *len)
+{
+    soap_builder b;
+    char tag[TAG_SIZE];
+
+    if (!options_ok(opt) || !kind_ok(kind) || len == NULL)
+        return NULL;
+    int n = ews_item_tag(tag, sizeof tag, log_id, kind);
+    if (n < 0 || (size_t)n >= sizeof tag)
+        return NULL;
+    if (!builder_start(&b, opt))
+        goto fail;
+
+    xmlNodePtr find = add_element(&b, b.body, b.ns_m, "FindItem");
+    set_attribute(&b, find, "Traversal", "Shallow");
+
+    /* IdOnly plus our property: the answer carries ids and the tag, nothing else. */
+    xmlNodePtr shape = add_element(&b, find, b.ns_m, "ItemShape");
+    add_text_element(&b, shape, b.ns_t, "BaseShape", "IdOnly");
+    add_naming_field_uri(&b, add_element(&b, shape, b.ns_t, "AdditionalProperties"));
+
+    /* More than one hit means an earlier duplicate; ten is plenty to clean those up. */
+    xmlNodePtr view = add_element(&b, find, b.ns_m, "IndexedPageItemView");
+    set_attribute(&b, view, "MaxEntriesReturned", "10");
+    set_attribute(&b, view, "Offset", "0");
+    set_attribute(&b, view, "BasePoint", "Beginning");
+
+    xmlNodePtr restriction = add_element(&b, find, b.ns_m, "Restriction");
+    xmlNodePtr equal = add_element(&b, restriction, b.ns_t, "IsEqualTo");
+    add_naming_field_uri(&b, equal);
+    xmlNodePtr operand = add_element(&b, equal, b.ns_t, "FieldURIOrConstant");
+    xmlNodePtr constant = add_element(&b, operand, b.ns_t, "Constant");
+    set_attribute(&b, constant, "Value", tag);
+
+    xmlNodePtr parents = add_element(&b, find, b.ns_m, "ParentFolderIds");
+    add_folder_id(&b, parents, opt, folder_name(kind));
+    return builder_finish(&b, len);
+
+fail:
+    builder_abandon(&b);
+    return NULL;
+}
+
+/* ---- GetFolder ------------------------------------------------------------- */
+
+char *ews_request_get_folder(const ews_request_options *opt, size_t *len)
+{
+    soap_builder b;
+
+    if (!options_ok(opt) || len == NULL)
+        return NULL;
+    if (!builder_start(&b, opt))
+        goto fail;
+
+    xmlNodePtr get = add_element(&b, b.body, b.ns_m, "GetFolder");
+    xmlNodePtr shape = add_element(&b, get, b.ns_m, "FolderShape");
+    add_text_element(&b, shape, b.ns_t, "BaseShape", "IdOnly");
+    xmlNodePtr ids = add_element(&b, get, b.ns_m, "FolderIds");
+    add_folder_id(&b, ids, opt, "calendar");
+    return builder_finish(&b, len);
+
+fail:
+    builder_abandon(&b);
+    return NULL;
+}

@@ -1,1 +1,410 @@
-/* stub */ typedef int followupd_stub_http_client_t;
+/* http_client — see http_client.h.
+ * libcurl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to
+ * wake (CURLMOPT_TIMERFUNCTION); we turn those into sd_event sources and hand
+ * events back with curl_multi_socket_action. */
+#include "http_client.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+struct http_client {
+    sd_event *event;
+    CURLM *multi;
+    sd_event_source *timer;
+    http_settings settings;      /* owned copies of the strings */
+    size_t in_flight;
+    struct http_transfer *transfers;   /* in flight, for freeing on shutdown */
+};
+
+typedef struct http_transfer {
+    http_client *client;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *request_body;
+    char *response;
+    size_t response_len;
+    size_t response_cap;
+    bool too_large;
+    int64_t retry_after_ms;
+    char error[CURL_ERROR_SIZE];
+    http_done_fn done;
+    void *userdata;
+    struct http_transfer *prev, *next;
+} http_transfer;
+
+/* Per-socket watch; libcurl keeps a pointer to it with curl_multi_assign. */
+typedef struct socket_watch {
+    sd_event_source *source;
+} socket_watch;
+
+static void free_settings(http_settings *s)
+{
+    free((char *)s->username);
+    if (s->password) {
+        explicit_bzero((char *)s->password, strlen(s->password));
+        free((char *)s->password);
+    }
+    free((char *)s->ca_file);
+    memset(s, 0, sizeof *s);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int http_client_configure(http_client *client, const http_settings *settings)
+{
+    http_settings copy = *settings;
+    copy.username = dup_or_null(settings->username);
+    copy.password = dup_or_null(settings->password);
+    copy.ca_file = dup_or_null(settings->ca_file);
+    if ((settings->username && !copy.username) || (settings->password && !copy.password) ||
+        (settings->ca_file && !copy.ca_file)) {
+        free_settings(&copy);
+        return -ENOMEM;
+    }
+    free_settings(&client->settings);
+    client->settings = copy;
+    return 0;
+}
+
+static void transfer_free(http_transfer *t)
+{
+    if (t->easy)
+        curl_easy_cleanup(t->easy);
+    curl_slist_free_all(t->headers);
+    free(t->request_body);
+    free(t->response);
+    free(t);
+}
+
+static void unlink_transfer(http_client *client, http_transfer *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        client->transfers = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    client->in_flight--;
+}
+
+static void check_finished(http_client *client)
+{
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(client->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        http_transfer *t = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        CURLcode result = msg->data.result;
+        curl_multi_remove_handle(client->multi, t->easy);
+        unlink_transfer(client, t);
+
+        http_response r = {0};
+        r.retry_after_ms = t->retry_after_ms;
+        r.too_large = t->too_large;
+        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r.status);
+        if (result == CURLE_OK) {
+            r.transfer_ok = true;
+        } else {
+            r.timed_out = result == CURLE_OPERATION_TIMEDOUT;
+            r.error = t->too_large ? "response larger than the size limit"
+                      : t->error[0] ? t->error
+                                    : curl_easy_strerror(result);
+        }
+        r.body = t->response ? t->response : "";
+        r.body_len = t->response_len;
+        t->done(&r, t->userdata);
+        transfer_free(t);
+    }
+}
+
+static int on_socket_event(sd_event_source *source, int fd, uint32_t revents, void *userdata)
+{
+    http_client *client = userdata;
+    int action = 0, running;
+
+    (void)source;
+    if (revents & EPOLLIN)
+        action |= CURL_CSELECT_IN;
+    if (revents & EPOLLOUT)
+        action |= CURL_CSELECT_OUT;
+    if (revents & (EPOLLERR | EPOLLHUP))
+        action |= CURL_CSELECT_ERR;
+    curl_multi_socket_action(client->multi, fd, action, &running);
+    check_finished(client);
+    return 0;
+}
+
+static int on_timer(sd_event_source *source, uint64_t usec, void *userdata)
+{
+    http_client *client = userdata;
+    int running;
+
+    (void)source;
+    (void)usec;
+    curl_multi_socket_action(client->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_finished(client);
+    return 0;
+}
+
+static int socket_callback(CURL *easy, curl_socket_t fd, int what, void *clientp, void *socketp)
+{
+    http_client *client = clientp;
+    socket_watch *watch = socketp;
+    uint32_t events = 0;
+
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (watch) {
+            sd_event_source_disable_unref(watch->source);
+            free(watch);
+            curl_multi_assign(client->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (what & CURL_POLL_IN)
+        events |= EPOLLIN;
+    if (what & CURL_POLL_OUT)
+        events |= EPOLLOUT;
+    if (!watch) {
+        watch = calloc(1, sizeof *watch);
+        if (!watch)
+            return -1;
+        if (sd_event_add_io(client->event, &watch->source, fd, events, on_socket_event,
+                            client) < 0) {
+            free(watch);
+            return -1;
+        }
+        curl_multi_assign(client->multi, fd, watch);
+        return 0;
+    }
+    if (sd_event_source_set_io_events(watch->source, events) < 0)
+        return -1;
+    return 0;
+}
+
+static int timer_callback(CURLM *multi, long timeout_ms, void *clientp)
+{
+    http_client *client = clientp;
+
+    (void)multi;
+    if (timeout_ms < 0)
+        return sd_event_source_set_enabled(client->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
+    uint64_t now;
+    sd_event_now(client->event, CLOCK_MONOTONIC, &now);
+    /* timeout 0 means "call me as soon as possible": from the loop, not recursively. */
+    if (sd_event_source_set_time(client->timer, now + (uint64_t)timeout_ms * 1000) < 0 ||
+        sd_event_source_set_enabled(client->timer, SD_EVENT_ONESHOT) < 0)
+        return -1;
+    return 0;
+}
+
+http_client *http_client_new(sd_event *event)
+{
+    http_client *client = calloc(1, sizeof *client);
+    if (!client)
+        return NULL;
+    client->event = sd_event_ref(event);
+    client->multi = curl_multi_init();
+    if (!client->multi)
+        goto fail;
+    if (sd_event_add_time(event, &client->timer, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_timer,
+                          client) < 0)
+        goto fail;
+    sd_event_source_set_enabled(client->timer, SD_EVENT_OFF);
+    curl_multi_setopt(client->multi, CURLMOPT_SOCKETFUNCTION, socket_callback);
+    curl_multi_setopt(client->multi, CURLMOPT_SOCKETDATA, client);
+    curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, timer_callback);
+    curl_multi_setopt(client->multi, CURLMOPT_TIMERDATA, client);
+    client->settings.tls_verify = true;
+    client->settings.timeout_seconds = 30;
+    client->settings.max_response_bytes = 4u * 1024u * 1024u;
+    return client;
+fail:
+    http_client_free(client);
+    return NULL;
+}
+
+void http_client_free(http_client *client)
+{
+    if (!client)
+        return;
+    if (client->multi) {
+        /* Abort whatever is still running; its callbacks are not called. */
+        while (client->transfers) {
+            http_transfer *t = client->transfers;
+            curl_multi_remove_handle(client->multi, t->easy);
+            unlink_transfer(client, t);
+            transfer_free(t);
+        }
+        curl_multi_cleanup(client->multi);
+    }
+    sd_event_source_disable_unref(client->timer);
+    sd_event_unref(client->event);
+    free_settings(&client->settings);
+    free(client);
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    http_transfer *t = userdata;
+    size_t n = size * nmemb;
+
+    if (t->response_len + n > t->client->settings.max_response_bytes) {
+        t->too_large = true;
+        return 0;   /* makes curl abort the transfer: memory stays bounded */
+    }
+    if (t->response_len + n + 1 > t->response_cap) {
+        size_t cap = t->response_cap ? t->response_cap : 4096;
+        while (cap < t->response_len + n + 1)
+            cap *= 2;
+        char *grown = realloc(t->response, cap);
+        if (!grown)
+            return 0;
+        t->response = grown;
+        t->response_cap = cap;
+    }
+    memcpy(t->response + t->response_len, data, n);
+    t->response_len += n;
+    t->response[t->response_len] = '\0';
+    return n;
+}
+
+/* Retry-After: delay-seconds or an HTTP date. */
+static int64_t parse_retry_after(const char *value)
+{
+    char *end;
+    while (*value == ' ')
+        value++;
+    long long seconds = strtoll(value, &end, 10);
+    if (end != value && seconds >= 0 && seconds < 86400 * 7)
+        return seconds * 1000;
+    struct tm tm = {0};
+    if (strptime(value, "%a, %d %b %Y %H:%M:%S GMT", &tm)) {
+        time_t when = timegm(&tm), now = time(NULL);
+        return when > now ? (int64_t)(when - now) * 1000 : 0;
+    }
+    return -1;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    http_transfer *t = userdata;
+    size_t n = size * nmemb;
+    static const char name[] = "retry-after:";
+
+    if (n > sizeof name - 1 && n < 200 && strncasecmp(data, name, sizeof name - 1) == 0) {
+        char value[200];
+        memcpy(value, data + sizeof name - 1, n - (sizeof name - 1));
+        value[n - (sizeof name - 1)] = '\0';
+        value[strcspn(value, "\r\n")] = '\0';
+        t->retry_after_ms = parse_retry_after(value);
+    }
+    return n;
+}
+
+static long curl_auth_mask(http_auth auth)
+{
+    switch (auth) {
+    case HTTP_AUTH_BASIC: return CURLAUTH_BASIC;
+    case HTTP_AUTH_NTLM: return CURLAUTH_NTLM;
+    case HTTP_AUTH_NEGOTIATE: return CURLAUTH_NEGOTIATE;
+    case HTTP_AUTH_BEARER: return CURLAUTH_BEARER;
+    case HTTP_AUTH_NONE: break;
+    }
+    return CURLAUTH_NONE;
+}
+
+static int configure_easy(http_transfer *t, const char *url, const http_settings *s)
+{
+    CURL *e = t->easy;
+    int bad = 0;
+
+    bad |= curl_easy_setopt(e, CURLOPT_URL, url);
+    bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+    bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
+    bad |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    bad |= curl_easy_setopt(e, CURLOPT_POST, 1L);
+    bad |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request_body);
+    bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+    bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+    bad |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+    bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT, s->timeout_seconds);
+    bad |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, s->timeout_seconds);
+    /* Only the web: no file://, no redirects to other schemes. */
+    bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    bad |= curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, s->tls_verify ? 1L : 0L);
+    bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, s->tls_verify ? 2L : 0L);
+    if (s->ca_file)
+        bad |= curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file);
+    if (s->auth == HTTP_AUTH_BEARER) {
+        bad |= curl_easy_setopt(e, CURLOPT_HTTPAUTH, CURLAUTH_BEARER);
+        bad |= curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, s->password ? s->password : "");
+    } else if (s->auth != HTTP_AUTH_NONE) {
+        bad |= curl_easy_setopt(e, CURLOPT_HTTPAUTH, curl_auth_mask(s->auth));
+        bad |= curl_easy_setopt(e, CURLOPT_USERNAME, s->username ? s->username : "");
+        bad |= curl_easy_setopt(e, CURLOPT_PASSWORD, s->password ? s->password : "");
+    }
+    return bad ? -EINVAL : 0;
+}
+
+int http_client_post(http_client *client, const char *url, const char *content_type,
+                     char *body, size_t body_len, const char *const *extra_headers,
+                     http_done_fn done, void *userdata)
+{
+    char header[512];
+    http_transfer *t = calloc(1, sizeof *t);
+    if (!t) {
+        free(body);
+        return -ENOMEM;
+    }
+    t->client = client;
+    t->request_body = body;
+    t->done = done;
+    t->userdata = userdata;
+    t->retry_after_ms = -1;
+    t->easy = curl_easy_init();
+    if (!t->easy)
+        goto fail;
+    snprintf(header, sizeof header, "Content-Type: %s", content_type);
+    t->headers = curl_slist_append(NULL, header);
+    /* No "Expect: 100-continue" round trip before every body. */
+    t->headers = t->headers ? curl_slist_append(t->headers, "Expect:") : NULL;
+    for (size_t i = 0; t->headers && extra_headers && extra_headers[i]; i++)
+        t->headers = curl_slist_append(t->headers, extra_headers[i]);
+    if (!t->headers)
+        goto fail;
+    if (configure_easy(t, url, &client->settings) < 0 ||
+        curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len) != CURLE_OK)
+        goto fail;
+    if (curl_multi_add_handle(client->multi, t->easy) != CURLM_OK)
+        goto fail;
+    t->next = client->transfers;
+    if (t->next)
+        t->next->prev = t;
+    client->transfers = t;
+    client->in_flight++;
+    return 0;
+fail:
+    transfer_free(t);
+    return -ENOMEM;
+}
+
+size_t http_client_in_flight(const http_client *client)
+{
+    return client->in_flight;
+}

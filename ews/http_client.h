@@ -1,1 +1,62 @@
-/* stub */
+/* http_client — HTTP POSTs through libcurl's multi interface, driven by an sd_event
+ * loop: many requests in flight, no thread per request, no blocking call.
+ * Connections are kept alive and reused; TLS is verified unless told otherwise. */
+#ifndef FOLLOWUPD_HTTP_CLIENT_H
+#define FOLLOWUPD_HTTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+typedef struct http_client http_client;
+
+typedef enum http_auth {
+    HTTP_AUTH_NONE,
+    HTTP_AUTH_BASIC,
+    HTTP_AUTH_NTLM,
+    HTTP_AUTH_NEGOTIATE,
+    HTTP_AUTH_BEARER,
+} http_auth;
+
+typedef struct http_settings {
+    http_auth auth;
+    const char *username;
+    const char *password;        /* or the bearer token for HTTP_AUTH_BEARER */
+    bool tls_verify;
+    const char *ca_file;         /* NULL: the system's bundle */
+    long timeout_seconds;
+    size_t max_response_bytes;
+} http_settings;
+
+typedef struct http_response {
+    bool transfer_ok;            /* false: no complete HTTP answer (see error) */
+    const char *error;           /* what went wrong in the transfer, NULL if ok */
+    bool timed_out;
+    bool too_large;
+    long status;                 /* HTTP status, 0 when none arrived */
+    const char *body;            /* NUL-terminated */
+    size_t body_len;
+    int64_t retry_after_ms;      /* Retry-After header, -1 when absent */
+} http_response;
+
+typedef void (*http_done_fn)(const http_response *response, void *userdata);
+
+http_client *http_client_new(sd_event *event) __attribute__((warn_unused_result));
+void http_client_free(http_client *client);   /* aborts in-flight requests silently */
+
+/* Copies settings (strings included). Applies to requests started afterwards. */
+int http_client_configure(http_client *client, const http_settings *settings)
+    __attribute__((warn_unused_result));
+
+/* Starts a POST. Takes ownership of body (malloc'd). extra_headers: NULL-terminated
+ * "Name: value" list, copied. done is called exactly once, from the event loop,
+ * unless the client is freed first. Returns 0 or -errno. */
+int http_client_post(http_client *client, const char *url, const char *content_type,
+                     char *body, size_t body_len, const char *const *extra_headers,
+                     http_done_fn done, void *userdata)
+    __attribute__((warn_unused_result));
+
+size_t http_client_in_flight(const http_client *client);
+
+#endif

@@ -1,1 +1,196 @@
-int main(void){return 0;}
+/* Unit tests for item_content: subject, body, link and hostile text. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "item_content.h"
+
+static reconcile_settings default_settings(void)
+{
+    return (reconcile_settings){
+        .outlook_enabled = true, .add_to_calendar = true, .sync_updates = true,
+        .duration_minutes = 30, .reminder_minutes = 15,
+        .link_template = "https://crm.example.org/contact-logs/{id}",
+        .time_zone = "W. Europe Standard Time",
+    };
+}
+
+static reconcile_log sample_log(void)
+{
+    return (reconcile_log){
+        .log_id = 42, .exists = true, .has_follow_up = true,
+        .next_contact_at = 1900000000, .reason = "Call back\nabout the offer",
+        .contact_name = "Ada Lovelace", .priority = "high", .creator_email = "a@example.org",
+        .assigned_name = "Bob Baker", .forward_name = "Carol <Clerk>",
+    };
+}
+
+static void appointment_fields(void **state)
+{
+    (void)state;
+    reconcile_settings s = default_settings();
+    reconcile_log log = sample_log();
+    item_content c;
+
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_APPOINTMENT, false, &c), 0);
+    assert_string_equal(c.item.subject, "Call back");
+    assert_int_equal(c.item.start, 1900000000);
+    assert_int_equal(c.item.end, 1900000000 + 30 * 60);
+    assert_int_equal(c.item.reminder_minutes, 15);
+    assert_int_equal(c.item.importance, EWS_IMPORTANCE_HIGH);
+    assert_string_equal(c.item.time_zone, "W. Europe Standard Time");
+    assert_non_null(strstr(c.body_html, "href=\"https://crm.example.org/contact-logs/42\""));
+    assert_non_null(strstr(c.body_html, "Ada Lovelace"));
+    assert_non_null(strstr(c.body_html, "Call back<br>\nabout the offer"));
+    assert_non_null(strstr(c.body_html, "Bob Baker"));
+    /* HTML in a name is shown as text, never markup. */
+    assert_non_null(strstr(c.body_html, "Carol &lt;Clerk&gt;"));
+    assert_int_equal(strlen(c.hash), ITEM_HASH_HEX_LEN);
+    item_content_clear(&c);
+}
+
+static void hash_follows_content(void **state)
+{
+    (void)state;
+    reconcile_settings s = default_settings();
+    reconcile_log log = sample_log();
+    item_content a, b;
+
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, &a), 0);
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, &b), 0);
+    assert_string_equal(a.hash, b.hash);
+    item_content_clear(&b);
+    log.next_contact_at += 60;
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, &b), 0);
+    assert_string_not_equal(a.hash, b.hash);
+    item_content_clear(&b);
+    log.next_contact_at -= 60;
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, true, &b), 0);
+    assert_string_not_equal(a.hash, b.hash);
+    assert_true(b.item.task_completed);
+    item_content_clear(&b);
+    item_content_clear(&a);
+}
+
+static void empty_reason_subject(void **state)
+{
+    (void)state;
+    char *s = item_subject_from_reason("  \n ", "Ada");
+    assert_string_equal(s, "Follow up: Ada");
+    free(s);
+    s = item_subject_from_reason(NULL, "Line1\nLine2");
+    assert_string_equal(s, "Follow up: Line1");
+    free(s);
+}
+
+static size_t utf16_units(const char *s)
+{
+    size_t units = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p & 0xC0) != 0x80)
+            units += (*p >= 0xF0) ? 2 : 1;
+    }
+    return units;
+}
+
+static void subject_truncated_on_character_boundary(void **state)
+{
+    (void)state;
+    /* 300 emoji: 4 bytes and 2 UTF-16 units each. */
+    char reason[300 * 4 + 1];
+    for (int i = 0; i < 300; i++)
+        memcpy(reason + i * 4, "\xF0\x9F\x98\x80", 4);
+    reason[sizeof reason - 1] = '\0';
+    char *s = item_subject_from_reason(reason, "x");
+    assert_true(utf16_units(s) <= ITEM_SUBJECT_MAX_UTF16);
+    assert_int_equal(strlen(s) % 4, 0);   /* whole characters only */
+    assert_int_equal(strlen(s), 127 * 4);
+    free(s);
+
+    char plain[400];
+    memset(plain, 'a', sizeof plain - 1);
+    plain[sizeof plain - 1] = '\0';
+    s = item_subject_from_reason(plain, "x");
+    assert_int_equal(strlen(s), ITEM_SUBJECT_MAX_UTF16);
+    free(s);
+}
+
+static void forbidden_characters_replaced(void **state)
+{
+    (void)state;
+    const char input[] = "a\x01" "b\x1f" "c\t\n\r" "d\xEF\xBF\xBE" "e\xC0\xAF" "f\xED\xA0\x80" "g\xFF";
+    char *clean = item_text_clean(input, sizeof input - 1);
+    assert_string_equal(clean, "a\xEF\xBF\xBD" "b\xEF\xBF\xBD" "c\t\n\r" "d\xEF\xBF\xBD"
+                               "e\xEF\xBF\xBD\xEF\xBF\xBD" "f\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"
+                               "g\xEF\xBF\xBD");
+    free(clean);
+    /* Right-to-left and astral characters pass unchanged. */
+    const char rtl[] = "\xD7\xA9\xD7\x9C\xD7\x95\xD7\x9D \xF0\x9F\x98\x80";
+    clean = item_text_clean(rtl, sizeof rtl - 1);
+    assert_string_equal(clean, rtl);
+    free(clean);
+}
+
+static void link_only_http(void **state)
+{
+    (void)state;
+    char *link = item_link("https://crm/x/{id}?again={id}", 7);
+    assert_string_equal(link, "https://crm/x/7?again=7");
+    free(link);
+    assert_null(item_link("javascript:alert({id})", 7));
+    assert_null(item_link("ftp://x/{id}", 7));
+    assert_null(item_link(NULL, 7));
+
+    /* A hostile template never reaches the body: the default is used instead. */
+    reconcile_settings s = default_settings();
+    s.link_template = "javascript:alert(1)//{id}";
+    reconcile_log log = sample_log();
+    item_content c;
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_APPOINTMENT, false, &c), 0);
+    assert_null(strstr(c.body_html, "javascript"));
+    assert_non_null(strstr(c.body_html, "https://crm.example.org/contact-logs/42"));
+    item_content_clear(&c);
+
+    /* Quotes in a template cannot break out of the href attribute. */
+    s.link_template = "https://crm/{id}\"onmouseover=\"x";
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_APPOINTMENT, false, &c), 0);
+    assert_null(strstr(c.body_html, "\"onmouseover"));
+    assert_non_null(strstr(c.body_html, "&quot;onmouseover=&quot;x"));
+    item_content_clear(&c);
+}
+
+static void large_reason(void **state)
+{
+    (void)state;
+    size_t n = 1024 * 1024;
+    char *reason = malloc(n + 1);
+    memset(reason, 'x', n);
+    reason[n] = '\0';
+    reconcile_settings s = default_settings();
+    reconcile_log log = sample_log();
+    log.reason = reason;
+    item_content c;
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, &c), 0);
+    assert_int_equal(strlen(c.item.subject), ITEM_SUBJECT_MAX_UTF16);
+    assert_true(strlen(c.body_html) > n);
+    item_content_clear(&c);
+    free(reason);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(appointment_fields),
+        cmocka_unit_test(hash_follows_content),
+        cmocka_unit_test(empty_reason_subject),
+        cmocka_unit_test(subject_truncated_on_character_boundary),
+        cmocka_unit_test(forbidden_characters_replaced),
+        cmocka_unit_test(link_only_http),
+        cmocka_unit_test(large_reason),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,99 @@
+/* delivery — what the daemon asks of a mail back end (EWS today, Graph next):
+ * find, create, update and remove the appointment or task of one contact log in one
+ * mailbox. Results come back asynchronously, already classified, so the queue and
+ * policy code never sees SOAP, JSON or HTTP. */
+#ifndef FOLLOWUPD_DELIVERY_H
+#define FOLLOWUPD_DELIVERY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "ews_item.h"
+
+typedef enum delivery_outcome {
+    DELIVERY_OK,
+    DELIVERY_NOT_FOUND,      /* the item is gone (deleted by the user in Outlook) */
+    DELIVERY_TRANSIENT,      /* try again later */
+    DELIVERY_PERMANENT,      /* retrying will not help: park the log */
+} delivery_outcome;
+
+typedef struct delivery_result {
+    delivery_outcome outcome;
+    int64_t retry_after_ms;  /* the server asked us to wait at least this long; -1 none */
+    const char *reason;      /* readable, for logs and followupctl status */
+    const char *code;        /* "NoError", "ErrorServerBusy", "HTTP 503", "timeout", ... */
+    ews_item_ref item;       /* create/update: the item as it is now */
+    size_t n_found;          /* find: items carrying the log's naming property */
+    const ews_item_ref *found;
+} delivery_result;
+
+typedef void (*delivery_done_fn)(const delivery_result *result, void *userdata);
+
+typedef struct delivery_ops {
+    int (*find)(void *impl, const char *mailbox, ews_item_kind kind, int64_t log_id,
+                delivery_done_fn done, void *userdata);
+    int (*create)(void *impl, const char *mailbox, const ews_item *item,
+                  delivery_done_fn done, void *userdata);
+    int (*update)(void *impl, const char *mailbox, const ews_item_ref *ref,
+                  const ews_item *item, delivery_done_fn done, void *userdata);
+    int (*remove)(void *impl, const char *mailbox, ews_item_kind kind,
+                  const ews_item_ref *ref, delivery_done_fn done, void *userdata);
+    int (*configure)(void *impl, const config *cfg, char *err, size_t errlen);
+    size_t (*in_flight)(void *impl);
+    void (*free)(void *impl);
+} delivery_ops;
+
+typedef struct delivery {
+    const delivery_ops *ops;
+    void *impl;
+} delivery;
+
+/* The back end chosen by [exchange] api. Returns NULL with the reason in err. */
+delivery *delivery_new(sd_event *event, const config *cfg, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+void delivery_free(delivery *d);
+
+/* Each call returns 0 (done will be called exactly once, later) or -errno. */
+static inline int delivery_find(delivery *d, const char *mailbox, ews_item_kind kind,
+                                int64_t log_id, delivery_done_fn done, void *userdata)
+{
+    return d->ops->find(d->impl, mailbox, kind, log_id, done, userdata);
+}
+
+static inline int delivery_create(delivery *d, const char *mailbox, const ews_item *item,
+                                  delivery_done_fn done, void *userdata)
+{
+    return d->ops->create(d->impl, mailbox, item, done, userdata);
+}
+
+static inline int delivery_update(delivery *d, const char *mailbox, const ews_item_ref *ref,
+                                  const ews_item *item, delivery_done_fn done, void *userdata)
+{
+    return d->ops->update(d->impl, mailbox, ref, item, done, userdata);
+}
+
+static inline int delivery_remove(delivery *d, const char *mailbox, ews_item_kind kind,
+                                  const ews_item_ref *ref, delivery_done_fn done,
+                                  void *userdata)
+{
+    return d->ops->remove(d->impl, mailbox, kind, ref, done, userdata);
+}
+
+static inline int delivery_configure(delivery *d, const config *cfg, char *err, size_t errlen)
+{
+    return d->ops->configure(d->impl, cfg, err, errlen);
+}
+
+static inline size_t delivery_in_flight(delivery *d)
+{
+    return d->ops->in_flight(d->impl);
+}
+
+/* The EWS back end (delivery_ews.c). */
+void *delivery_ews_new(sd_event *event);
+extern const delivery_ops delivery_ews_ops;
+
+#endif

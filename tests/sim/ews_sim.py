@@ -1,0 +1,1430 @@
+#!/usr/bin/python3
+"""ews_sim — a small Exchange Web Services simulator for followupd's tests, demo and benchmarks.
+
+A real HTTP(S) server on 127.0.0.1 that answers the EWS operations followupd uses
+(CreateItem, GetItem, UpdateItem, DeleteItem, FindItem, GetFolder) the way Exchange
+does, validates every request against Microsoft's schema, keeps the resulting
+calendar items and tasks in memory, and can be told to misbehave (lost responses,
+throttling, HTTP errors, hostile bodies) through a JSON control API under /_sim/.
+
+Python 3 standard library plus Debian's python3-lxml only. Run with /usr/bin/python3:
+
+  /usr/bin/python3 tests/sim/ews_sim.py --port 0 --port-file FILE [--users alice:secret,svc:pw]
+      [--schema-dir DIR | --no-schema] [--latency-ms N] [--known-mailboxes a@x,b@y]
+      [--tls-cert CERT --tls-key KEY] [--verbose]
+
+Control API (JSON, no authentication):
+  GET    /_sim/mailboxes            {"mailbox": [items...]} (every mailbox addressed so far)
+  GET    /_sim/mailboxes/<addr>     [items] of one mailbox (address case-insensitive)
+  GET    /_sim/deleted              {"mailbox": [deleted items]}
+  GET    /_sim/items/<id>           one live item; DELETE removes it ("user deleted it")
+  GET    /_sim/requests[?op=X][&body=1]   request log, oldest first
+  GET    /_sim/errors               rejected-request reasons (schema, XML, Content-Type)
+  GET    /_sim/stats                {"CreateItem": n, ...}
+  POST   /_sim/reset                forget items, requests, errors and faults
+  POST   /_sim/faults               queue {"mode", "count", "ops", ...} or a list of them
+  GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
+Fault modes: drop_after_perform, drop_before_perform, http_status, server_busy,
+server_busy_fault, response_code, delay, raw (see EwsRequestHandler.answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import copy
+import hmac
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from lxml import etree
+
+# ---------------------------------------------------------------------------
+# Namespaces and small XML helpers
+# ---------------------------------------------------------------------------
+
+NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
+NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
+NS_E = "http://schemas.microsoft.com/exchange/services/2006/errors"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+
+def S(name: str) -> str:
+    return f"{{{NS_SOAP}}}{name}"
+
+
+def M(name: str) -> str:
+    return f"{{{NS_M}}}{name}"
+
+
+def T(name: str) -> str:
+    return f"{{{NS_T}}}{name}"
+
+
+def E(name: str) -> str:
+    return f"{{{NS_E}}}{name}"
+
+
+def local_name(elem) -> str:
+    return etree.QName(elem).localname
+
+
+def child_elements(elem) -> list:
+    """Element children only (comments and processing instructions skipped)."""
+    if elem is None:
+        return []
+    return [c for c in elem if isinstance(c.tag, str)]
+
+
+def xml_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def parse_xml_bool(text) -> bool:
+    return (text or "").strip() in ("true", "1")
+
+
+def sub(parent, tag: str, text=None, **attrs):
+    """SubElement with optional text; attributes whose value is None are left out."""
+    elem = etree.SubElement(parent, tag, {k: str(v) for k, v in attrs.items() if v is not None})
+    if text is not None:
+        elem.text = str(text)
+    return elem
+
+
+# ---------------------------------------------------------------------------
+# Request parsing and schema validation
+# ---------------------------------------------------------------------------
+
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+SCHEMA_SKIPPED_LINE = "ews_sim: EWS schema not found, request validation SKIPPED"
+
+# libxml2 rejects ArrayOfTransitionsType as non-deterministic (UPA); these three
+# substitution-group references are redundant with t:Transition (see the schema README).
+_UPA_LINE = re.compile(
+    rb'<xs:element ref="t:(AbsoluteDateTransition|RecurringDayTransition|RecurringDateTransition)"')
+
+
+class RequestRejected(Exception):
+    """The request is not acceptable EWS (bad content type, not XML, schema violation)."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.line = line
+        self.column = column
+
+
+class SchemaValidator:
+    """Microsoft's EWS schema compiled once, from a patched temporary copy."""
+
+    def __init__(self, schema_dir: str):
+        with tempfile.TemporaryDirectory(prefix="ews_sim_xsd_") as tmp:
+            for name in os.listdir(schema_dir):
+                if name.endswith(".xsd"):
+                    shutil.copy(os.path.join(schema_dir, name), tmp)
+            types_path = os.path.join(tmp, "types.xsd")
+            with open(types_path, "rb") as f:
+                lines = f.read().splitlines(keepends=True)
+            kept = [line for line in lines if not _UPA_LINE.search(line)]
+            if len(lines) - len(kept) != 3:
+                print(f"ews_sim: warning: expected to drop 3 lines from types.xsd, dropped "
+                      f"{len(lines) - len(kept)}", file=sys.stderr)
+            with open(types_path, "wb") as f:
+                f.write(b"".join(kept))
+            parser = etree.XMLParser(no_network=True)
+            self._schema = etree.XMLSchema(
+                etree.parse(os.path.join(tmp, "ews-envelope.xsd"), parser))
+        # The schema object keeps its error log per instance: serialise validations.
+        self._lock = threading.Lock()
+
+    def errors(self, root) -> list:
+        """Validation errors of the document (empty list when valid)."""
+        with self._lock:
+            if self._schema.validate(root.getroottree()):
+                return []
+            return [(e.line, e.column, e.message) for e in self._schema.error_log]
+
+
+def load_validator(schema_dir: str | None) -> SchemaValidator | None:
+    if not schema_dir or not os.path.isfile(os.path.join(schema_dir, "ews-envelope.xsd")):
+        print(SCHEMA_SKIPPED_LINE, file=sys.stderr, flush=True)
+        return None
+    return SchemaValidator(schema_dir)
+
+
+def parse_request_xml(body: bytes):
+    """Parses untrusted XML: no entity expansion, no network, no DTD at all."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                             huge_tree=False)
+    try:
+        root = etree.fromstring(body, parser)
+    except etree.XMLSyntaxError as exc:
+        raise RequestRejected(f"request is not well-formed XML: {exc}",
+                              *(exc.position if exc.position else (None, None))) from None
+    if root.getroottree().docinfo.doctype:
+        raise RequestRejected("DTD is prohibited in EWS requests")
+    return root
+
+
+def find_operation(root):
+    """The single element inside soap:Body, or None if the envelope is malformed."""
+    if root.tag != S("Envelope"):
+        return None
+    body = root.find(S("Body"))
+    children = child_elements(body)
+    if len(children) != 1:
+        return None
+    return children[0]
+
+
+# ---------------------------------------------------------------------------
+# Items: fields, ids, reading from requests and writing into responses
+# ---------------------------------------------------------------------------
+
+# Element local name -> stored key, in schema order (ItemType, then CalendarItemType or
+# TaskType): responses must list fields in this order to be schema-valid.
+ITEM_FIELDS = [
+    ("Subject", "subject"),
+    ("Body", "body"),
+    ("Categories", "categories"),
+    ("Importance", "importance"),
+    ("ReminderDueBy", "reminder_due_by"),
+    ("ReminderIsSet", "reminder_is_set"),
+    ("ReminderMinutesBeforeStart", "reminder_minutes"),
+]
+CALENDAR_FIELDS = [
+    ("Start", "start"),
+    ("End", "end"),
+    ("LegacyFreeBusyStatus", "legacy_free_busy"),
+    ("StartTimeZone", "start_time_zone"),
+    ("EndTimeZone", "end_time_zone"),
+]
+TASK_FIELDS = [
+    ("DueDate", "due_date"),
+    ("PercentComplete", "percent_complete"),
+    ("StartDate", "start_date"),
+    ("Status", "status"),
+]
+FIELD_KEYS = dict(ITEM_FIELDS + CALENDAR_FIELDS + TASK_FIELDS)
+KIND_BY_ELEMENT = {"CalendarItem": "appointment", "Task": "task"}
+ELEMENT_BY_KIND = {"appointment": "CalendarItem", "task": "Task"}
+DEFAULT_FOLDER = {"appointment": "calendar", "task": "tasks"}
+# FieldURI prefixes that only exist on one kind of item.
+FIELD_PREFIX_KIND = {"calendar": "appointment", "task": "task"}
+
+
+def new_item_id() -> str:
+    # Looks like Exchange's base64 ids, and contains '+', '/' and '=' now and then,
+    # so clients get their escaping exercised.
+    return base64.b64encode(b"\x00\x00\x1b\x00sim" + os.urandom(60) + b"\x00").decode()
+
+
+def new_change_key() -> str:
+    return base64.b64encode(b"\x0f\x00\x00\x00\x16\x00\x00\x00" + os.urandom(12)).decode()
+
+
+def extended_key(uri) -> str:
+    """'<PropertySetId>/<PropertyName>' (GUID lower-cased: GUIDs are case-insensitive)."""
+    if uri.get("PropertyTag"):
+        return f"tag/{uri.get('PropertyTag').lower()}"
+    set_id = uri.get("PropertySetId")
+    set_id = set_id.lower() if set_id else uri.get("DistinguishedPropertySetId")
+    return f"{set_id}/{uri.get('PropertyName') or uri.get('PropertyId')}"
+
+
+def read_extended_property(elem):
+    """(key, value) of a t:ExtendedProperty; multi-valued properties give a list."""
+    key = extended_key(elem.find(T("ExtendedFieldURI")))
+    values = elem.find(T("Values"))
+    if values is not None:
+        return key, [v.text or "" for v in child_elements(values)]
+    return key, elem.findtext(T("Value")) or ""
+
+
+def read_field(elem) -> dict:
+    """Stored-key updates for one property element of a t:CalendarItem / t:Task."""
+    name = local_name(elem)
+    text = elem.text or ""
+    if name == "Body":
+        return {"body": text, "body_type": elem.get("BodyType")}
+    if name == "Categories":
+        return {"categories": [s.text or "" for s in child_elements(elem)]}
+    if name in ("StartTimeZone", "EndTimeZone"):
+        return {FIELD_KEYS[name]: elem.get("Id") or elem.get("Name")}
+    if name == "ReminderIsSet":
+        return {"reminder_is_set": parse_xml_bool(text)}
+    if name == "ReminderMinutesBeforeStart":
+        return {"reminder_minutes": int(text)}
+    # Exchange keeps a task's Status and PercentComplete consistent; so do we.
+    if name == "PercentComplete":
+        percent = float(text)
+        status = {0.0: "NotStarted", 100.0: "Completed"}.get(percent, "InProgress")
+        return {"percent_complete": percent, "status": status}
+    if name == "Status":
+        status = text.strip()
+        percent = {"NotStarted": 0.0, "Completed": 100.0}.get(status)
+        return {"status": status} if percent is None else {"status": status,
+                                                           "percent_complete": percent}
+    if name in FIELD_KEYS:
+        return {FIELD_KEYS[name]: text.strip()}
+    return {}
+
+
+def reset_field(item: dict, name: str) -> None:
+    """DeleteItemField: the property goes back to 'not set'."""
+    if name == "Body":
+        item["body"] = item["body_type"] = None
+    elif name == "Categories":
+        item["categories"] = []
+    elif name == "ReminderIsSet":
+        item["reminder_is_set"] = False
+    elif name in FIELD_KEYS:
+        item[FIELD_KEYS[name]] = None
+    else:
+        item["other_fields"].pop(name, None)
+
+
+def new_item(kind: str, mailbox: str, folder: str, elem, send_invitations, seq: int) -> dict:
+    """A stored item from a t:CalendarItem / t:Task of a CreateItem request.
+    Defaults are Exchange's: Normal importance, appointments Busy with a 15-minute reminder."""
+    appointment = kind == "appointment"
+    item = {
+        "id": new_item_id(), "change_key": new_change_key(), "kind": kind,
+        "mailbox": mailbox, "folder": folder,
+        "subject": None, "body": None, "body_type": None, "categories": [],
+        "importance": "Normal",
+        "reminder_is_set": appointment, "reminder_minutes": 15 if appointment else None,
+        "reminder_due_by": None,
+        "start": None, "end": None, "start_time_zone": None, "end_time_zone": None,
+        "legacy_free_busy": "Busy" if appointment else None,
+        "due_date": None, "start_date": None,
+        "status": None if appointment else "NotStarted",
+        "percent_complete": None if appointment else 0.0,
+        "extended_properties": {}, "other_fields": {},
+        "send_meeting_invitations": send_invitations,
+        "created_seq": seq, "created_time": time.time(), "updated_count": 0,
+    }
+    for prop in child_elements(elem):
+        if local_name(prop) == "ExtendedProperty":
+            key, value = read_extended_property(prop)
+            item["extended_properties"][key] = value
+        elif local_name(prop) in FIELD_KEYS:
+            item.update(read_field(prop))
+        else:
+            item["other_fields"][local_name(prop)] = prop.text or ""
+    return item
+
+
+def field_text(item: dict, name: str):
+    """A field's value as EWS would spell it, or None when unset (for restrictions)."""
+    key = FIELD_KEYS.get(name)
+    value = item.get(key) if key else item["other_fields"].get(name)
+    if value is None or value == []:
+        return None
+    if isinstance(value, bool):
+        return xml_bool(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ";".join(value)
+    return str(value)
+
+
+def write_field(parent, item: dict, name: str) -> None:
+    key = FIELD_KEYS[name]
+    value = item.get(key)
+    if value is None or value == []:
+        return
+    if name == "Body":
+        sub(parent, T("Body"), value, BodyType=item.get("body_type") or "Text")
+    elif name == "Categories":
+        categories = sub(parent, T("Categories"))
+        for category in value:
+            sub(categories, T("String"), category)
+    elif name in ("StartTimeZone", "EndTimeZone"):
+        sub(parent, T(name), Id=value)
+    else:
+        sub(parent, T(name), field_text(item, name))
+
+
+def write_extended_property(parent, uri, value) -> None:
+    prop = sub(parent, T("ExtendedProperty"))
+    sub(prop, T("ExtendedFieldURI"), **dict(uri.attrib))
+    if isinstance(value, list):
+        values = sub(prop, T("Values"))
+        for v in value:
+            sub(values, T("Value"), v)
+    else:
+        sub(prop, T("Value"), value)
+
+
+@dataclass
+class Shape:
+    """What to return about an item or folder (BaseShape + AdditionalProperties)."""
+    all_fields: bool = False
+    fields: set = field(default_factory=set)        # local names from FieldURI
+    extended: list = field(default_factory=list)    # requested t:ExtendedFieldURI elements
+
+    @classmethod
+    def parse(cls, shape_elem) -> "Shape":
+        if shape_elem is None:
+            return cls(all_fields=True)
+        shape = cls(all_fields=shape_elem.findtext(T("BaseShape")) != "IdOnly")
+        for path in child_elements(shape_elem.find(T("AdditionalProperties"))):
+            if local_name(path) == "FieldURI":
+                shape.fields.add(path.get("FieldURI", "").split(":", 1)[-1])
+            elif local_name(path) == "ExtendedFieldURI":
+                shape.extended.append(path)
+        return shape
+
+    def wants(self, name: str) -> bool:
+        return self.all_fields or name in self.fields
+
+
+def write_item(parent, item: dict, shape: Shape) -> None:
+    """t:CalendarItem / t:Task with t:ItemId and the fields the shape asks for."""
+    elem = sub(parent, T(ELEMENT_BY_KIND[item["kind"]]))
+    sub(elem, T("ItemId"), Id=item["id"], ChangeKey=item["change_key"])
+    for name, _ in ITEM_FIELDS:
+        if shape.wants(name):
+            write_field(elem, item, name)
+    # Like Exchange, extended properties come back only when asked for by URI.
+    for uri in shape.extended:
+        key = extended_key(uri)
+        if key in item["extended_properties"]:
+            write_extended_property(elem, uri, item["extended_properties"][key])
+    for name, _ in CALENDAR_FIELDS if item["kind"] == "appointment" else TASK_FIELDS:
+        if shape.wants(name):
+            write_field(elem, item, name)
+
+
+def write_item_id_only(parent, item: dict) -> None:
+    elem = sub(parent, T(ELEMENT_BY_KIND[item["kind"]]))
+    sub(elem, T("ItemId"), Id=item["id"], ChangeKey=item["change_key"])
+
+
+# ---------------------------------------------------------------------------
+# Folders
+# ---------------------------------------------------------------------------
+
+_FOLDER_ID_PREFIX = b"\x01\x03sim-folder\x00"
+FOLDER_ELEMENTS = {"calendar": "CalendarFolder", "tasks": "TasksFolder",
+                   "contacts": "ContactsFolder"}
+FOLDER_NAMES = {"calendar": "Calendar", "tasks": "Tasks", "contacts": "Contacts",
+                "inbox": "Inbox", "deleteditems": "Deleted Items"}
+
+
+def folder_id(mailbox: str, folder: str) -> str:
+    # Deterministic, so a FolderId from GetFolder can be decoded without any lookup table.
+    return base64.b64encode(_FOLDER_ID_PREFIX + f"{mailbox}\x00{folder}".encode()).decode()
+
+
+def decode_folder_id(value: str):
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not raw.startswith(_FOLDER_ID_PREFIX):
+        return None
+    mailbox, _, folder = raw[len(_FOLDER_ID_PREFIX):].decode("utf-8", "replace").partition("\x00")
+    return mailbox, folder
+
+
+# ---------------------------------------------------------------------------
+# Response building
+# ---------------------------------------------------------------------------
+
+ERROR_TEXTS = {
+    "ErrorItemNotFound": "The specified object was not found in the store., "
+                         "The process failed to get the correct properties.",
+    "ErrorFolderNotFound": "The specified folder could not be found in the store.",
+    "ErrorNonExistentMailbox": "The SMTP address has no mailbox associated with it.",
+    "ErrorServerBusy": "The server cannot service this request right now. Try again later.",
+    "ErrorInvalidRequest": "The request is invalid.",
+    "ErrorSchemaValidation": "The request failed schema validation.",
+    "ErrorSendMeetingInvitationsRequired":
+        "SendMeetingInvitations attribute is required for calendar items.",
+    "ErrorSendMeetingCancellationsRequired":
+        "SendMeetingCancellations attribute is required for calendar items.",
+    "ErrorSendMeetingInvitationsOrCancellationsRequired":
+        "SendMeetingInvitationsOrCancellations attribute is required for calendar items.",
+    "ErrorAffectedTaskOccurrencesRequired":
+        "AffectedTaskOccurrences attribute is required for task items.",
+    "ErrorIncorrectUpdatePropertyCount":
+        "An object within a change description must contain one and only one property to modify.",
+    "ErrorInvalidPropertySet": "The property set is not valid for this item type.",
+    "ErrorInvalidPropertyRequest": "The property request is invalid.",
+    "ErrorIrresolvableConflict": "The send or update operation could not be performed because "
+                                 "the change key passed in the request does not match the "
+                                 "current change key for the item.",
+    "ErrorUnsupportedQueryFilter": "The restriction contains an unsupported filter.",
+    "ErrorInternalServerError": "An internal server error occurred. The operation failed.",
+}
+
+# Operations whose response messages must carry an m:Items element, even when empty.
+OPS_WITH_ITEMS = {"CreateItem", "GetItem", "UpdateItem"}
+# Where each operation lists the things it gets one response message per.
+MESSAGE_CONTAINERS = {"CreateItem": "Items", "UpdateItem": "ItemChanges",
+                      "DeleteItem": "ItemIds", "GetItem": "ItemIds",
+                      "FindItem": "ParentFolderIds", "GetFolder": "FolderIds"}
+
+
+def new_response(op: str):
+    """(envelope, m:ResponseMessages) shaped like Exchange 2016's answers."""
+    envelope = etree.Element(S("Envelope"), nsmap={"s": NS_SOAP})
+    header = sub(envelope, S("Header"))
+    etree.SubElement(header, T("ServerVersionInfo"), nsmap={"h": NS_T}, MajorVersion="15",
+                     MinorVersion="1", MajorBuildNumber="2507", MinorBuildNumber="6",
+                     Version="V2017_07_11")
+    body = sub(envelope, S("Body"))
+    response = etree.SubElement(body, M(f"{op}Response"), nsmap={"m": NS_M, "t": NS_T})
+    return envelope, sub(response, M("ResponseMessages"))
+
+
+def add_success(messages, op: str):
+    msg = sub(messages, M(f"{op}ResponseMessage"), ResponseClass="Success")
+    sub(msg, M("ResponseCode"), "NoError")
+    return msg
+
+
+def add_error(messages, op: str, code: str, text: str | None = None,
+              back_off_ms: int | None = None, response_class: str = "Error"):
+    msg = sub(messages, M(f"{op}ResponseMessage"), ResponseClass=response_class)
+    sub(msg, M("MessageText"), text or ERROR_TEXTS.get(code, code))
+    sub(msg, M("ResponseCode"), code)
+    sub(msg, M("DescriptiveLinkKey"), "0")
+    if back_off_ms is not None:
+        xml = sub(msg, M("MessageXml"))
+        sub(xml, T("Value"), int(back_off_ms), Name="BackOffMilliseconds")
+    if op in OPS_WITH_ITEMS:
+        sub(msg, M("Items"))
+    return msg
+
+
+def soap_fault(code: str, text: str, back_off_ms: int | None = None,
+               line: int | None = None, column: int | None = None) -> bytes:
+    """HTTP-500 style SOAP fault, as Exchange sends for throttling and schema errors."""
+    envelope = etree.Element(S("Envelope"), nsmap={"s": NS_SOAP})
+    fault = sub(sub(envelope, S("Body")), S("Fault"))
+    etree.SubElement(fault, "faultcode", nsmap={"a": NS_T}).text = f"a:{code}"
+    fault_string = sub(fault, "faultstring", text)
+    fault_string.set(XML_LANG, "en-US")
+    detail = sub(fault, "detail")
+    etree.SubElement(detail, E("ResponseCode"), nsmap={"e": NS_E}).text = code
+    etree.SubElement(detail, E("Message"), nsmap={"e": NS_E}).text = text
+    if back_off_ms is not None or line is not None:
+        xml = etree.SubElement(detail, T("MessageXml"), nsmap={"t": NS_T})
+        if back_off_ms is not None:
+            sub(xml, T("Value"), int(back_off_ms), Name="BackOffMilliseconds")
+        if line is not None:
+            sub(xml, T("LineNumber"), line)
+            sub(xml, T("LinePosition"), column or 0)
+            sub(xml, T("Violation"), text)
+    return serialise(envelope)
+
+
+def serialise(envelope) -> bytes:
+    return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
+
+
+def message_count(op_elem) -> int:
+    """How many response messages Exchange would send for this request."""
+    container = MESSAGE_CONTAINERS.get(local_name(op_elem))
+    if container is None:
+        return 1
+    return max(1, len(child_elements(op_elem.find(M(container)))))
+
+
+def uniform_error_response(op_elem, code: str, text: str | None = None,
+                           back_off_ms: int | None = None,
+                           response_class: str = "Error") -> bytes:
+    """Every response message answers the same error (throttling, unknown mailbox...)."""
+    op = local_name(op_elem)
+    envelope, messages = new_response(op)
+    for _ in range(message_count(op_elem)):
+        add_error(messages, op, code, text, back_off_ms, response_class)
+    return serialise(envelope)
+
+
+# ---------------------------------------------------------------------------
+# The store and the operations
+# ---------------------------------------------------------------------------
+
+class OperationError(Exception):
+    """One response message fails with this EWS ResponseCode."""
+
+    def __init__(self, code: str, text: str | None = None):
+        super().__init__(code)
+        self.code = code
+        self.text = text
+
+
+@dataclass
+class SoapRequest:
+    """What the operations need to know about one validated request."""
+    op_elem: object
+    op: str
+    mailbox: str | None          # explicitly addressed mailbox (impersonation or folder)
+    fallback_mailbox: str        # whose mailbox "calendar" means when none is addressed
+
+
+def normalise_mailbox(address: str | None) -> str | None:
+    address = (address or "").strip().lower()
+    return address or None
+
+
+class Store:
+    """Items, deleted items, request log, validation errors and queued faults.
+    One lock guards all of it; operations run entirely under it, so each request is atomic."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.items = {}              # id -> item
+            self.deleted = {}            # mailbox -> [items]
+            self.mailboxes_seen = set()
+            self.requests = []
+            self.errors = []
+            self.faults = []
+            self.next_item_seq = 1
+            self.next_request_seq = 1
+
+    # -- request log -------------------------------------------------------
+    def log_request(self, record: dict) -> dict:
+        with self.lock:
+            record["seq"] = self.next_request_seq
+            self.next_request_seq += 1
+            self.requests.append(record)
+            return record
+
+    def update_request(self, record: dict, **changes) -> None:
+        with self.lock:
+            record.update(changes)
+
+    def add_error(self, message: str) -> None:
+        with self.lock:
+            self.errors.append(message)
+
+    # -- faults ------------------------------------------------------------
+    def take_fault(self, op: str) -> dict | None:
+        """First queued fault whose ops filter matches; consumes one of its count."""
+        with self.lock:
+            for index, fault in enumerate(self.faults):
+                if fault["ops"] and op not in fault["ops"]:
+                    continue
+                if fault["count"] > 0:
+                    fault["count"] -= 1
+                    if fault["count"] == 0:
+                        del self.faults[index]
+                return dict(fault)
+            return None
+
+    # -- items -------------------------------------------------------------
+    def mailbox_items(self, mailbox: str, folder: str | None = None) -> list:
+        found = [i for i in self.items.values()
+                 if i["mailbox"] == mailbox and (folder is None or i["folder"] == folder)]
+        return sorted(found, key=lambda i: i["created_seq"])
+
+    def lookup(self, item_id: str | None, mailbox: str | None) -> dict | None:
+        """An item by id; with an addressed mailbox, only an item of that mailbox."""
+        item = self.items.get(item_id or "")
+        if item is None or (mailbox is not None and item["mailbox"] != mailbox):
+            return None
+        return item
+
+    def snapshot_mailboxes(self) -> dict:
+        with self.lock:
+            names = self.mailboxes_seen | {i["mailbox"] for i in self.items.values()}
+            return {name: copy.deepcopy(self.mailbox_items(name)) for name in sorted(names)}
+
+
+class Operations:
+    """The EWS operations. Each method adds its response messages to `messages`."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def perform(self, request: SoapRequest) -> bytes:
+        envelope, messages = new_response(request.op)
+        handler = getattr(self, f"op_{request.op}", None)
+        with self.store.lock:
+            if request.mailbox:
+                self.store.mailboxes_seen.add(request.mailbox)
+            if handler is None:
+                add_error(messages, request.op, "ErrorInvalidRequest",
+                          f"ews_sim does not implement {request.op}.")
+            else:
+                handler(request, messages)
+        return serialise(envelope)
+
+    def _each(self, request: SoapRequest, messages, elements, action) -> None:
+        """Runs action(elem, messages) per element; an OperationError becomes that
+        element's error message, as Exchange answers item by item."""
+        for elem in elements:
+            try:
+                action(elem, messages)
+            except OperationError as exc:
+                add_error(messages, request.op, exc.code, exc.text)
+
+    def _resolve_folder(self, folder_elem, request: SoapRequest):
+        """(mailbox, folder name) for a t:DistinguishedFolderId or t:FolderId."""
+        if local_name(folder_elem) == "DistinguishedFolderId":
+            address = folder_elem.findtext(f"{T('Mailbox')}/{T('EmailAddress')}")
+            mailbox = normalise_mailbox(address) or request.mailbox or request.fallback_mailbox
+            return mailbox, folder_elem.get("Id")
+        decoded = decode_folder_id(folder_elem.get("Id", ""))
+        if local_name(folder_elem) != "FolderId" or decoded is None:
+            raise OperationError("ErrorFolderNotFound")
+        return decoded
+
+    # -- CreateItem ----------------------------------------------------------
+    def op_CreateItem(self, request: SoapRequest, messages) -> None:
+        op_elem = request.op_elem
+        send_invitations = op_elem.get("SendMeetingInvitations")
+        target = child_elements(op_elem.find(M("SavedItemFolderId")))
+
+        def create(elem, messages):
+            kind = KIND_BY_ELEMENT.get(local_name(elem))
+            if kind is None:
+                raise OperationError("ErrorInvalidRequest",
+                                     f"ews_sim stores only CalendarItem and Task, "
+                                     f"not {local_name(elem)}.")
+            if kind == "appointment" and send_invitations is None:
+                raise OperationError("ErrorSendMeetingInvitationsRequired")
+            if target:
+                mailbox, folder = self._resolve_folder(target[0], request)
+            else:
+                mailbox = request.mailbox or request.fallback_mailbox
+                folder = DEFAULT_FOLDER[kind]
+            item = new_item(kind, mailbox, folder, elem, send_invitations,
+                            self.store.next_item_seq)
+            self.store.next_item_seq += 1
+            self.store.items[item["id"]] = item
+            self.store.mailboxes_seen.add(mailbox)
+            msg = add_success(messages, "CreateItem")
+            write_item_id_only(sub(msg, M("Items")), item)
+
+        self._each(request, messages, child_elements(op_elem.find(M("Items"))), create)
+
+    # -- GetItem -------------------------------------------------------------
+    def op_GetItem(self, request: SoapRequest, messages) -> None:
+        shape = Shape.parse(request.op_elem.find(M("ItemShape")))
+
+        def get(id_elem, messages):
+            item = self.store.lookup(id_elem.get("Id"), request.mailbox)
+            if local_name(id_elem) != "ItemId" or item is None:
+                raise OperationError("ErrorItemNotFound")
+            msg = add_success(messages, "GetItem")
+            write_item(sub(msg, M("Items")), item, shape)
+
+        self._each(request, messages, child_elements(request.op_elem.find(M("ItemIds"))), get)
+
+    # -- UpdateItem ----------------------------------------------------------
+    def op_UpdateItem(self, request: SoapRequest, messages) -> None:
+        op_elem = request.op_elem
+        conflict_resolution = op_elem.get("ConflictResolution")
+        invitations = op_elem.get("SendMeetingInvitationsOrCancellations")
+
+        def update(change, messages):
+            id_elem = change.find(T("ItemId"))
+            item = self.store.lookup(id_elem.get("Id") if id_elem is not None else None,
+                                     request.mailbox)
+            if item is None:
+                raise OperationError("ErrorItemNotFound")
+            if item["kind"] == "appointment" and invitations is None:
+                raise OperationError("ErrorSendMeetingInvitationsOrCancellationsRequired")
+            sent_key = id_elem.get("ChangeKey")
+            if (conflict_resolution == "NeverOverwrite" and sent_key
+                    and sent_key != item["change_key"]):
+                raise OperationError("ErrorIrresolvableConflict")
+            # All updates of one ItemChange apply together or not at all.
+            updated = copy.deepcopy(item)
+            for update_elem in child_elements(change.find(T("Updates"))):
+                apply_update(updated, update_elem)
+            updated["change_key"] = new_change_key()
+            updated["updated_count"] += 1
+            updated["updated_time"] = time.time()
+            self.store.items[item["id"]] = updated
+            msg = add_success(messages, "UpdateItem")
+            write_item_id_only(sub(msg, M("Items")), updated)
+            sub(sub(msg, M("ConflictResults")), T("Count"), "0")
+
+        self._each(request, messages, child_elements(op_elem.find(M("ItemChanges"))), update)
+
+    # -- DeleteItem ----------------------------------------------------------
+    def op_DeleteItem(self, request: SoapRequest, messages) -> None:
+        op_elem = request.op_elem
+
+        def delete(id_elem, messages):
+            item = self.store.lookup(id_elem.get("Id"), request.mailbox)
+            if local_name(id_elem) != "ItemId" or item is None:
+                raise OperationError("ErrorItemNotFound")
+            if item["kind"] == "appointment" and op_elem.get("SendMeetingCancellations") is None:
+                raise OperationError("ErrorSendMeetingCancellationsRequired")
+            if item["kind"] == "task" and op_elem.get("AffectedTaskOccurrences") is None:
+                raise OperationError("ErrorAffectedTaskOccurrencesRequired")
+            del self.store.items[item["id"]]
+            item["delete_type"] = op_elem.get("DeleteType")
+            item["deleted_time"] = time.time()
+            self.store.deleted.setdefault(item["mailbox"], []).append(item)
+            add_success(messages, "DeleteItem")
+
+        self._each(request, messages, child_elements(op_elem.find(M("ItemIds"))), delete)
+
+    # -- FindItem ------------------------------------------------------------
+    def op_FindItem(self, request: SoapRequest, messages) -> None:
+        op_elem = request.op_elem
+        shape = Shape.parse(op_elem.find(M("ItemShape")))
+        restriction = child_elements(op_elem.find(M("Restriction")))
+        view = op_elem.find(M("IndexedPageItemView"))
+        offset = int(view.get("Offset", "0")) if view is not None else 0
+        limit = view.get("MaxEntriesReturned") if view is not None else None
+
+        # Exchange answers one FindItemResponseMessage per parent folder.
+        def find(folder_elem, messages):
+            mailbox, folder = self._resolve_folder(folder_elem, request)
+            candidates = self.store.mailbox_items(mailbox, folder)
+            try:
+                matches = [i for i in candidates
+                           if not restriction or restriction_matches(restriction[0], i)]
+            except UnsupportedFilter as exc:
+                raise OperationError("ErrorUnsupportedQueryFilter",
+                                     f"ews_sim does not support the restriction {exc}.") from None
+            end = len(matches) if limit is None else offset + int(limit)
+            page = matches[offset:end]
+            msg = add_success(messages, "FindItem")
+            root = sub(msg, M("RootFolder"), IndexedPagingOffset=offset + len(page),
+                       TotalItemsInView=len(matches),
+                       IncludesLastItemInRange=xml_bool(offset + len(page) >= len(matches)))
+            items = sub(root, T("Items"))
+            for item in page:
+                write_item(items, item, shape)
+
+        self._each(request, messages, child_elements(op_elem.find(M("ParentFolderIds"))), find)
+
+    # -- GetFolder -----------------------------------------------------------
+    def op_GetFolder(self, request: SoapRequest, messages) -> None:
+        shape = Shape.parse(request.op_elem.find(M("FolderShape")))
+
+        def get(folder_elem, messages):
+            mailbox, folder = self._resolve_folder(folder_elem, request)
+            msg = add_success(messages, "GetFolder")
+            elem = sub(sub(msg, M("Folders")), T(FOLDER_ELEMENTS.get(folder, "Folder")))
+            sub(elem, T("FolderId"), Id=folder_id(mailbox, folder), ChangeKey="AQAAAA==")
+            if shape.wants("DisplayName"):
+                sub(elem, T("DisplayName"), FOLDER_NAMES.get(folder, folder))
+            if shape.wants("TotalCount"):
+                sub(elem, T("TotalCount"), len(self.store.mailbox_items(mailbox, folder)))
+
+        self._each(request, messages, child_elements(request.op_elem.find(M("FolderIds"))), get)
+
+
+def apply_update(item: dict, update_elem) -> None:
+    """One t:SetItemField / t:AppendToItemField / t:DeleteItemField applied to item."""
+    action = local_name(update_elem)
+    parts = child_elements(update_elem)
+    path = parts[0]
+    if local_name(path) == "ExtendedFieldURI":
+        key = extended_key(path)
+        if action == "DeleteItemField":
+            item["extended_properties"].pop(key, None)
+            return
+        props = child_elements(parts[1]) if len(parts) > 1 else []
+        if len(props) != 1 or local_name(props[0]) != "ExtendedProperty":
+            raise OperationError("ErrorIncorrectUpdatePropertyCount")
+        prop_key, value = read_extended_property(props[0])
+        if prop_key != key:
+            raise OperationError("ErrorIncorrectUpdatePropertyCount")
+        item["extended_properties"][key] = value
+        return
+    if local_name(path) != "FieldURI":
+        raise OperationError("ErrorInvalidPropertyRequest",
+                             f"ews_sim does not support {local_name(path)} updates.")
+    prefix, _, name = path.get("FieldURI", "").partition(":")
+    if FIELD_PREFIX_KIND.get(prefix, item["kind"]) != item["kind"] or prefix not in (
+            "item", "calendar", "task"):
+        raise OperationError("ErrorInvalidPropertySet")
+    if action == "DeleteItemField":
+        reset_field(item, name)
+        return
+    props = child_elements(parts[1]) if len(parts) > 1 else []
+    if len(props) != 1 or local_name(props[0]) != name:
+        raise OperationError("ErrorIncorrectUpdatePropertyCount")
+    if name in FIELD_KEYS:
+        item.update(read_field(props[0]))
+    else:
+        item["other_fields"][name] = props[0].text or ""
+
+
+class UnsupportedFilter(Exception):
+    pass
+
+
+def restriction_value(item: dict, path):
+    if local_name(path) == "ExtendedFieldURI":
+        value = item["extended_properties"].get(extended_key(path))
+        return ";".join(value) if isinstance(value, list) else value
+    if local_name(path) == "FieldURI":
+        return field_text(item, path.get("FieldURI", "").partition(":")[2])
+    raise UnsupportedFilter(local_name(path))
+
+
+def restriction_matches(expr, item: dict) -> bool:
+    """Evaluates the subset of t:Restriction that clients like ours use."""
+    name = local_name(expr)
+    operands = child_elements(expr)
+    if name == "And":
+        return all(restriction_matches(e, item) for e in operands)
+    if name == "Or":
+        return any(restriction_matches(e, item) for e in operands)
+    if name == "Not":
+        return not restriction_matches(operands[0], item)
+    if name == "Exists":
+        return restriction_value(item, operands[0]) is not None
+    if name in ("IsEqualTo", "IsNotEqualTo"):
+        constant = expr.find(f"{T('FieldURIOrConstant')}/{T('Constant')}")
+        if constant is None:
+            raise UnsupportedFilter(f"{name} between two properties")
+        equal = restriction_value(item, operands[0]) == constant.get("Value")
+        return equal if name == "IsEqualTo" else not equal
+    raise UnsupportedFilter(name)
+
+
+# ---------------------------------------------------------------------------
+# Faults (control API)
+# ---------------------------------------------------------------------------
+
+FAULT_MODES = {"drop_after_perform", "drop_before_perform", "http_status", "server_busy",
+               "server_busy_fault", "response_code", "delay", "raw"}
+
+
+def check_fault(spec) -> dict:
+    """Validates one POST /_sim/faults entry; returns it normalised (raises ValueError)."""
+    if not isinstance(spec, dict):
+        raise ValueError("a fault must be a JSON object")
+    fault = dict(spec)
+    if fault.get("mode") not in FAULT_MODES:
+        raise ValueError(f"mode must be one of {sorted(FAULT_MODES)}")
+    fault["count"] = fault.get("count", 1)
+    if not isinstance(fault["count"], int) or (fault["count"] < 1 and fault["count"] != -1):
+        raise ValueError("count must be a positive integer or -1")
+    fault["ops"] = fault.get("ops") or []
+    if not isinstance(fault["ops"], list) or not all(isinstance(o, str) for o in fault["ops"]):
+        raise ValueError("ops must be a list of operation names")
+    for number in ("status", "retry_after", "back_off_ms", "ms"):
+        if number in fault and not isinstance(fault[number], (int, float)):
+            raise ValueError(f"{number} must be a number")
+    if fault["mode"] == "response_code" and not isinstance(fault.get("code"), str):
+        raise ValueError("response_code needs a string 'code'")
+    if "body_b64" in fault:
+        base64.b64decode(fault["body_b64"], validate=True)
+    return fault
+
+
+# ---------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------
+
+@dataclass
+class SimConfig:
+    users: dict | None = None             # name -> password; None = no authentication
+    known_mailboxes: set | None = None    # None = every mailbox exists
+    latency_ms: int = 0
+    verbose: bool = False
+    validator: SchemaValidator | None = None
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, port: int, config: SimConfig, ssl_context=None):
+        self.config = config
+        self.store = Store()
+        self.operations = Operations(self.store)
+        self.ssl_context = ssl_context
+        super().__init__(("127.0.0.1", port), EwsRequestHandler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind would do a reverse DNS lookup (getfqdn); skip it.
+        TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def finish_request(self, request, client_address):
+        # Runs in the connection's own thread, so a slow TLS handshake blocks nobody.
+        if self.ssl_context is None:
+            return super().finish_request(request, client_address)
+        request.settimeout(10)
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            if self.config.verbose:
+                print(f"ews_sim: TLS handshake failed: {exc}", file=sys.stderr)
+            return None
+        tls.settimeout(None)
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
+    def handle_error(self, request, client_address):
+        if self.config.verbose:
+            super().handle_error(request, client_address)
+
+
+class EwsRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ews_sim/1.0"
+    sys_version = ""
+
+    # -- plumbing ------------------------------------------------------------
+    def log_message(self, format, *args):
+        if self.server.config.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self):
+        self.route()
+
+    def do_POST(self):
+        self.route()
+
+    def do_DELETE(self):
+        self.route()
+
+    def do_PUT(self):
+        self.route()
+
+    def route(self):
+        try:
+            body = self.read_body()
+            if body is None:
+                return
+            path = urlsplit(self.path).path
+            if path == "/_sim" or path.startswith("/_sim/"):
+                self.handle_control(path, body)
+            elif path.lower().endswith("/ews/exchange.asmx"):
+                if self.command == "POST":
+                    self.handle_soap(body)
+                else:
+                    self.send_bytes(405, b"EWS takes POST only\n", "text/plain",
+                                    [("Allow", "POST")])
+            else:
+                self.send_bytes(404, b"not found\n", "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def read_body(self) -> bytes | None:
+        """The request body (Content-Length or chunked); None if we already answered."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self.read_chunked_body()
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            self.send_bytes(400, b"bad Content-Length\n", "text/plain")
+            return None
+        if length > MAX_REQUEST_BYTES:
+            self.close_connection = True
+            self.send_bytes(413, b"request too large\n", "text/plain")
+            return None
+        return self.rfile.read(length)
+
+    def read_chunked_body(self) -> bytes | None:
+        chunks, total = [], 0
+        while True:
+            size_line = self.rfile.readline(1024)
+            try:
+                size = int(size_line.split(b";")[0].strip(), 16)
+            except ValueError:
+                self.close_connection = True
+                self.send_bytes(400, b"bad chunk\n", "text/plain")
+                return None
+            if size == 0:
+                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            total += size
+            if total > MAX_REQUEST_BYTES:
+                self.close_connection = True
+                self.send_bytes(413, b"request too large\n", "text/plain")
+                return None
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(8)
+
+    def send_bytes(self, status: int, body: bytes, content_type: str, headers=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, status: int, value) -> None:
+        self.send_bytes(status, json.dumps(value, indent=1).encode() + b"\n",
+                        "application/json")
+
+    def drop_connection(self) -> None:
+        """Close without a response, as when Exchange or a proxy dies mid-request."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- authentication --------------------------------------------------------
+    def authenticate(self):
+        """(accepted, user name sent, scheme sent)."""
+        header = self.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        user = password = None
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(credentials.strip()).decode(
+                    "utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user = None
+        users = self.server.config.users
+        if users is None:
+            return True, user, scheme or None
+        expected = users.get(user) if user is not None else None
+        accepted = expected is not None and hmac.compare_digest(
+            expected.encode(), (password or "").encode())
+        return accepted, user, scheme or None
+
+    # -- SOAP --------------------------------------------------------------------
+    def handle_soap(self, body: bytes) -> None:
+        config, store = self.server.config, self.server.store
+        record = store.log_request({
+            "seq": None, "time": time.time(), "op": None, "mailbox": None,
+            "anchor_mailbox": self.headers.get("X-AnchorMailbox"), "impersonation": False,
+            "valid": None, "error": None, "auth_user": None, "auth_scheme": None,
+            "content_type": self.headers.get("Content-Type"), "http_status": None,
+            "fault": None, "server_version": None, "path": self.path,
+            "schema_checked": config.validator is not None,
+            "body": body.decode("utf-8", "replace"),
+        })
+        accepted, user, scheme = self.authenticate()
+        store.update_request(record, auth_user=user, auth_scheme=scheme)
+        if not accepted:
+            # Exchange refuses before reading the body: valid stays null.
+            store.update_request(record, http_status=401)
+            self.send_bytes(401, b"", "text/plain",
+                            [("WWW-Authenticate", 'Basic realm="EWS"')])
+            return
+
+        try:
+            op_elem = self.validate(body, record)
+        except RequestRejected as exc:
+            message = f"{record['op'] or 'request'} #{record['seq']}: {exc}"
+            store.add_error(message)
+            store.update_request(record, valid=False, error=str(exc), http_status=500)
+            self.send_soap(500, soap_fault("ErrorSchemaValidation",
+                                           f"The request failed schema validation: {exc}",
+                                           line=exc.line, column=exc.column))
+            return
+        store.update_request(record, valid=True)
+
+        try:
+            self.answer(op_elem, record)
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as exc:  # a simulator bug: say so loudly, answer like Exchange
+            traceback.print_exc()
+            store.update_request(record, error=f"ews_sim internal error: {exc!r}")
+            self.send_soap(500, soap_fault("ErrorInternalServerError", str(exc)), record)
+
+    def validate(self, body: bytes, record: dict):
+        """The operation element of a well-formed, schema-valid request, else RequestRejected."""
+        media_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if media_type != "text/xml":
+            raise RequestRejected(f"Content-Type must be text/xml, got "
+                                  f"{self.headers.get('Content-Type')!r}")
+        root = parse_request_xml(body)
+        op_elem = find_operation(root)
+        header = root.find(S("Header"))
+        impersonation = header.find(T("ExchangeImpersonation")) if header is not None else None
+        version = header.find(T("RequestServerVersion")) if header is not None else None
+        mailbox = None
+        if impersonation is not None:
+            sid = impersonation.find(T("ConnectingSID"))
+            for tag in ("PrimarySmtpAddress", "SmtpAddress", "PrincipalName"):
+                mailbox = mailbox or normalise_mailbox(
+                    sid.findtext(T(tag)) if sid is not None else None)
+        elif op_elem is not None:
+            mailbox = normalise_mailbox(op_elem.findtext(
+                f".//{T('DistinguishedFolderId')}/{T('Mailbox')}/{T('EmailAddress')}"))
+        self.server.store.update_request(
+            record, op=local_name(op_elem) if op_elem is not None else None,
+            mailbox=mailbox, impersonation=impersonation is not None,
+            server_version=version.get("Version") if version is not None else None)
+
+        validator = self.server.config.validator
+        if validator is not None:
+            errors = validator.errors(root)
+            if errors:
+                line, column, _ = errors[0]
+                text = "; ".join(f"line {ln}: {msg}" for ln, _, msg in errors)
+                raise RequestRejected(text, line, column)
+        if op_elem is None:
+            raise RequestRejected("expected a soap:Envelope with one element in soap:Body")
+        if etree.QName(op_elem).namespace != NS_M:
+            raise RequestRejected(f"operation {op_elem.tag} is not in the EWS messages namespace")
+        return op_elem
+
+    def answer(self, op_elem, record: dict) -> None:
+        """Applies the next matching fault, else performs the operation."""
+        config, store = self.server.config, self.server.store
+        op = local_name(op_elem)
+        fault = store.take_fault(op)
+        mode = fault["mode"] if fault else None
+        store.update_request(record, fault=mode)
+
+        if mode == "drop_before_perform":
+            self.drop_connection()
+            return
+        if mode == "http_status":
+            status = int(fault.get("status", 503))
+            headers = [("Retry-After", str(int(fault["retry_after"])))] \
+                if "retry_after" in fault else []
+            text = str(fault.get("body", f"HTTP {status} from ews_sim\n"))
+            self.send_soap(status, text.encode(), record,
+                           fault.get("content_type", "text/plain; charset=utf-8"), headers)
+            return
+        if mode == "raw":
+            raw = base64.b64decode(fault["body_b64"]) if "body_b64" in fault \
+                else str(fault.get("body", "")).encode()
+            self.send_soap(int(fault.get("status", 200)), raw, record,
+                           fault.get("content_type", "text/xml; charset=utf-8"),
+                           list(fault.get("headers", {}).items()))
+            return
+        if mode == "server_busy_fault":
+            self.send_soap(500, soap_fault("ErrorServerBusy", ERROR_TEXTS["ErrorServerBusy"],
+                                           back_off_ms=fault.get("back_off_ms", 1000)), record)
+            return
+        if mode == "server_busy":
+            self.send_soap(200, uniform_error_response(
+                op_elem, "ErrorServerBusy", back_off_ms=fault.get("back_off_ms", 1000)), record)
+            return
+        if mode == "response_code":
+            self.send_soap(200, uniform_error_response(
+                op_elem, fault["code"], fault.get("message"), fault.get("back_off_ms"),
+                fault.get("response_class", "Error")), record)
+            return
+
+        # "delay" sleeps after performing by default: the slow answer of a done operation,
+        # which is what makes a client's timeout-and-retry risk duplicates.
+        delay = fault.get("ms", 0) / 1000 if mode == "delay" else 0
+        delay_before = fault.get("when") == "before_perform" if mode == "delay" else False
+        if delay_before:
+            time.sleep(delay)
+        mailbox = record["mailbox"]
+        if config.known_mailboxes is not None and mailbox and \
+                mailbox not in config.known_mailboxes:
+            response = uniform_error_response(op_elem, "ErrorNonExistentMailbox")
+        else:
+            fallback = normalise_mailbox(record["auth_user"]) or "default"
+            response = self.server.operations.perform(
+                SoapRequest(op_elem, op, mailbox, fallback))
+        if mode == "drop_after_perform":
+            self.drop_connection()
+            return
+        if delay and not delay_before:
+            time.sleep(delay)
+        self.send_soap(200, response, record)
+
+    def send_soap(self, status: int, body: bytes, record: dict | None = None,
+                  content_type: str = "text/xml; charset=utf-8", headers=()) -> None:
+        if self.server.config.latency_ms:
+            time.sleep(self.server.config.latency_ms / 1000)
+        if record is not None:
+            self.server.store.update_request(record, http_status=status)
+        self.send_bytes(status, body, content_type, headers)
+
+    # -- control API -------------------------------------------------------------
+    def handle_control(self, path: str, body: bytes) -> None:
+        """JSON test hooks (no authentication); listed in the module docstring."""
+        store = self.server.store
+        query = parse_qs(urlsplit(self.path).query)
+        method = self.command
+
+        if method == "GET" and path == "/_sim/mailboxes":
+            return self.send_json(200, store.snapshot_mailboxes())
+        if method == "GET" and path.startswith("/_sim/mailboxes/"):
+            mailbox = normalise_mailbox(unquote(path[len("/_sim/mailboxes/"):]))
+            with store.lock:
+                return self.send_json(200, copy.deepcopy(store.mailbox_items(mailbox)))
+        if path.startswith("/_sim/items/"):
+            return self.handle_control_item(method, unquote(path[len("/_sim/items/"):]))
+        if method == "GET" and path == "/_sim/deleted":
+            with store.lock:
+                return self.send_json(200, copy.deepcopy(store.deleted))
+        if method == "GET" and path == "/_sim/requests":
+            with_body = query.get("body", ["0"])[0] not in ("0", "")
+            op_filter = query.get("op", [None])[0]
+            with store.lock:
+                requests = [dict(r) for r in store.requests
+                            if op_filter is None or r["op"] == op_filter]
+            if not with_body:
+                for r in requests:
+                    r.pop("body", None)
+            return self.send_json(200, requests)
+        if method == "GET" and path == "/_sim/errors":
+            with store.lock:
+                return self.send_json(200, list(store.errors))
+        if method == "GET" and path == "/_sim/stats":
+            counts = {}
+            with store.lock:
+                for r in store.requests:
+                    op = r["op"] or "unknown"
+                    counts[op] = counts.get(op, 0) + 1
+            return self.send_json(200, counts)
+        if method == "POST" and path == "/_sim/reset":
+            store.reset()
+            return self.send_json(200, {"reset": True})
+        if path == "/_sim/faults":
+            return self.handle_control_faults(method, body)
+        self.send_json(404, {"error": f"no control endpoint {method} {path}"})
+
+    def handle_control_item(self, method: str, item_id: str) -> None:
+        """GET or DELETE one item, e.g. to play a user deleting it in Outlook."""
+        store = self.server.store
+        with store.lock:
+            item = store.items.get(item_id)
+            if item is None:
+                return self.send_json(404, {"error": "no such item"})
+            if method == "DELETE":
+                del store.items[item_id]
+                return self.send_json(200, item)
+            if method == "GET":
+                return self.send_json(200, copy.deepcopy(item))
+        self.send_json(405, {"error": "GET or DELETE"})
+
+    def handle_control_faults(self, method: str, body: bytes) -> None:
+        store = self.server.store
+        if method == "DELETE":
+            with store.lock:
+                cleared = len(store.faults)
+                store.faults.clear()
+            return self.send_json(200, {"cleared": cleared})
+        if method == "GET":
+            with store.lock:
+                return self.send_json(200, copy.deepcopy(store.faults))
+        if method != "POST":
+            return self.send_json(405, {"error": "GET, POST or DELETE"})
+        try:
+            spec = json.loads(body or b"null")
+            faults = [check_fault(f) for f in (spec if isinstance(spec, list) else [spec])]
+        except (ValueError, binascii.Error) as exc:
+            return self.send_json(400, {"error": str(exc)})
+        with store.lock:
+            store.faults.extend(faults)
+            queued = copy.deepcopy(store.faults)
+        self.send_json(200, {"queued": len(faults), "faults": queued})
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def parse_users(text: str | None) -> dict | None:
+    if not text:
+        return None
+    users = {}
+    for pair in text.split(","):
+        name, sep, password = pair.partition(":")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected name:password, got {pair!r}")
+        users[name] = password
+    return users
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="ews_sim.py", description="Exchange Web Services simulator for tests.")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any)")
+    parser.add_argument("--port-file", help="write the bound port here (atomically)")
+    parser.add_argument("--users", type=parse_users,
+                        help="require HTTP Basic auth: name:password[,name:password...]")
+    parser.add_argument("--schema-dir", default=os.environ.get("FOLLOWUPD_EWS_SCHEMA"),
+                        help="EWS schema folder (default: $FOLLOWUPD_EWS_SCHEMA)")
+    parser.add_argument("--no-schema", action="store_true", help="skip schema validation")
+    parser.add_argument("--latency-ms", type=int, default=0,
+                        help="extra delay before every SOAP answer")
+    parser.add_argument("--known-mailboxes",
+                        help="comma-separated addresses; others get ErrorNonExistentMailbox")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    return args
+
+
+def write_port_file(path: str, port: int) -> None:
+    """Temp file + rename, so a waiting test never reads a half-written number."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".ews_sim_port.", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    validator = load_validator(None if args.no_schema else args.schema_dir)
+    known = None
+    if args.known_mailboxes is not None:
+        known = {normalise_mailbox(a) for a in args.known_mailboxes.split(",") if a.strip()}
+    config = SimConfig(users=args.users, known_mailboxes=known, latency_ms=args.latency_ms,
+                       verbose=args.verbose, validator=validator)
+    ssl_context = None
+    if args.tls_cert:
+        ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+
+    server = SimServer(args.port, config, ssl_context)
+    port = server.server_address[1]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # serve_forever in a thread: shutdown() must be called from another thread than it.
+    threading.Thread(target=server.serve_forever, name="ews_sim", daemon=True).start()
+
+    if args.port_file:
+        write_port_file(args.port_file, port)
+    else:
+        print(port, flush=True)
+    if args.verbose:
+        scheme = "https" if ssl_context else "http"
+        print(f"ews_sim: listening on {scheme}://127.0.0.1:{port}/EWS/Exchange.asmx",
+              file=sys.stderr, flush=True)
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
