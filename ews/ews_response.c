@@ -190,7 +190,8 @@ static char *attribute_of(const xmlNode *node, const char *name, bool *oom)
     return out;
 }
 
-/* BackOffMilliseconds: a non-negative decimal integer; anything else counts as absent. */
+/* BackOffMilliseconds: a non-negative decimal integer, anything else counts as
+ * absent; absurdly large values are still a request to wait, capped. */
 static int64_t parse_back_off(const char *text)
 {
     char *end = NULL;
@@ -199,10 +200,10 @@ static int64_t parse_back_off(const char *text)
         return -1;
     errno = 0;
     long long value = strtoll(text, &end, 10);
-    if (errno == ERANGE)
-        return INT64_MAX;       /* absurd, but a wait, not a parse error */
-    if (errno != 0 || end == text || *end != '\0')
+    if (end == text || *end != '\0')
         return -1;
+    if (errno == ERANGE || value > EWS_RESPONSE_MAX_BACK_OFF_MS)
+        return EWS_RESPONSE_MAX_BACK_OFF_MS;
     return (int64_t)value;
 }
 
@@ -248,7 +249,7 @@ static void keep_first_error(parse_state *state, const xmlError *error)
         return;
     state->have_error = true;
 
-    char message[PARSE_ERROR_SIZE];
+    char message[PARSE_ERROR_SIZE - 32];     /* room for "line N: " */
     quote_for_message(error->message != NULL ? error->message : "unknown error",
                       message, sizeof message);
     if (error->line > 0)

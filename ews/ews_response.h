@@ -10,6 +10,10 @@
 
 #define EWS_RESPONSE_MAX_BYTES (4u * 1024u * 1024u)
 
+/* BackOffMilliseconds larger than this (one day) are reported as this, so a hostile
+ * or broken hint cannot overflow the caller's time arithmetic. */
+#define EWS_RESPONSE_MAX_BACK_OFF_MS INT64_C(86400000)
+
 typedef enum ews_response_class {
     EWS_CLASS_SUCCESS,
     EWS_CLASS_WARNING,

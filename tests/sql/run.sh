@@ -4,4 +4,4 @@
 set -eu
 : "${top_srcdir:?run through make check}"
 export PYTHONDONTWRITEBYTECODE=1
-exec "${PYTHON3:-/usr/bin/python3}" "$top_srcdir/tests/sql/run.py"
+exec "${PYTHON3:-/usr/bin/python3}" "$top_srcdir/tests/sql/pgtap_runner.py"

@@ -311,6 +311,12 @@ static const char odd_back_offs[] =
     "<m:CreateItemResponseMessage ResponseClass=\"Error\"><m:ResponseCode>ErrorServerBusy</m:ResponseCode>"
     "<m:MessageXml><m:Value Name=\"BackOffMilliseconds\">5</m:Value></m:MessageXml>"
     "</m:CreateItemResponseMessage>"
+    "<m:CreateItemResponseMessage ResponseClass=\"Error\"><m:ResponseCode>ErrorServerBusy</m:ResponseCode>"
+    "<m:MessageXml><t:Value Name=\"BackOffMilliseconds\">86400001</t:Value></m:MessageXml>"
+    "</m:CreateItemResponseMessage>"
+    "<m:CreateItemResponseMessage ResponseClass=\"Error\"><m:ResponseCode>ErrorServerBusy</m:ResponseCode>"
+    "<m:MessageXml><t:Value Name=\"Other\">1</t:Value><t:Value Name=\"BackOffMilliseconds\"> 0 </t:Value></m:MessageXml>"
+    "</m:CreateItemResponseMessage>"
     "</m:ResponseMessages></m:CreateItemResponse></s:Body></s:Envelope>";
 
 /* ---- helpers ----------------------------------------------------------------------- */
@@ -550,11 +556,13 @@ static void test_odd_back_offs(void **state)
     (void)state;
     ews_response *r = PARSE_OK(odd_back_offs);
 
-    assert_int_equal(r->n_messages, 4);
+    assert_int_equal(r->n_messages, 6);
     assert_int_equal(r->messages[0].back_off_ms, -1);
     assert_int_equal(r->messages[1].back_off_ms, -1);
-    assert_true(r->messages[2].back_off_ms == INT64_MAX);
+    assert_int_equal(r->messages[2].back_off_ms, EWS_RESPONSE_MAX_BACK_OFF_MS);
     assert_int_equal(r->messages[3].back_off_ms, -1);     /* m:Value is not t:Value */
+    assert_int_equal(r->messages[4].back_off_ms, EWS_RESPONSE_MAX_BACK_OFF_MS);
+    assert_int_equal(r->messages[5].back_off_ms, 0);
     ews_response_free(r);
 }
 
