@@ -105,7 +105,9 @@ _Static_assert(sizeof(config_api) == sizeof(int) && sizeof(config_auth) == sizeo
     X("oauth2",   "client_secret_file", T_STRING, "",                             oauth2_client_secret_file, true,  0, 0,    NULL) \
     X("oauth2",   "scope",              T_STRING, "https://outlook.office365.com/.default", oauth2_scope,    true,  0, 0,    NULL) \
     X("delivery", "concurrency",        T_INT,    "8",                            concurrency,               true,  1, 256,  NULL) \
-    X("delivery", "max_attempts",       T_INT,    "12",                           max_attempts,              true,  1, 1000, NULL)
+    X("delivery", "max_attempts",       T_INT,    "12",                           max_attempts,              true,  1, 1000, NULL) \
+    X("delivery", "backoff_initial_ms", T_INT,    "5000",                         backoff_initial_ms,        true,  1, 3600000, NULL) \
+    X("delivery", "backoff_max_ms",     T_INT,    "900000",                       backoff_max_ms,            true,  1, 86400000, NULL)
 
 #define OPTION_ROW(sec, name, ty, def, field, reload, lo, hi, vals) \
     { sec, name, ty, def, offsetof(config, field), reload, lo, hi, vals },

@@ -43,6 +43,8 @@ typedef struct config {
     /* [delivery] */
     int concurrency;
     int max_attempts;
+    int backoff_initial_ms;   /* first retry delay; doubles per attempt */
+    int backoff_max_ms;       /* cap of the retry delay */
 } config;
 
 /* One row of the option table, exported for --help-config style listings and the docs check. */

@@ -19,8 +19,6 @@
 #include "reconcile.h"
 
 #define SAFETY_POLL_SECONDS 30.0
-#define BACKOFF_BASE_MS 5000
-#define BACKOFF_CAP_MS (15 * 60 * 1000)
 
 static const char sql_attributes[] =
     "SELECT name, effective_value, problem FROM contactlog.effective_attribute";
@@ -44,6 +42,8 @@ struct worker {
     char worker_id[128];
     int concurrency;
     int max_attempts;
+    int backoff_initial_ms;
+    int backoff_max_ms;
     int lease_seconds;
     char *time_zone;
     /* Settings from the attribute table, read afresh before every claim. */
@@ -180,13 +180,13 @@ static bool query_or_abandon(job *j, const char *sql, int n, const char *const *
     return true;
 }
 
-static int64_t backoff_ms(int attempts)
+static int64_t backoff_ms(const worker *w, int attempts)
 {
-    int64_t delay = BACKOFF_BASE_MS;
-    for (int i = 1; i < attempts && delay < BACKOFF_CAP_MS; i++)
+    int64_t delay = w->backoff_initial_ms;
+    for (int i = 1; i < attempts && delay < w->backoff_max_ms; i++)
         delay *= 2;
-    if (delay > BACKOFF_CAP_MS)
-        delay = BACKOFF_CAP_MS;
+    if (delay > w->backoff_max_ms)
+        delay = w->backoff_max_ms;
     /* ±20 % jitter spreads retries of a whole batch over time. */
     int64_t jitter = delay / 5;
     return delay - jitter + (jitter > 0 ? (int64_t)(rand() % (2 * jitter + 1)) : 0);
@@ -214,7 +214,7 @@ static void job_fail(job *j, bool permanent, int64_t server_wait_ms, const char 
                      const char *reason)
 {
     worker *w = j->w;
-    int64_t delay = backoff_ms(j->log.attempts + 1);
+    int64_t delay = backoff_ms(w, j->log.attempts + 1);
     char delay_text[32], attempts_text[16], error[1024];
 
     if (server_wait_ms > delay)
@@ -736,6 +736,8 @@ void worker_apply_config(worker *w, const config *cfg)
 {
     w->concurrency = cfg->concurrency;
     w->max_attempts = cfg->max_attempts;
+    w->backoff_initial_ms = cfg->backoff_initial_ms;
+    w->backoff_max_ms = cfg->backoff_max_ms;
     /* Long enough for every step of one log, each bounded by the request timeout. */
     w->lease_seconds = cfg->timeout_seconds * 10 + 60;
     replace_string(&w->time_zone, cfg->time_zone);

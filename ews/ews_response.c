@@ -660,8 +660,8 @@ int ews_response_parse(const char *body, size_t len, ews_response **out, char *e
         return -1;
     }
     ctxt->_private = &state;
-    /* Per-parse handlers: nothing global is touched, so concurrent parses and other
-     * libxml2 users in the process are unaffected. userData is ctxt itself here. */
+    /* Per-parse handlers on this context (userData is ctxt itself here), so concurrent
+     * parses in other threads and other libxml2 users are unaffected. */
     ctxt->sax->internalSubset = refuse_doctype;
     ctxt->sax->serror = record_parser_error;
     ctxt->sax->error = NULL;

@@ -10,7 +10,7 @@ trap 'rm -rf "$dest"' EXIT
 make -C "$build" install DESTDIR="$dest" prefix=/usr sysconfdir=/etc >/dev/null
 unit="$dest/usr/lib/systemd/system/followupd.service"
 # verify resolves ExecStart= on this machine: point it at the scratch root.
-sed -i "s|/usr/bin/followupd|$dest/usr/bin/followupd|g" "$unit"
+sed -i -E "s#=(-?)[^ =]*/followupd( |\$)#=\1$dest/usr/bin/followupd\2#g" "$unit"
 out=$(MANPATH="$dest/usr/share/man" systemd-analyze verify "$unit" 2>&1) || true
 if [ -n "$out" ]; then
     echo "systemd-analyze verify is not clean:" >&2
