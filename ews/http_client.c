@@ -326,7 +326,8 @@ static long curl_auth_mask(http_auth auth)
     return CURLAUTH_NONE;
 }
 
-static int configure_easy(http_transfer *t, const char *url, const http_settings *s)
+static int configure_easy(http_transfer *t, const char *method, const char *url,
+                          const http_settings *s)
 {
     CURL *e = t->easy;
     int bad = 0;
@@ -335,8 +336,14 @@ static int configure_easy(http_transfer *t, const char *url, const http_settings
     bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, t);
     bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
     bad |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    bad |= curl_easy_setopt(e, CURLOPT_POST, 1L);
-    bad |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request_body);
+    if (strcmp(method, "GET") == 0) {
+        bad |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else {
+        bad |= curl_easy_setopt(e, CURLOPT_POST, 1L);
+        bad |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request_body ? t->request_body : "");
+        if (strcmp(method, "POST") != 0)
+            bad |= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
     bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
     bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
@@ -366,6 +373,14 @@ int http_client_post(http_client *client, const char *url, const char *content_t
                      char *body, size_t body_len, const char *const *extra_headers,
                      http_done_fn done, void *userdata)
 {
+    return http_client_request(client, "POST", url, content_type, body, body_len,
+                               extra_headers, done, userdata);
+}
+
+int http_client_request(http_client *client, const char *method, const char *url,
+                        const char *content_type, char *body, size_t body_len,
+                        const char *const *extra_headers, http_done_fn done, void *userdata)
+{
     char header[512];
     http_transfer *t = calloc(1, sizeof *t);
     if (!t) {
@@ -380,15 +395,17 @@ int http_client_post(http_client *client, const char *url, const char *content_t
     t->easy = curl_easy_init();
     if (!t->easy)
         goto fail;
-    snprintf(header, sizeof header, "Content-Type: %s", content_type);
-    t->headers = curl_slist_append(NULL, header);
     /* No "Expect: 100-continue" round trip before every body. */
-    t->headers = t->headers ? curl_slist_append(t->headers, "Expect:") : NULL;
+    t->headers = curl_slist_append(NULL, "Expect:");
+    if (content_type && t->headers) {
+        snprintf(header, sizeof header, "Content-Type: %s", content_type);
+        t->headers = curl_slist_append(t->headers, header);
+    }
     for (size_t i = 0; t->headers && extra_headers && extra_headers[i]; i++)
         t->headers = curl_slist_append(t->headers, extra_headers[i]);
     if (!t->headers)
         goto fail;
-    if (configure_easy(t, url, &client->settings) < 0 ||
+    if (configure_easy(t, method, url, &client->settings) < 0 ||
         curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len) != CURLE_OK)
         goto fail;
     if (curl_multi_add_handle(client->multi, t->easy) != CURLM_OK)

@@ -49,9 +49,17 @@ void http_client_free(http_client *client);   /* aborts in-flight requests silen
 int http_client_configure(http_client *client, const http_settings *settings)
     __attribute__((warn_unused_result));
 
-/* Starts a POST. Takes ownership of body (malloc'd). extra_headers: NULL-terminated
- * "Name: value" list, copied. done is called exactly once, from the event loop,
- * unless the client is freed first. Returns 0 or -errno. */
+/* Starts a request. method: "GET", "POST", "PATCH", "DELETE", ... Takes ownership
+ * of body (malloc'd, may be NULL with body_len 0). content_type may be NULL when
+ * there is no body. extra_headers: NULL-terminated "Name: value" list, copied.
+ * done is called exactly once, from the event loop, unless the client is freed
+ * first. Returns 0 or -errno. */
+int http_client_request(http_client *client, const char *method, const char *url,
+                        const char *content_type, char *body, size_t body_len,
+                        const char *const *extra_headers, http_done_fn done, void *userdata)
+    __attribute__((warn_unused_result));
+
+/* http_client_request with "POST". */
 int http_client_post(http_client *client, const char *url, const char *content_type,
                      char *body, size_t body_len, const char *const *extra_headers,
                      http_done_fn done, void *userdata)

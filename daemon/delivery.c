@@ -1,0 +1,33 @@
+/* delivery — picks the back end named by [exchange] api. */
+#include "delivery.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+delivery *delivery_new(sd_event *event, const config *cfg, char *err, size_t errlen)
+{
+    if (cfg->api != CONFIG_API_EWS) {
+        snprintf(err, errlen, "api = graph is not available yet; use api = ews");
+        return NULL;
+    }
+    delivery *d = calloc(1, sizeof *d);
+    if (!d || !(d->impl = delivery_ews_new(event))) {
+        free(d);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    d->ops = &delivery_ews_ops;
+    if (delivery_configure(d, cfg, err, errlen) < 0) {
+        delivery_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void delivery_free(delivery *d)
+{
+    if (!d)
+        return;
+    d->ops->free(d->impl);
+    free(d);
+}
