@@ -20,9 +20,17 @@ typedef enum delivery_outcome {
     DELIVERY_PERMANENT,      /* retrying will not help: park the log */
 } delivery_outcome;
 
+/* Who a server's "wait" applies to. */
+typedef enum delivery_throttle {
+    DELIVERY_THROTTLE_NONE,
+    DELIVERY_THROTTLE_MAILBOX,   /* this mailbox's budget (EWS ErrorServerBusy) */
+    DELIVERY_THROTTLE_SERVER,    /* every request (HTTP 503/429 with Retry-After) */
+} delivery_throttle;
+
 typedef struct delivery_result {
     delivery_outcome outcome;
     int64_t retry_after_ms;  /* the server asked us to wait at least this long; -1 none */
+    delivery_throttle throttle;
     const char *reason;      /* readable, for logs and followupctl status */
     const char *code;        /* "NoError", "ErrorServerBusy", "HTTP 503", "timeout", ... */
     ews_item_ref item;       /* create/update: the item as it is now */

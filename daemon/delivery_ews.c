@@ -8,16 +8,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/sha.h>
+
 #include "ews_request.h"
 #include "ews_response.h"
 #include "http_client.h"
 #include "log.h"
 
 typedef struct ews_backend {
-    http_client *http;
+    http_client *http_client_handle;
     char *url;
     char *server_version;
     bool impersonation;
+    /* Kept to re-read the password after a 401 (it may have been rotated). */
+    http_settings http;          /* owned username and ca_file; password NULL */
+    char *password_path;         /* NULL: no password (negotiate) */
+    unsigned char password_digest[SHA256_DIGEST_LENGTH];
 } ews_backend;
 
 typedef enum ews_call_kind { CALL_FIND, CALL_CREATE, CALL_UPDATE, CALL_REMOVE } ews_call_kind;
@@ -29,13 +35,20 @@ typedef struct ews_call {
     void *userdata;
 } ews_call;
 
+static void free_http_template(http_settings *h)
+{
+    free((char *)h->username);
+    free((char *)h->ca_file);
+    memset(h, 0, sizeof *h);
+}
+
 void *delivery_ews_new(sd_event *event)
 {
     ews_backend *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
-    b->http = http_client_new(event);
-    if (!b->http) {
+    b->http_client_handle = http_client_new(event);
+    if (!b->http_client_handle) {
         free(b);
         return NULL;
     }
@@ -47,7 +60,9 @@ static void ews_free(void *impl)
     ews_backend *b = impl;
     if (!b)
         return;
-    http_client_free(b->http);
+    http_client_free(b->http_client_handle);
+    free_http_template(&b->http);
+    free(b->password_path);
     free(b->url);
     free(b->server_version);
     free(b);
@@ -55,7 +70,7 @@ static void ews_free(void *impl)
 
 static size_t ews_in_flight(void *impl)
 {
-    return http_client_in_flight(((ews_backend *)impl)->http);
+    return http_client_in_flight(((ews_backend *)impl)->http_client_handle);
 }
 
 static http_auth auth_from_config(config_auth auth)
@@ -70,7 +85,7 @@ static http_auth auth_from_config(config_auth auth)
 }
 
 /* The password lives in a file: password_file, else systemd's credential. */
-static char *read_password(const config *cfg, char *err, size_t errlen)
+static char *password_path_for(const config *cfg, char *err, size_t errlen)
 {
     char path[4096];
     const char *dir = getenv("CREDENTIALS_DIRECTORY");
@@ -84,13 +99,54 @@ static char *read_password(const config *cfg, char *err, size_t errlen)
                               "credential ews-password with LoadCredential=");
         return NULL;
     }
-    return config_read_secret(path, err, errlen);
+    char *copy = strdup(path);
+    if (!copy)
+        snprintf(err, errlen, "out of memory");
+    return copy;
+}
+
+/* Reads the password at b->password_path and hands it to the HTTP client. */
+static int apply_password(ews_backend *b, bool *changed, char *err, size_t errlen)
+{
+    char *password = NULL;
+    unsigned char digest[SHA256_DIGEST_LENGTH] = {0};
+
+    if (b->password_path) {
+        password = config_read_secret(b->password_path, err, errlen);
+        if (!password)
+            return -EACCES;
+        SHA256((const unsigned char *)password, strlen(password), digest);
+    }
+    if (changed)
+        *changed = memcmp(digest, b->password_digest, sizeof digest) != 0;
+    memcpy(b->password_digest, digest, sizeof digest);
+    http_settings settings = b->http;
+    settings.password = password;
+    int r = http_client_configure(b->http_client_handle, &settings);
+    if (password) {
+        explicit_bzero(password, strlen(password));
+        free(password);
+    }
+    if (r < 0)
+        snprintf(err, errlen, "out of memory");
+    return r;
+}
+
+static bool reload_password(ews_backend *b)
+{
+    char err[512];
+    bool changed = false;
+    if (apply_password(b, &changed, err, sizeof err) < 0) {
+        log_error("re-reading the Exchange password failed: %s", err);
+        return false;
+    }
+    return changed;
 }
 
 static int ews_configure(void *impl, const config *cfg, char *err, size_t errlen)
 {
     ews_backend *b = impl;
-    char *password = NULL;
+    char *password_path = NULL;
 
     if (cfg->auth == CONFIG_AUTH_OAUTH2) {
         snprintf(err, errlen, "auth = oauth2 is not available yet for api = ews; "
@@ -98,38 +154,52 @@ static int ews_configure(void *impl, const config *cfg, char *err, size_t errlen
         return -ENOTSUP;
     }
     if (cfg->auth == CONFIG_AUTH_BASIC || cfg->auth == CONFIG_AUTH_NTLM) {
-        password = read_password(cfg, err, errlen);
-        if (!password)
+        password_path = password_path_for(cfg, err, errlen);
+        if (!password_path)
             return -EACCES;
     }
-    http_settings settings = {
+    http_settings fresh = {
         .auth = auth_from_config(cfg->auth),
-        .username = cfg->username,
-        .password = password,
+        .username = cfg->username ? strdup(cfg->username) : NULL,
         .tls_verify = cfg->tls_verify,
-        .ca_file = cfg->ca_file,
+        .ca_file = cfg->ca_file ? strdup(cfg->ca_file) : NULL,
         .timeout_seconds = cfg->timeout_seconds,
         .max_response_bytes = EWS_RESPONSE_MAX_BYTES,
     };
-    int r = http_client_configure(b->http, &settings);
-    if (password) {
-        explicit_bzero(password, strlen(password));
-        free(password);
-    }
     char *url = strdup(cfg->exchange_url ? cfg->exchange_url : "");
     char *version = strdup(cfg->server_version);
-    if (r < 0 || !url || !version) {
-        free(url);
-        free(version);
+    if (!url || !version || (cfg->username && !fresh.username) ||
+        (cfg->ca_file && !fresh.ca_file)) {
         snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
+        goto fail;
     }
+    /* Swap in only once the password has been read: a bad reload changes nothing. */
+    ews_backend trial = *b;
+    trial.http = fresh;
+    trial.password_path = password_path;
+    if (apply_password(&trial, NULL, err, errlen) < 0) {
+        /* The client may hold a half-applied configuration: restore the old one. */
+        char ignored[64];
+        apply_password(b, NULL, ignored, sizeof ignored);
+        goto fail;
+    }
+    free_http_template(&b->http);
+    free(b->password_path);
     free(b->url);
     free(b->server_version);
+    b->http = fresh;
+    b->password_path = password_path;
+    memcpy(b->password_digest, trial.password_digest, sizeof b->password_digest);
     b->url = url;
     b->server_version = version;
     b->impersonation = cfg->impersonation;
     return 0;
+fail:
+    free_http_template(&fresh);
+    free(password_path);
+    free(url);
+    free(version);
+    return -EINVAL;
 }
 
 static void set_result(delivery_result *r, delivery_outcome outcome, const char *code,
@@ -168,11 +238,17 @@ static void on_http_done(const http_response *hr, void *userdata)
     }
     snprintf(code, sizeof code, "HTTP %ld", hr->status);
     if (hr->status == 401) {
-        snprintf(reason, sizeof reason, "Exchange refused the credentials (HTTP 401): check "
-                                        "[exchange] username, auth and the password file");
-        set_result(&r, DELIVERY_TRANSIENT, code, reason);
+        /* The password may have been changed in its file since: read it again and
+         * retry. Refused again with the same password: retrying cannot help. */
+        bool changed = reload_password(b);
+        snprintf(reason, sizeof reason, "Exchange refused the credentials (HTTP 401)%s: check "
+                 "[exchange] username, auth and the password file",
+                 changed ? "; the password file changed, retrying with it" : "");
+        set_result(&r, changed ? DELIVERY_TRANSIENT : DELIVERY_PERMANENT, code, reason);
         goto done;
     }
+    if (hr->status == 429 || hr->status == 503)
+        r.throttle = DELIVERY_THROTTLE_SERVER;
     if (hr->status != 200 && hr->status != 500) {
         snprintf(reason, sizeof reason, "Exchange answered HTTP %ld", hr->status);
         set_result(&r, hr->status == 403 ? DELIVERY_PERMANENT : DELIVERY_TRANSIENT, code, reason);
@@ -193,6 +269,8 @@ static void on_http_done(const http_response *hr, void *userdata)
             r.outcome = DELIVERY_TRANSIENT;   /* a fault is never a success */
         if (parsed->fault_back_off_ms > r.retry_after_ms)
             r.retry_after_ms = parsed->fault_back_off_ms;
+        if (parsed->fault_ews_code == EWS_ERROR_SERVER_BUSY)
+            r.throttle = DELIVERY_THROTTLE_MAILBOX;
         goto done;
     }
     if (parsed->n_messages == 0) {
@@ -211,6 +289,8 @@ static void on_http_done(const http_response *hr, void *userdata)
             r.outcome = DELIVERY_TRANSIENT;
         if (m->back_off_ms > r.retry_after_ms)
             r.retry_after_ms = m->back_off_ms;
+        if (m->code == EWS_ERROR_SERVER_BUSY)
+            r.throttle = DELIVERY_THROTTLE_MAILBOX;
         goto done;
     }
     set_result(&r, DELIVERY_OK, code, "ok");
@@ -261,7 +341,7 @@ static int send_call(ews_backend *b, ews_call_kind kind, const char *mailbox, ch
     *call = (ews_call){.backend = b, .kind = kind, .done = done, .userdata = userdata};
     if (log_debug_enabled())
         log_debug("EWS request to %s for %s (%zu bytes)", b->url, mailbox, len);
-    int r = http_client_post(b->http, b->url, "text/xml; charset=utf-8", body, len, headers,
+    int r = http_client_post(b->http_client_handle, b->url, "text/xml; charset=utf-8", body, len, headers,
                              on_http_done, call);
     if (r < 0)
         free(call);

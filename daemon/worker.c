@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,10 +30,18 @@ static const char sql_record_item[] =
     "SELECT contactlog.followupd_record_item($1, $2, $3, $4, $5, $6)";
 static const char sql_forget_item[] = "SELECT contactlog.followupd_forget_item($1, $2)";
 static const char sql_finish[] = "SELECT contactlog.followupd_finish($1, $2)";
+static const char sql_defer[] = "SELECT contactlog.followupd_defer($1, $2)";
 static const char sql_retry_later[] =
     "SELECT contactlog.followupd_retry_later($1, $2, $3, $4, $5)";
 
 typedef struct job job;
+
+/* A mailbox Exchange asked us to leave alone for a while (ErrorServerBusy). */
+typedef struct mailbox_holdoff {
+    char *mailbox;
+    int64_t until_ms;            /* CLOCK_MONOTONIC */
+    struct mailbox_holdoff *next;
+} mailbox_holdoff;
 
 struct worker {
     sd_event *event;
@@ -56,6 +65,8 @@ struct worker {
     void (*drained)(void *userdata);
     void *drained_userdata;
     job *jobs;
+    mailbox_holdoff *holdoffs;
+    int64_t server_holdoff_until_ms;   /* HTTP 503/429: every request waits */
     worker_stats stats;
 };
 
@@ -89,6 +100,7 @@ struct job {
 static void kick(worker *w);
 static void job_run_step(job *j);
 static void job_advance(job *j);
+static void job_defer(job *j, int64_t wait_ms);
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -120,6 +132,61 @@ static const char *job_mailbox(const job *j)
 static void set_last_error(worker *w, const char *text)
 {
     snprintf(w->stats.last_error, sizeof w->stats.last_error, "%s", text);
+}
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* How long requests to mailbox must still wait (0: go ahead). Expired entries go. */
+static int64_t holdoff_remaining(worker *w, const char *mailbox)
+{
+    int64_t now = monotonic_ms(), wait = w->server_holdoff_until_ms - now;
+
+    for (mailbox_holdoff **p = &w->holdoffs; *p;) {
+        mailbox_holdoff *h = *p;
+        if (h->until_ms <= now) {
+            *p = h->next;
+            free(h->mailbox);
+            free(h);
+            continue;
+        }
+        if (mailbox && strcasecmp(h->mailbox, mailbox) == 0 && h->until_ms - now > wait)
+            wait = h->until_ms - now;
+        p = &h->next;
+    }
+    return wait > 0 ? wait : 0;
+}
+
+static void hold_off(worker *w, delivery_throttle scope, const char *mailbox, int64_t wait_ms)
+{
+    int64_t until = monotonic_ms() + wait_ms;
+
+    if (wait_ms <= 0 || scope == DELIVERY_THROTTLE_NONE)
+        return;
+    if (scope == DELIVERY_THROTTLE_SERVER) {
+        if (until > w->server_holdoff_until_ms)
+            w->server_holdoff_until_ms = until;
+        return;
+    }
+    for (mailbox_holdoff *h = w->holdoffs; h; h = h->next) {
+        if (strcasecmp(h->mailbox, mailbox) == 0) {
+            if (until > h->until_ms)
+                h->until_ms = until;
+            return;
+        }
+    }
+    mailbox_holdoff *h = calloc(1, sizeof *h);
+    if (!h || !(h->mailbox = strdup(mailbox))) {
+        free(h);
+        return;   /* the log's own retry delay still honours the wait */
+    }
+    h->until_ms = until;
+    h->next = w->holdoffs;
+    w->holdoffs = h;
 }
 
 /* ---- job life ------------------------------------------------------------- */
@@ -235,6 +302,7 @@ static void job_fail(job *j, bool permanent, int64_t server_wait_ms, const char 
 
 static void fail_from_result(job *j, const delivery_result *r)
 {
+    hold_off(j->w, r->throttle, job_mailbox(j), r->retry_after_ms);
     job_fail(j, r->outcome == DELIVERY_PERMANENT, r->retry_after_ms, r->code, r->reason);
 }
 
@@ -555,8 +623,42 @@ static void job_start(job *j)
             log_debug("contact log %" PRId64 ": %s: %s%s", j->log.log_id, kind_name(k),
                       reconcile_action_name(j->plan.steps[k].action),
                       j->plan.steps[k].lookup_first ? " after lookup" : "");
+    /* A mailbox (or the server) asked for a pause: wait without spending an attempt,
+     * while logs for other mailboxes go ahead. */
+    for (int k = 0; k < RECONCILE_KINDS; k++) {
+        if (j->plan.steps[k].action == RECONCILE_NOTHING)
+            continue;
+        j->kind = k;
+        int64_t wait = holdoff_remaining(w, job_mailbox(j));
+        if (wait > 0) {
+            job_defer(j, wait);
+            return;
+        }
+        break;
+    }
     j->kind = -1;
     job_advance(j);
+}
+
+static void on_deferred(PGresult *result, void *userdata)
+{
+    job *j = userdata;
+    if (!db_result_ok(result)) {
+        job_abandon(j, result, "the deferral");
+        return;
+    }
+    job_done(j);
+}
+
+static void job_defer(job *j, int64_t wait_ms)
+{
+    char wait_text[32];
+    snprintf(wait_text, sizeof wait_text, "%" PRId64, wait_ms);
+    log_item(LOG_DEBUG, j->log.log_id, job_mailbox(j), NULL,
+             "contact log %" PRId64 ": mailbox %s is throttled; waiting %" PRId64 " ms",
+             j->log.log_id, job_mailbox(j), wait_ms);
+    const char *params[] = {j->owned[COL_LOG_ID], wait_text};
+    query_or_abandon(j, sql_defer, 2, params, on_deferred, "the deferral");
 }
 
 static void arm_due_timer(worker *w, double seconds)
@@ -776,6 +878,12 @@ void worker_free(worker *w)
         job *next = w->jobs->next;
         job_free(w->jobs);
         w->jobs = next;
+    }
+    while (w->holdoffs) {
+        mailbox_holdoff *next = w->holdoffs->next;
+        free(w->holdoffs->mailbox);
+        free(w->holdoffs);
+        w->holdoffs = next;
     }
     sd_event_source_disable_unref(w->due_timer);
     sd_event_unref(w->event);

@@ -377,6 +377,17 @@ LANGUAGE sql AS $$
     WHERE contact_log_id = log_id AND claimed_by_pid = pg_backend_pid();
 $$;
 
+-- Puts a claimed log back without counting an attempt: its mailbox (or the whole
+-- server) asked us to wait, and this log never got as far as asking.
+CREATE OR REPLACE FUNCTION contactlog.followupd_defer(log_id bigint, delay_ms bigint)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE contactlog.outlook_sync
+    SET next_attempt_at = greatest(next_attempt_at,
+                                   now() + make_interval(secs => delay_ms / 1000.0)),
+        claimed_until = NULL, claimed_by = NULL, claimed_by_pid = NULL
+    WHERE contact_log_id = log_id;
+$$;
+
 -- followupctl retry: parked logs (all, or one) go back into the queue.
 CREATE OR REPLACE FUNCTION contactlog.followupd_requeue_failed(log_id bigint DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql AS $$

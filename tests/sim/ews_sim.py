@@ -22,7 +22,7 @@ Control API (JSON, no authentication):
   GET    /_sim/errors               rejected-request reasons (schema, XML, Content-Type)
   GET    /_sim/stats                {"CreateItem": n, ...}
   POST   /_sim/reset                forget items, requests, errors and faults
-  POST   /_sim/faults               queue {"mode", "count", "ops", ...} or a list of them
+  POST   /_sim/faults               queue {"mode", "count", "ops", "mailboxes", ...} or a list of them
   GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
 Fault modes: drop_after_perform, drop_before_perform, http_status, server_busy,
 server_busy_fault, response_code, delay, raw (see EwsRequestHandler.answer).
@@ -625,11 +625,14 @@ class Store:
             self.errors.append(message)
 
     # -- faults ------------------------------------------------------------
-    def take_fault(self, op: str) -> dict | None:
-        """First queued fault whose ops filter matches; consumes one of its count."""
+    def take_fault(self, op: str, mailbox: str | None = None) -> dict | None:
+        """First queued fault whose ops (and mailboxes) filter matches; consumes one of
+        its count."""
         with self.lock:
             for index, fault in enumerate(self.faults):
                 if fault["ops"] and op not in fault["ops"]:
+                    continue
+                if fault["mailboxes"] and (mailbox or "").lower() not in fault["mailboxes"]:
                     continue
                 if fault["count"] > 0:
                     fault["count"] -= 1
@@ -930,6 +933,7 @@ def check_fault(spec) -> dict:
     fault["ops"] = fault.get("ops") or []
     if not isinstance(fault["ops"], list) or not all(isinstance(o, str) for o in fault["ops"]):
         raise ValueError("ops must be a list of operation names")
+    fault["mailboxes"] = [m.lower() for m in fault.get("mailboxes") or []]
     for number in ("status", "retry_after", "back_off_ms", "ms"):
         if number in fault and not isinstance(fault[number], (int, float)):
             raise ValueError(f"{number} must be a number")
@@ -1196,7 +1200,7 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
         """Applies the next matching fault, else performs the operation."""
         config, store = self.server.config, self.server.store
         op = local_name(op_elem)
-        fault = store.take_fault(op)
+        fault = store.take_fault(op, record.get("mailbox"))
         mode = fault["mode"] if fault else None
         store.update_request(record, fault=mode)
 
