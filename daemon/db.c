@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "loop_timer.h"
 
 #define RECONNECT_MIN_USEC (250 * 1000ULL)
 #define RECONNECT_MAX_USEC (30 * 1000 * 1000ULL)
@@ -37,7 +38,7 @@ struct db {
     PGconn *conn;
     int fd;
     sd_event_source *io;
-    sd_event_source *retry_timer;
+    loop_timer *retry_timer;
     uint64_t retry_delay;
     db_query_item *head, *tail;   /* head is in flight when sent */
     bool head_sent;
@@ -323,22 +324,16 @@ static void connect_now(db *d)
         connection_lost(d, "cannot watch the database socket");
 }
 
-static int on_retry_timer(sd_event_source *source, uint64_t usec, void *userdata)
+static void on_retry_timer(void *userdata)
 {
-    (void)source;
-    (void)usec;
     connect_now(userdata);
-    return 0;
 }
 
 static void schedule_reconnect(db *d)
 {
-    uint64_t now;
-    sd_event_now(d->event, CLOCK_MONOTONIC, &now);
-    /* Full jitter on top of exponential growth, so many daemons do not stampede. */
+    /* Jitter on top of exponential growth, so many daemons do not stampede. */
     uint64_t delay = d->retry_delay / 2 + (uint64_t)rand() % (d->retry_delay / 2 + 1);
-    sd_event_source_set_time(d->retry_timer, now + delay);
-    sd_event_source_set_enabled(d->retry_timer, SD_EVENT_ONESHOT);
+    loop_timer_arm(d->retry_timer, delay);
     d->retry_delay = d->retry_delay * 2 > RECONNECT_MAX_USEC ? RECONNECT_MAX_USEC
                                                             : d->retry_delay * 2;
 }
@@ -355,13 +350,11 @@ db *db_new(sd_event *event, const char *conninfo, const char *channel,
     d->callbacks = *callbacks;
     d->fd = -1;
     d->retry_delay = RECONNECT_MIN_USEC;
-    if (!d->conninfo || !d->channel ||
-        sd_event_add_time(event, &d->retry_timer, CLOCK_MONOTONIC, UINT64_MAX, 0,
-                          on_retry_timer, d) < 0) {
+    d->retry_timer = loop_timer_new(event, on_retry_timer, d);
+    if (!d->conninfo || !d->channel || !d->retry_timer) {
         db_free(d);
         return NULL;
     }
-    sd_event_source_set_enabled(d->retry_timer, SD_EVENT_OFF);
     return d;
 }
 
@@ -396,7 +389,7 @@ void db_free(db *d)
     if (d->head_result)
         PQclear(d->head_result);
     sd_event_source_disable_unref(d->io);
-    sd_event_source_disable_unref(d->retry_timer);
+    loop_timer_free(d->retry_timer);
     if (d->conn)
         PQfinish(d->conn);
     sd_event_unref(d->event);

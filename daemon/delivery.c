@@ -1,22 +1,21 @@
 /* delivery — picks the back end named by [exchange] api. */
 #include "delivery.h"
 
+#include "delivery_graph.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
 delivery *delivery_new(sd_event *event, const config *cfg, char *err, size_t errlen)
 {
-    if (cfg->api != CONFIG_API_EWS) {
-        snprintf(err, errlen, "api = graph is not available yet; use api = ews");
-        return NULL;
-    }
+    bool graph = cfg->api == CONFIG_API_GRAPH;
     delivery *d = calloc(1, sizeof *d);
-    if (!d || !(d->impl = delivery_ews_new(event))) {
+    if (!d || !(d->impl = graph ? delivery_graph_new(event) : delivery_ews_new(event))) {
         free(d);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    d->ops = &delivery_ews_ops;
+    d->ops = graph ? &delivery_graph_ops : &delivery_ews_ops;
     if (delivery_configure(d, cfg, err, errlen) < 0) {
         delivery_free(d);
         return NULL;

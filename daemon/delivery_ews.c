@@ -17,6 +17,7 @@
 
 typedef struct ews_backend {
     http_client *http_client_handle;
+    http_client *create_client;  /* creates only: never over a reused connection */
     char *url;
     char *server_version;
     bool impersonation;
@@ -48,7 +49,10 @@ void *delivery_ews_new(sd_event *event)
     if (!b)
         return NULL;
     b->http_client_handle = http_client_new(event);
-    if (!b->http_client_handle) {
+    b->create_client = http_client_new(event);
+    if (!b->http_client_handle || !b->create_client) {
+        http_client_free(b->http_client_handle);
+        http_client_free(b->create_client);
         free(b);
         return NULL;
     }
@@ -61,6 +65,7 @@ static void ews_free(void *impl)
     if (!b)
         return;
     http_client_free(b->http_client_handle);
+    http_client_free(b->create_client);
     free_http_template(&b->http);
     free(b->password_path);
     free(b->url);
@@ -70,7 +75,8 @@ static void ews_free(void *impl)
 
 static size_t ews_in_flight(void *impl)
 {
-    return http_client_in_flight(((ews_backend *)impl)->http_client_handle);
+    ews_backend *b = impl;
+    return http_client_in_flight(b->http_client_handle) + http_client_in_flight(b->create_client);
 }
 
 static http_auth auth_from_config(config_auth auth)
@@ -123,6 +129,9 @@ static int apply_password(ews_backend *b, bool *changed, char *err, size_t errle
     http_settings settings = b->http;
     settings.password = password;
     int r = http_client_configure(b->http_client_handle, &settings);
+    settings.fresh_connection_per_request = true;
+    if (r == 0)
+        r = http_client_configure(b->create_client, &settings);
     if (password) {
         explicit_bzero(password, strlen(password));
         free(password);
@@ -341,7 +350,8 @@ static int send_call(ews_backend *b, ews_call_kind kind, const char *mailbox, ch
     *call = (ews_call){.backend = b, .kind = kind, .done = done, .userdata = userdata};
     if (log_debug_enabled())
         log_debug("EWS request to %s for %s (%zu bytes)", b->url, mailbox, len);
-    int r = http_client_post(b->http_client_handle, b->url, "text/xml; charset=utf-8", body, len, headers,
+    http_client *client = kind == CALL_CREATE ? b->create_client : b->http_client_handle;
+    int r = http_client_post(client, b->url, "text/xml; charset=utf-8", body, len, headers,
                              on_http_done, call);
     if (r < 0)
         free(call);

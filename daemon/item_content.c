@@ -124,10 +124,12 @@ static void truncate_utf16_units(char *clean, size_t max_units)
     size_t units = 0, i = 0, len = strlen(clean);
 
     while (i < len) {
-        uint32_t cp;
+        uint32_t cp = 0;
         size_t n = utf8_decode((const unsigned char *)clean + i, len - i, &cp);
+        if (n == 0)
+            break;                      /* not after item_text_clean(); defensive */
         size_t char_units = cp >= 0x10000 ? 2 : 1;
-        if (n == 0 || units + char_units > max_units)
+        if (units + char_units > max_units)
             break;
         units += char_units;
         i += n;
@@ -174,12 +176,26 @@ static bool has_http_scheme(const char *url)
     return strncasecmp(url, "https://", 8) == 0 || strncasecmp(url, "http://", 7) == 0;
 }
 
+/* The last line of defence behind the attribute rule (sql/install.sql,
+ * effective_attribute): http(s), a {id} to fill in, and no blank or control character
+ * (a link with a line break or a space in it points somewhere else). Quotes and angle
+ * brackets are harmless here: sb_html() escapes them in the href. */
+static bool link_template_ok(const char *link_template)
+{
+    if (!link_template || !has_http_scheme(link_template) || !strstr(link_template, "{id}"))
+        return false;
+    for (const unsigned char *p = (const unsigned char *)link_template; *p; p++)
+        if (*p <= 0x20 || *p == 0x7F)
+            return false;
+    return true;
+}
+
 char *item_link(const char *link_template, int64_t log_id)
 {
     char id[32];
     strbuf sb = {0};
 
-    if (!link_template || !has_http_scheme(link_template))
+    if (!link_template_ok(link_template))
         return NULL;
     snprintf(id, sizeof id, "%" PRId64, log_id);
     for (const char *p = link_template; *p;) {
@@ -196,6 +212,12 @@ char *item_link(const char *link_template, int64_t log_id)
     if (!raw)
         return NULL;
     char *clean = item_text_clean(raw, strlen(raw));
+    /* A character XML forbids (or broken UTF-8) would be a U+FFFD in the address:
+     * a link to somewhere else. Refuse the template instead. */
+    if (clean && strcmp(clean, raw) != 0) {
+        free(clean);
+        clean = NULL;
+    }
     free(raw);
     return clean;
 }
@@ -326,6 +348,7 @@ int item_content_build(const reconcile_log *log, const reconcile_settings *setti
     item->importance = importance_from_priority(log->priority);
     item->task_completed = kind == EWS_ITEM_TASK && task_completed;
     item->time_zone = kind == EWS_ITEM_APPOINTMENT ? settings->time_zone : NULL;
+    item->link = content->link;
     if (hash_content(content, content->hash) < 0)
         goto fail;
     return 0;

@@ -22,6 +22,7 @@
 #include "db.h"
 #include "delivery.h"
 #include "log.h"
+#include "loop_timer.h"
 #include "worker.h"
 
 #define NOTIFY_CHANNEL "followupd"
@@ -36,8 +37,8 @@ typedef struct daemon_state {
     worker *worker;
     bool ready_sent;
     bool stopping;
-    sd_event_source *status_timer;
-    sd_event_source *drain_timer;
+    loop_timer *status_timer;
+    loop_timer *drain_timer;
 } daemon_state;
 
 static void usage(FILE *out)
@@ -66,12 +67,11 @@ static void send_status(daemon_state *st)
                ws->last_error);
 }
 
-static int on_status_timer(sd_event_source *source, uint64_t usec, void *userdata)
+static void on_status_timer(void *userdata)
 {
     daemon_state *st = userdata;
     send_status(st);
-    sd_event_source_set_time(source, usec + STATUS_INTERVAL_USEC);
-    return 0;
+    loop_timer_arm(st->status_timer, STATUS_INTERVAL_USEC);
 }
 
 static void on_db_connected(void *userdata)
@@ -107,15 +107,12 @@ static void on_drained(void *userdata)
     sd_event_exit(st->event, 0);
 }
 
-static int on_drain_timeout(sd_event_source *source, uint64_t usec, void *userdata)
+static void on_drain_timeout(void *userdata)
 {
     daemon_state *st = userdata;
-    (void)source;
-    (void)usec;
     log_warning("requests still in flight after the stop timeout; exiting anyway "
                 "(their logs are looked up, not duplicated, on the next start)");
     sd_event_exit(st->event, 0);
-    return 0;
 }
 
 static int on_terminate(sd_event_source *source, const struct signalfd_siginfo *si,
@@ -128,11 +125,9 @@ static int on_terminate(sd_event_source *source, const struct signalfd_siginfo *
     st->stopping = true;
     sd_notify(false, "STOPPING=1");
     log_info("received %s; finishing requests in flight", strsignal((int)si->ssi_signo));
-    uint64_t now;
-    sd_event_now(st->event, CLOCK_MONOTONIC, &now);
-    sd_event_add_time(st->event, &st->drain_timer, CLOCK_MONOTONIC,
-                      now + (uint64_t)(st->cfg->timeout_seconds + 5) * 1000000ULL, 0,
-                      on_drain_timeout, st);
+    st->drain_timer = loop_timer_new(st->event, on_drain_timeout, st);
+    if (st->drain_timer)
+        loop_timer_arm(st->drain_timer, (uint64_t)(st->cfg->timeout_seconds + 5) * 1000000ULL);
     worker_drain(st->worker, on_drained, st);
     return 0;
 }
@@ -216,11 +211,9 @@ static int run(daemon_state *st)
         log_error("out of memory at start-up");
         return 1;
     }
-    uint64_t now;
-    sd_event_now(st->event, CLOCK_MONOTONIC, &now);
-    sd_event_add_time(st->event, &st->status_timer, CLOCK_MONOTONIC,
-                      now + STATUS_INTERVAL_USEC, 0, on_status_timer, st);
-    sd_event_source_set_enabled(st->status_timer, SD_EVENT_ON);
+    st->status_timer = loop_timer_new(st->event, on_status_timer, st);
+    if (st->status_timer)
+        loop_timer_arm(st->status_timer, STATUS_INTERVAL_USEC);
 
     log_info("followupd " PACKAGE_VERSION " starting: Exchange %s, %d requests at once",
              st->cfg->exchange_url, st->cfg->concurrency);
@@ -288,8 +281,8 @@ int main(int argc, char **argv)
     worker_free(st.worker);
     db_free(st.database);
     delivery_free(st.backend);
-    sd_event_source_disable_unref(st.status_timer);
-    sd_event_source_disable_unref(st.drain_timer);
+    loop_timer_free(st.status_timer);
+    loop_timer_free(st.drain_timer);
     sd_event_unref(st.event);
     config_free(st.cfg);
     xmlCleanupParser();

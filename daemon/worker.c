@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include "item_content.h"
+#include "loop_timer.h"
+#include "timezone.h"
 #include "log.h"
 #include "reconcile.h"
 
@@ -47,7 +49,7 @@ struct worker {
     sd_event *event;
     db *database;
     delivery *backend;
-    sd_event_source *due_timer;
+    loop_timer *due_timer;
     char worker_id[128];
     int concurrency;
     int max_attempts;
@@ -65,6 +67,9 @@ struct worker {
     void (*drained)(void *userdata);
     void *drained_userdata;
     job *jobs;
+    job *batch;                  /* claimed, waiting for the attributes to be read */
+    int requested;               /* size of the claim in flight */
+    bool batch_was_full;
     mailbox_holdoff *holdoffs;
     int64_t server_holdoff_until_ms;   /* HTTP 503/429: every request waits */
     worker_stats stats;
@@ -101,6 +106,7 @@ static void kick(worker *w);
 static void job_run_step(job *j);
 static void job_advance(job *j);
 static void job_defer(job *j, int64_t wait_ms);
+static void on_attributes(PGresult *result, void *userdata);
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -605,10 +611,22 @@ static void job_start(job *j)
 {
     worker *w = j->w;
     const char *hashes[RECONCILE_KINDS] = {NULL, NULL};
+    /* The creator's own time zone, when set and known, over [exchange] time_zone. */
+    reconcile_settings settings = w->settings;
+    const char *iana = j->owned[COL_CREATOR_TIME_ZONE];
+    if (iana && *iana) {
+        const char *windows = timezone_windows_id(iana);
+        if (windows)
+            settings.time_zone = windows;
+        else
+            log_item(LOG_WARNING, j->log.log_id, NULL, NULL,
+                     "contact log %" PRId64 ": employee time zone '%s' is unknown; using "
+                     "[exchange] time_zone %s", j->log.log_id, iana, w->time_zone);
+    }
 
     if (j->log.exists && j->log.has_follow_up) {
         for (int k = 0; k < RECONCILE_KINDS; k++) {
-            if (item_content_build(&j->log, &w->settings, (ews_item_kind)k, j->log.completed,
+            if (item_content_build(&j->log, &settings, (ews_item_kind)k, j->log.completed,
                                    &j->content[k]) < 0) {
                 job_fail(j, false, -1, "ENOMEM", "out of memory building the item");
                 return;
@@ -617,7 +635,7 @@ static void job_start(job *j)
             hashes[k] = j->content[k].hash;
         }
     }
-    reconcile_plan_log(&j->log, &w->settings, (int64_t)time(NULL), hashes, &j->plan);
+    reconcile_plan_log(&j->log, &settings, (int64_t)time(NULL), hashes, &j->plan);
     for (int k = 0; k < RECONCILE_KINDS; k++)
         if (j->plan.steps[k].action != RECONCILE_NOTHING)
             log_debug("contact log %" PRId64 ": %s: %s%s", j->log.log_id, kind_name(k),
@@ -663,12 +681,11 @@ static void job_defer(job *j, int64_t wait_ms)
 
 static void arm_due_timer(worker *w, double seconds)
 {
-    uint64_t now;
     if (seconds < 0 || seconds > SAFETY_POLL_SECONDS)
         seconds = SAFETY_POLL_SECONDS;
-    sd_event_now(w->event, CLOCK_MONOTONIC, &now);
-    sd_event_source_set_time(w->due_timer, now + (uint64_t)(seconds * 1e6) + 1000);
-    sd_event_source_set_enabled(w->due_timer, SD_EVENT_ONESHOT);
+    log_debug("next queue scan in %.3f s (%zu logs being worked on)", seconds, w->stats.active);
+    if (loop_timer_arm(w->due_timer, (uint64_t)(seconds * 1e6) + 1000) < 0)
+        log_error("cannot arm the queue timer; new work is picked up on notifications only");
 }
 
 static void on_next_due(PGresult *result, void *userdata)
@@ -688,10 +705,18 @@ static void claiming_done(worker *w)
         kick(w);
 }
 
+static void free_batch(worker *w)
+{
+    while (w->batch) {
+        job *next = w->batch->next;
+        job_free(w->batch);
+        w->batch = next;
+    }
+}
+
 static void on_claimed(PGresult *result, void *userdata)
 {
     worker *w = userdata;
-    int requested = w->concurrency - (int)w->stats.active;
 
     if (!db_result_ok(result)) {
         if (result)
@@ -708,22 +733,28 @@ static void on_claimed(PGresult *result, void *userdata)
         arm_due_timer(w, SAFETY_POLL_SECONDS);
         return;
     }
+    if (rows == 0) {
+        if (db_query(w->database, sql_next_due, 0, NULL, on_next_due, w) < 0)
+            arm_due_timer(w, 1);
+        claiming_done(w);
+        return;
+    }
     for (int row = 0; row < rows; row++) {
         job *j = job_from_row(w, result, row);
         if (!j) {
             log_error("out of memory claiming contact logs");
             break;
         }
-        j->next = w->jobs;
-        w->jobs = j;
-        w->stats.active++;
-        job_start(j);
+        j->next = w->batch;
+        w->batch = j;
     }
-    if (rows >= requested)
-        w->rescan_wanted = true;   /* a full batch: more may be waiting */
-    if (!w->rescan_wanted && db_query(w->database, sql_next_due, 0, NULL, on_next_due, w) < 0)
-        arm_due_timer(w, 1);
-    claiming_done(w);
+    w->batch_was_full = rows >= w->requested;
+    /* Attributes are read after the claim, so that a log never meets attributes
+     * older than itself (an administrator's change committed before the log). */
+    if (db_query(w->database, sql_attributes, 0, NULL, on_attributes, w) < 0) {
+        free_batch(w);   /* the claims lapse with our session or their lease */
+        w->claiming = false;
+    }
 }
 
 static void report_attribute_problems(worker *w, PGresult *result)
@@ -787,31 +818,36 @@ static void apply_attributes(worker *w, PGresult *result)
 static void on_attributes(PGresult *result, void *userdata)
 {
     worker *w = userdata;
-    char batch[16], lease[16];
 
     if (!db_result_ok(result)) {
         if (result)
             log_error("reading contactlog.effective_attribute failed: %s (run followupctl "
                       "migrate?)", PQresultErrorMessage(result));
+        free_batch(w);
         w->claiming = false;
         arm_due_timer(w, 5);
         return;
     }
     apply_attributes(w, result);
-    int free_slots = w->concurrency - (int)w->stats.active;
-    if (free_slots <= 0 || w->draining) {
-        claiming_done(w);
-        return;
+    job *batch = w->batch;
+    w->batch = NULL;
+    while (batch) {
+        job *j = batch;
+        batch = j->next;
+        j->next = w->jobs;
+        w->jobs = j;
+        w->stats.active++;
+        job_start(j);
     }
-    snprintf(batch, sizeof batch, "%d", free_slots);
-    snprintf(lease, sizeof lease, "%d", w->lease_seconds);
-    const char *params[] = {batch, lease, w->worker_id};
-    if (db_query(w->database, sql_claim, 3, params, on_claimed, w) < 0)
-        w->claiming = false;
+    if (w->batch_was_full)
+        w->rescan_wanted = true;   /* a full batch: more may be waiting */
+    claiming_done(w);
 }
 
 static void kick(worker *w)
 {
+    char batch[16], lease[16];
+
     if (w->claiming) {
         w->rescan_wanted = true;   /* claim again when this one is back */
         return;
@@ -820,16 +856,17 @@ static void kick(worker *w)
         return;
     w->claiming = true;
     w->rescan_wanted = false;
-    if (db_query(w->database, sql_attributes, 0, NULL, on_attributes, w) < 0)
+    w->requested = w->concurrency - (int)w->stats.active;
+    snprintf(batch, sizeof batch, "%d", w->requested);
+    snprintf(lease, sizeof lease, "%d", w->lease_seconds);
+    const char *params[] = {batch, lease, w->worker_id};
+    if (db_query(w->database, sql_claim, 3, params, on_claimed, w) < 0)
         w->claiming = false;
 }
 
-static int on_due(sd_event_source *source, uint64_t usec, void *userdata)
+static void on_due(void *userdata)
 {
-    (void)source;
-    (void)usec;
     kick(userdata);
-    return 0;
 }
 
 /* ---- public ----------------------------------------------------------------- */
@@ -861,11 +898,11 @@ worker *worker_new(sd_event *event, db *database, delivery *backend, const confi
     snprintf(w->worker_id, sizeof w->worker_id, "%s:%ld", host, (long)getpid());
     /* Safe defaults until the attribute table is read. */
     w->settings.outlook_enabled = false;
-    if (sd_event_add_time(event, &w->due_timer, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_due, w) < 0) {
+    w->due_timer = loop_timer_new(event, on_due, w);
+    if (!w->due_timer) {
         worker_free(w);
         return NULL;
     }
-    sd_event_source_set_enabled(w->due_timer, SD_EVENT_OFF);
     worker_apply_config(w, cfg);
     return w;
 }
@@ -879,13 +916,14 @@ void worker_free(worker *w)
         job_free(w->jobs);
         w->jobs = next;
     }
+    free_batch(w);
     while (w->holdoffs) {
         mailbox_holdoff *next = w->holdoffs->next;
         free(w->holdoffs->mailbox);
         free(w->holdoffs);
         w->holdoffs = next;
     }
-    sd_event_source_disable_unref(w->due_timer);
+    loop_timer_free(w->due_timer);
     sd_event_unref(w->event);
     free(w->time_zone);
     free(w->link_template);
@@ -915,7 +953,7 @@ void worker_drain(worker *w, void (*drained)(void *userdata), void *userdata)
     w->draining = true;
     w->drained = drained;
     w->drained_userdata = userdata;
-    sd_event_source_set_enabled(w->due_timer, SD_EVENT_OFF);
+    loop_timer_disarm(w->due_timer);
     if (!w->jobs && drained)
         drained(userdata);
 }

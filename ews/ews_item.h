@@ -35,6 +35,7 @@ typedef struct ews_item {
     ews_importance importance;
     bool task_completed;       /* task only: Status Completed instead of NotStarted */
     const char *time_zone;     /* Windows time-zone id for StartTimeZone/EndTimeZone; NULL = none */
+    const char *link;          /* the deep link back to the log (also in body_html); NULL = none */
 } ews_item;
 
 /* An item as Exchange knows it. change_key may be NULL. */

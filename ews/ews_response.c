@@ -11,7 +11,9 @@
  *      before a single declaration of the internal subset is read: no XXE, no
  *      billion laughs, whatever the encoding;
  *   5. libxml2's messages go to per-parse handlers that keep the first one for the
- *      caller instead of printing to stderr (the daemon logs the reason itself).
+ *      caller instead of printing to stderr (the daemon logs the reason itself);
+ *   6. the server's codes and texts handed back are one line, without control
+ *      characters, and bounded (63 and 512 bytes, cut between characters).
  * Elements are matched by namespace URI and local name, never by prefix. */
 #include "ews_response.h"
 
@@ -40,6 +42,13 @@
 
 /* Long enough for any libxml2 message; what goes into err is cut to errlen anyway. */
 #define PARSE_ERROR_SIZE 256
+
+/* Server text that callers put into log lines, error reasons and the database
+ * (ResponseCode, faultcode, MessageText, faultstring) is kept to one line and cut to
+ * these sizes on a character boundary (see one_line()). Real EWS codes are ASCII
+ * names under 60 bytes and real texts one sentence; a 4 MiB "code" is an attack. */
+#define SERVER_CODE_MAX_BYTES 63
+#define SERVER_TEXT_MAX_BYTES 512
 
 /* State shared with the libxml2 callbacks through ctxt->_private. */
 typedef struct parse_state {
@@ -83,6 +92,38 @@ static void quote_for_message(const char *s, char *out, size_t outlen)
     while (i > 0 && out[i - 1] == ' ')
         i--;
     out[i] = '\0';
+}
+
+/* Makes server text (valid UTF-8: libxml2 converts every document to it) safe to show:
+ * C0 controls, DEL and C1 controls become blanks, so a MessageText holding
+ * "\n<0>followupd: ..." cannot forge a log line or steer a terminal; and the text is cut
+ * to at most max bytes without splitting a character, so a caller's fixed buffer
+ * (a code of 64 bytes, a reason of 1024) is never the place where a character breaks
+ * and PostgreSQL (which refuses broken UTF-8) can always store the reason. In place. */
+static void one_line(char *s, size_t max)
+{
+    size_t n;
+
+    if (s == NULL)
+        return;
+    n = strlen(s);
+    if (n > max) {
+        n = max;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+            n--;                        /* back to the lead byte of the cut character */
+        s[n] = '\0';
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7F) {
+            s[i] = ' ';
+        } else if (c == 0xC2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+                   (unsigned char)s[i + 1] <= 0x9F) {
+            s[i] = ' ';                 /* U+0080..U+009F, e.g. U+009B CSI */
+            s[i + 1] = ' ';
+            i++;
+        }
+    }
 }
 
 static bool is_element(const xmlNode *node, const char *ns_uri, const char *local)
@@ -425,6 +466,8 @@ static int parse_message(const xmlNode *node, size_t index, ews_response_message
             goto out_of_memory;
     }
 
+    one_line(message->response_code, SERVER_CODE_MAX_BYTES);
+    one_line(message->message_text, SERVER_TEXT_MAX_BYTES);
     if (message->response_code == NULL || message->response_code[0] == '\0') {
         if (message->response_class != EWS_CLASS_SUCCESS) {
             set_error(err, errlen, "response message %zu reports %s without a ResponseCode",
@@ -534,11 +577,15 @@ static int parse_fault(const xmlNode *fault, ews_response *response, char *err, 
         response->fault_code = detail_code;
         detail_code = NULL;
     } else {
+        /* "a:" names nothing after its prefix: then the whole faultcode is the name. */
         const char *colon = strrchr(faultcode, ':');
-        response->fault_code = dup_trimmed(colon != NULL ? colon + 1 : faultcode);
+        bool suffix = colon != NULL && colon[1] != '\0';
+        response->fault_code = dup_trimmed(suffix ? colon + 1 : faultcode);
         if (response->fault_code == NULL)
             goto out_of_memory;
     }
+    one_line(response->fault_code, SERVER_CODE_MAX_BYTES);
+    one_line(response->fault_string, SERVER_TEXT_MAX_BYTES);
     response->fault_ews_code = ews_code_from_string(response->fault_code);
     rc = 0;
     goto done;

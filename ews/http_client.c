@@ -3,6 +3,7 @@
  * wake (CURLMOPT_TIMERFUNCTION); we turn those into sd_event sources and hand
  * events back with curl_multi_socket_action. */
 #include "http_client.h"
+#include "loop_timer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -16,7 +17,7 @@
 struct http_client {
     sd_event *event;
     CURLM *multi;
-    sd_event_source *timer;
+    loop_timer *timer;
     http_settings settings;      /* owned copies of the strings */
     size_t in_flight;
     struct http_transfer *transfers;   /* in flight, for freeing on shutdown */
@@ -146,16 +147,13 @@ static int on_socket_event(sd_event_source *source, int fd, uint32_t revents, vo
     return 0;
 }
 
-static int on_timer(sd_event_source *source, uint64_t usec, void *userdata)
+static void on_timer(void *userdata)
 {
     http_client *client = userdata;
     int running;
 
-    (void)source;
-    (void)usec;
     curl_multi_socket_action(client->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_finished(client);
-    return 0;
 }
 
 static int socket_callback(CURL *easy, curl_socket_t fd, int what, void *clientp, void *socketp)
@@ -199,15 +197,12 @@ static int timer_callback(CURLM *multi, long timeout_ms, void *clientp)
     http_client *client = clientp;
 
     (void)multi;
-    if (timeout_ms < 0)
-        return sd_event_source_set_enabled(client->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
-    uint64_t now;
-    sd_event_now(client->event, CLOCK_MONOTONIC, &now);
+    if (timeout_ms < 0) {
+        loop_timer_disarm(client->timer);
+        return 0;
+    }
     /* timeout 0 means "call me as soon as possible": from the loop, not recursively. */
-    if (sd_event_source_set_time(client->timer, now + (uint64_t)timeout_ms * 1000) < 0 ||
-        sd_event_source_set_enabled(client->timer, SD_EVENT_ONESHOT) < 0)
-        return -1;
-    return 0;
+    return loop_timer_arm(client->timer, (uint64_t)timeout_ms * 1000) < 0 ? -1 : 0;
 }
 
 http_client *http_client_new(sd_event *event)
@@ -219,10 +214,9 @@ http_client *http_client_new(sd_event *event)
     client->multi = curl_multi_init();
     if (!client->multi)
         goto fail;
-    if (sd_event_add_time(event, &client->timer, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_timer,
-                          client) < 0)
+    client->timer = loop_timer_new(event, on_timer, client);
+    if (!client->timer)
         goto fail;
-    sd_event_source_set_enabled(client->timer, SD_EVENT_OFF);
     curl_multi_setopt(client->multi, CURLMOPT_SOCKETFUNCTION, socket_callback);
     curl_multi_setopt(client->multi, CURLMOPT_SOCKETDATA, client);
     curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, timer_callback);
@@ -250,7 +244,7 @@ void http_client_free(http_client *client)
         }
         curl_multi_cleanup(client->multi);
     }
-    sd_event_source_disable_unref(client->timer);
+    loop_timer_free(client->timer);
     sd_event_unref(client->event);
     free_settings(&client->settings);
     free(client);
@@ -358,6 +352,10 @@ static int configure_easy(http_transfer *t, const char *method, const char *url,
     bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, s->tls_verify ? 2L : 0L);
     if (s->ca_file)
         bad |= curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file);
+    if (s->fresh_connection_per_request) {
+        bad |= curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        bad |= curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
     if (s->auth == HTTP_AUTH_BEARER) {
         bad |= curl_easy_setopt(e, CURLOPT_HTTPAUTH, CURLAUTH_BEARER);
         bad |= curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, s->password ? s->password : "");

@@ -27,6 +27,10 @@ typedef struct http_settings {
     const char *ca_file;         /* NULL: the system's bundle */
     long timeout_seconds;
     size_t max_response_bytes;
+    /* A new connection per request, closed afterwards. For requests that must not
+     * be sent twice: on a reused keep-alive connection that the server closed,
+     * libcurl silently re-sends the request, although the server may have acted. */
+    bool fresh_connection_per_request;
 } http_settings;
 
 typedef struct http_response {

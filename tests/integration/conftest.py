@@ -7,12 +7,14 @@ run by hand with e.g.
 """
 import json
 import os
+import shlex
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -30,6 +32,17 @@ INSTALL_SQL = os.path.join(SRCDIR, "sql", "install.sql")
 SIM = os.path.join(SRCDIR, "tests", "sim", "ews_sim.py")
 PYTHON = os.environ.get("PYTHON3") or "/usr/bin/python3"
 EWS_USER, EWS_PASSWORD = "svc-followupd", "s3cret-Passw0rd!"
+GRAPH_SIM = os.path.join(SRCDIR, "tests", "sim", "graph_sim.py")
+GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET = "followupd-test", "graph-Cl1ent-s3cret!"
+# A test module that sets BACKENDS = ["ews", "graph"] runs each of its tests once per
+# back end ([exchange] api); modules without it run against EWS only.
+# FOLLOWUPD_TEST_BACKENDS=graph (or ews) narrows that down.
+ENABLED_BACKENDS = [b for b in os.environ.get("FOLLOWUPD_TEST_BACKENDS", "ews,graph").split(",")
+                    if b]
+# FOLLOWUPD_WRAPPER runs the daemon under e.g. valgrind (scripts/test does);
+# timing assertions are relaxed then.
+WRAPPER = shlex.split(os.environ.get("FOLLOWUPD_WRAPPER", ""))
+SLOW = 10 if WRAPPER else 1
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +59,16 @@ def pg():
 
 
 class Simulator:
+    backend = "ews"
+    # Operation names in the simulator's request log, by what they do (see ops()).
+    OPS = {"CreateItem": ["CreateItem"], "UpdateItem": ["UpdateItem"],
+           "DeleteItem": ["DeleteItem"], "FindItem": ["FindItem"]}
+
+    def ops(self, *names):
+        """This simulator's names for the EWS operations names (for request filters and
+        fault ops): the Graph simulator has e.g. CreateEvent and CreateTask for CreateItem."""
+        return [op for name in names for op in self.OPS.get(name, [name])]
+
     def __init__(self, workdir):
         self.port_file = os.path.join(workdir, "sim.port")
         self.log_path = os.path.join(workdir, "sim.log")
@@ -99,11 +122,51 @@ class Simulator:
         self.log.close()
 
 
+class GraphSimulator(Simulator):
+    """tests/sim/graph_sim.py: Microsoft Graph and its OAuth2 token endpoint."""
+    backend = "graph"
+    OPS = {"CreateItem": ["CreateEvent", "CreateTask"], "UpdateItem": ["PatchEvent", "PatchTask"],
+           "DeleteItem": ["DeleteEvent", "DeleteTask"], "FindItem": ["FindEvents", "FindTasks"]}
+
+    def __init__(self, workdir, extra_args=()):
+        self.port_file = os.path.join(workdir, "graph_sim.port")
+        self.log_path = os.path.join(workdir, "graph_sim.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [PYTHON, GRAPH_SIM, "--port", "0", "--port-file", self.port_file,
+             "--clients", f"{GRAPH_CLIENT_ID}:{GRAPH_CLIENT_SECRET}"] + list(extra_args),
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = int(wait_for(self._read_port, timeout=15,
+                                 what="the Graph simulator to listen"))
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = self.base + "/v1.0"
+        self.token_url = self.base + "/oauth2/v2.0/token"
+
+
 @pytest.fixture(scope="session")
-def sim(tmp_path_factory):
+def ews_sim(tmp_path_factory):
     s = Simulator(str(tmp_path_factory.mktemp("sim")))
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def graph_sim(tmp_path_factory):
+    s = GraphSimulator(str(tmp_path_factory.mktemp("graph_sim")))
+    yield s
+    s.stop()
+
+
+def pytest_generate_tests(metafunc):
+    """The `backend` parameter: which back end the daemon drives ([exchange] api)."""
+    if "backend" in metafunc.fixturenames:
+        wanted = getattr(metafunc.module, "BACKENDS", ["ews"])
+        metafunc.parametrize("backend", [b for b in wanted if b in ENABLED_BACKENDS])
+
+
+@pytest.fixture
+def sim(backend, request):
+    return request.getfixturevalue(f"{backend}_sim")
 
 
 class Database:
@@ -147,6 +210,7 @@ class Database:
         return not row or row[0][0] or row[0][1]
 
     def wait_synced(self, *log_ids, timeout=10):
+        timeout *= SLOW
         for log_id in log_ids:
             wait_for(lambda: self.synced(log_id), timeout=timeout,
                      what=f"followupd to process contact log {log_id}")
@@ -167,27 +231,44 @@ def db(pg, sim):
 
 
 class NotifySocket:
-    """Stands in for systemd's NOTIFY_SOCKET and keeps what the daemon sends."""
+    """Stands in for systemd's NOTIFY_SOCKET and keeps what the daemon sends.
+
+    A thread drains it all the time, as systemd does: an unread datagram socket
+    fills after a few messages and would make the daemon's sd_notify() fail."""
 
     def __init__(self, path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.2)
         self.messages = []
+        self._lock = threading.Lock()
+        self._open = True
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self):
+        while self._open:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(data.decode(errors="replace"))
 
     def poll(self):
-        while True:
-            try:
-                self.messages.append(self.sock.recv(65536).decode())
-            except BlockingIOError:
-                return self.messages
+        with self._lock:
+            return list(self.messages)
 
     def wait_for(self, text, timeout=10):
         return wait_for(lambda: any(text in m for m in self.poll()), timeout=timeout,
                         what=f"followupd to send {text!r} to NOTIFY_SOCKET")
 
     def close(self):
+        self._open = False
+        self._reader.join()
         self.sock.close()
 
 
@@ -198,6 +279,10 @@ class Daemon:
         with open(self.password_file, "w") as f:
             f.write(EWS_PASSWORD + "\n")
         os.chmod(self.password_file, stat.S_IRUSR | stat.S_IWUSR)
+        self.client_secret_file = os.path.join(workdir, "graph-client-secret")
+        with open(self.client_secret_file, "w") as f:
+            f.write(GRAPH_CLIENT_SECRET + "\n")
+        os.chmod(self.client_secret_file, stat.S_IRUSR | stat.S_IWUSR)
         self.config_path = os.path.join(workdir, "followupd.conf")
         self.write_config(pg, sim, extra_config)
         self.log_path = os.path.join(workdir, "followupd.log")
@@ -206,6 +291,14 @@ class Daemon:
         self.proc = None
 
     def write_config(self, pg, sim, extra=""):
+        if getattr(sim, "backend", "ews") == "graph":
+            with open(self.config_path, "w") as f:
+                f.write(f"[database]\nconninfo = {pg.conninfo}\n\n"
+                        f"[exchange]\napi = graph\ntimeout = 5\n\n"
+                        f"[graph]\nbase_url = {sim.url}\n\n"
+                        f"[oauth2]\ntoken_url = {sim.token_url}\nclient_id = {GRAPH_CLIENT_ID}\n"
+                        f"client_secret_file = {self.client_secret_file}\n{extra}\n")
+            return
         with open(self.config_path, "w") as f:
             f.write(f"[database]\nconninfo = {pg.conninfo}\n\n"
                     f"[exchange]\nurl = {sim.url}\nauth = basic\nusername = {EWS_USER}\n"
@@ -215,17 +308,17 @@ class Daemon:
         env = dict(os.environ, NOTIFY_SOCKET=self.notify.path)
         env.pop("JOURNAL_STREAM", None)
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([FOLLOWUPD, "-c", self.config_path, "-d"] + self.args,
+        self.proc = subprocess.Popen(WRAPPER + [FOLLOWUPD, "-c", self.config_path, "-d"] + self.args,
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env)
         if wait_ready:
-            self.notify.wait_for("READY=1")
+            self.notify.wait_for("READY=1", timeout=10 * SLOW)
         return self
 
     def output(self):
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
-    def stop(self, sig=signal.SIGTERM, timeout=15):
+    def stop(self, sig=signal.SIGTERM, timeout=15 * SLOW):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

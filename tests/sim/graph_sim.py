@@ -1,0 +1,1087 @@
+#!/usr/bin/python3
+"""graph_sim — a small Microsoft Graph simulator for followupd's tests and demo.
+
+A real HTTP server on 127.0.0.1 that answers the Graph calls followupd makes for
+Exchange Online — events (calendar), Microsoft To Do lists and tasks, JSON $batch —
+plus an OAuth2 client-credentials token endpoint. Bearer tokens are checked on every
+Graph call, request bodies are checked against the properties Graph knows, items
+are kept in memory, and it can be told to misbehave (lost responses, throttling
+with Retry-After, HTTP errors, expired tokens) through the same JSON control API as
+ews_sim.py. Python 3 standard library only. Run with /usr/bin/python3:
+
+  /usr/bin/python3 tests/sim/graph_sim.py --port 0 --port-file FILE
+      [--clients ID:SECRET,...] [--token-lifetime SECONDS] [--latency-ms N]
+      [--known-mailboxes a@x,b@y] [--verbose]
+
+Graph (below /v1.0):
+  POST   /oauth2/v2.0/token, /<tenant>/oauth2/v2.0/token    client credentials
+  GET    /users/{m}/events?$filter=singleValueExtendedProperties/Any(ep: ep/id eq '...'
+             and ep/value eq '...')                          FindEvents
+  POST   /users/{m}/events                                   CreateEvent
+  GET|PATCH|DELETE /users/{m}/events/{id}                    GetEvent|PatchEvent|DeleteEvent
+  GET    /users/{m}/todo/lists[?$filter=wellknownListName eq 'defaultList']   FindLists
+  GET    /users/{m}/todo/lists/{l}/tasks[?$filter=linkedResources/any(r: r/externalId
+             eq '...')]                                      FindTasks
+  POST   /users/{m}/todo/lists/{l}/tasks                     CreateTask
+  GET|PATCH|DELETE /users/{m}/todo/lists/{l}/tasks/{id}      GetTask|PatchTask|DeleteTask
+  POST   /$batch                                             Batch (at most 20 members)
+
+Control API (JSON, no authentication), shaped like ews_sim's:
+  GET    /_sim/mailboxes            {"mailbox": [items...]}; item fields as ews_sim's where
+                                    they overlap (kind, subject, body, body_type, importance,
+                                    start, end, reminder_*, legacy_free_busy, due_date,
+                                    status, extended_properties, updated_count, ...)
+  GET    /_sim/mailboxes/<addr>     [items]
+  GET    /_sim/deleted              {"mailbox": [deleted items]}
+  GET    /_sim/items/<id>           one item; DELETE removes it ("user deleted it")
+  DELETE /_sim/lists/<addr>         the default To Do list is replaced by a new, empty one
+  GET    /_sim/requests[?op=X][&body=1]   request log, oldest first (batch members too)
+  GET    /_sim/errors               rejected-request reasons
+  GET    /_sim/stats                {"CreateEvent": n, ...}
+  POST   /_sim/reset                forget items, lists, tokens, requests, errors, faults
+  POST   /_sim/faults               queue {"mode", "count", "ops", ...} or a list of them
+  GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
+Fault modes: drop_after_perform, drop_before_perform, http_status (status, retry_after,
+code, message), expire_token (the next call with a valid token gets 401 and the token
+is revoked), delay (ms), raw (status, body, content_type, headers). In a $batch, a
+member's fault answers that member only (drop_* drop the whole batch connection);
+"in_batch": true makes a fault apply to $batch members only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import hmac
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+API_ROOT = "/v1.0"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+BATCH_MAX = 20
+
+DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,7})?$")
+PROPERTY_ID_RE = re.compile(r"^String \{([0-9A-Fa-f-]{36})\} Name (\S+)$")
+EVENT_FILTER_RE = re.compile(
+    r"^singleValueExtendedProperties/any\(ep:\s*ep/id eq '((?:[^']|'')*)' and "
+    r"ep/value eq '((?:[^']|'')*)'\)$", re.IGNORECASE)
+TASK_FILTER_RE = re.compile(
+    r"^linkedResources/any\(r:\s*r/externalId eq '((?:[^']|'')*)'\)$", re.IGNORECASE)
+LIST_FILTER_RE = re.compile(r"^wellknownListName eq '(\w+)'$", re.IGNORECASE)
+
+EVENT_FIELDS = {"subject", "body", "start", "end", "originalStartTimeZone",
+                "originalEndTimeZone", "isReminderOn", "reminderMinutesBeforeStart",
+                "importance", "showAs", "singleValueExtendedProperties", "attendees",
+                "location", "categories", "sensitivity", "isAllDay", "transactionId"}
+TASK_FIELDS = {"title", "body", "importance", "dueDateTime", "isReminderOn",
+               "reminderDateTime", "status", "linkedResources", "categories",
+               "startDateTime", "completedDateTime"}
+LINK_FIELDS = {"webUrl", "applicationName", "displayName", "externalId"}
+IMPORTANCE = {"low": "Low", "normal": "Normal", "high": "High"}
+SHOW_AS = {"free": "Free", "tentative": "Tentative", "busy": "Busy", "oof": "OOF",
+           "workingElsewhere": "WorkingElsewhere", "unknown": "NoData"}
+TASK_STATUS = {"notStarted": "NotStarted", "inProgress": "InProgress",
+               "completed": "Completed", "waitingOnOthers": "WaitingOnOthers",
+               "deferred": "Deferred"}
+
+
+def new_id(prefix: bytes) -> str:
+    # Looks like Exchange ids and contains '+', '/' and '=' now and then, so clients
+    # get their URL escaping exercised.
+    return base64.b64encode(prefix + os.urandom(45) + b"\x00").decode()
+
+
+def normalise_mailbox(address: str | None) -> str | None:
+    address = (address or "").strip().lower()
+    return address or None
+
+
+def graph_error(status: int, code: str, message: str):
+    return status, {"error": {"code": code, "message": message,
+                              "innerError": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                             "request-id": base64.b16encode(
+                                                 os.urandom(8)).decode().lower()}}}, {}
+
+
+class BadRequest(Exception):
+    """The body is not what Graph accepts: 400 with this message."""
+
+
+def utc_text(value, what: str) -> str:
+    """'YYYY-MM-DDTHH:MM:SSZ' from a dateTimeTimeZone in UTC (what ews_sim stores)."""
+    if not isinstance(value, dict) or set(value) - {"dateTime", "timeZone"}:
+        raise BadRequest(f"{what} must be a dateTimeTimeZone object")
+    text, zone = value.get("dateTime"), value.get("timeZone")
+    if not isinstance(text, str) or not DATETIME_RE.match(text):
+        raise BadRequest(f"{what}.dateTime {text!r} is not an ISO 8601 date and time")
+    if zone != "UTC":
+        raise BadRequest(f"{what}.timeZone must be UTC for this simulator, got {zone!r}")
+    return text.split(".")[0] + "Z"
+
+
+def graph_time(text: str | None):
+    if not text:
+        return None
+    return {"dateTime": text.rstrip("Z") + ".0000000", "timeZone": "UTC"}
+
+
+def read_body(value, what="body"):
+    if not isinstance(value, dict) or set(value) - {"contentType", "content"}:
+        raise BadRequest(f"{what} must be an itemBody object")
+    content_type = value.get("contentType", "text")
+    if content_type not in ("html", "text"):
+        raise BadRequest(f"{what}.contentType must be html or text")
+    content = value.get("content", "")
+    if not isinstance(content, str):
+        raise BadRequest(f"{what}.content must be a string")
+    return {"body": content, "body_type": "HTML" if content_type == "html" else "Text"}
+
+
+def check_enum(value, allowed: dict, what: str) -> str:
+    if value not in allowed:
+        raise BadRequest(f"{what} must be one of {sorted(allowed)}, got {value!r}")
+    return allowed[value]
+
+
+def check_bool(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{what} must be true or false")
+    return value
+
+
+def apply_event(item: dict, body: dict) -> None:
+    """Validates an event body (create or PATCH) and applies it to item."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = set(body) - EVENT_FIELDS
+    if unknown:
+        raise BadRequest(f"Could not find a property named '{sorted(unknown)[0]}' on type "
+                         "'microsoft.graph.event'.")
+    changes = {}
+    for name, value in body.items():
+        if name == "subject":
+            if not isinstance(value, str) or len(value) > 255:
+                raise BadRequest("subject must be a string of at most 255 characters")
+            changes["subject"] = value
+        elif name == "body":
+            changes.update(read_body(value))
+        elif name in ("start", "end"):
+            changes[name] = utc_text(value, name)
+        elif name in ("originalStartTimeZone", "originalEndTimeZone"):
+            if not isinstance(value, str) or not value:
+                raise BadRequest(f"{name} must be a time-zone name")
+            changes["start_time_zone" if name == "originalStartTimeZone"
+                    else "end_time_zone"] = value
+        elif name == "isReminderOn":
+            changes["reminder_is_set"] = check_bool(value, name)
+        elif name == "reminderMinutesBeforeStart":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BadRequest("reminderMinutesBeforeStart must be a non-negative integer")
+            changes["reminder_minutes"] = value
+        elif name == "importance":
+            changes["importance"] = check_enum(value, IMPORTANCE, name)
+        elif name == "showAs":
+            changes["legacy_free_busy"] = check_enum(value, SHOW_AS, name)
+        elif name == "transactionId":
+            if not isinstance(value, str) or not value:
+                raise BadRequest("transactionId must be a non-empty string")
+            if item.get("transaction_id") not in (None, value):
+                raise BadRequest("transactionId cannot be changed once the event exists")
+            changes["transaction_id"] = value
+        elif name == "attendees":
+            if not isinstance(value, list):
+                raise BadRequest("attendees must be an array")
+            changes["attendees"] = value
+        elif name == "singleValueExtendedProperties":
+            if not isinstance(value, list):
+                raise BadRequest("singleValueExtendedProperties must be an array")
+            props = dict(item["extended_properties"])
+            for prop in value:
+                if not isinstance(prop, dict) or set(prop) != {"id", "value"}:
+                    raise BadRequest("each singleValueExtendedProperty needs id and value")
+                match = PROPERTY_ID_RE.match(prop["id"]) if isinstance(prop["id"], str) else None
+                if not match or not isinstance(prop["value"], str):
+                    raise BadRequest(f"extended property id {prop['id']!r} is not "
+                                     "'String {guid} Name name'")
+                props[f"{match.group(1).lower()}/{match.group(2)}"] = prop["value"]
+            changes["extended_properties"] = props
+        else:
+            changes.setdefault("other_fields", dict(item["other_fields"]))[name] = value
+    if (changes.get("start") or item["start"]) and (changes.get("end") or item["end"]) and \
+            (changes.get("end") or item["end"]) < (changes.get("start") or item["start"]):
+        raise BadRequest("the end of an event cannot be before its start")
+    item.update(changes)
+    item["send_meeting_invitations"] = "SendToNone" if not item["attendees"] \
+        else "SendToAllAndSaveCopy"
+
+
+def apply_task(item: dict, body: dict, creating: bool) -> None:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = set(body) - TASK_FIELDS
+    if unknown:
+        raise BadRequest(f"Could not find a property named '{sorted(unknown)[0]}' on type "
+                         "'microsoft.graph.todoTask'.")
+    changes = {}
+    for name, value in body.items():
+        if name == "title":
+            if not isinstance(value, str) or len(value) > 255:
+                raise BadRequest("title must be a string of at most 255 characters")
+            changes["subject"] = value
+        elif name == "body":
+            changes.update(read_body(value))
+        elif name == "importance":
+            changes["importance"] = check_enum(value, IMPORTANCE, name)
+        elif name == "dueDateTime":
+            changes["due_date"] = utc_text(value, name)
+        elif name == "reminderDateTime":
+            changes["reminder_due_by"] = utc_text(value, name)
+        elif name == "startDateTime":
+            changes["start_date"] = utc_text(value, name)
+        elif name == "isReminderOn":
+            changes["reminder_is_set"] = check_bool(value, name)
+        elif name == "status":
+            changes["status"] = check_enum(value, TASK_STATUS, name)
+        elif name == "linkedResources":
+            if not creating:
+                raise BadRequest("linkedResources is a navigation property: it cannot be "
+                                 "changed with PATCH on the task")
+            if not isinstance(value, list):
+                raise BadRequest("linkedResources must be an array")
+            links, props = [], dict(item["extended_properties"])
+            for link in value:
+                if not isinstance(link, dict) or set(link) - LINK_FIELDS or \
+                        not all(isinstance(v, str) for v in link.values()):
+                    raise BadRequest("a linkedResource has webUrl, applicationName, "
+                                     "displayName and externalId strings only")
+                if not link.get("applicationName"):
+                    raise BadRequest("linkedResource.applicationName is required")
+                links.append(dict(link, id=new_id(b"\x02lr")))
+                if link.get("externalId"):
+                    # So tests find tasks and events the same way (see the docstring).
+                    props["6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86/FollowupdContactLog"] = \
+                        link["externalId"]
+            changes["linked_resources"] = links
+            changes["extended_properties"] = props
+        else:
+            changes.setdefault("other_fields", dict(item["other_fields"]))[name] = value
+    item.update(changes)
+    if "status" in changes:
+        item["percent_complete"] = {"NotStarted": 0.0, "Completed": 100.0}.get(
+            item["status"], 50.0)
+
+
+def event_json(item: dict, select=None) -> dict:
+    out = {
+        "@odata.etag": f'W/"{item["change_key"]}"', "id": item["id"],
+        "changeKey": item["change_key"], "subject": item["subject"],
+        "body": {"contentType": (item["body_type"] or "Text").lower(),
+                 "content": item["body"] or ""},
+        "start": graph_time(item["start"]), "end": graph_time(item["end"]),
+        "originalStartTimeZone": item["start_time_zone"] or "UTC",
+        "originalEndTimeZone": item["end_time_zone"] or "UTC",
+        "isReminderOn": item["reminder_is_set"],
+        "reminderMinutesBeforeStart": item["reminder_minutes"],
+        "importance": (item["importance"] or "Normal").lower(),
+        "showAs": {v: k for k, v in SHOW_AS.items()}.get(item["legacy_free_busy"], "busy"),
+        "attendees": item["attendees"],
+    }
+    if select:
+        out = {k: v for k, v in out.items() if k in select or k in ("id", "@odata.etag")}
+    return out
+
+
+def task_json(item: dict, select=None) -> dict:
+    out = {
+        "@odata.etag": f'W/"{item["change_key"]}"', "id": item["id"],
+        "title": item["subject"],
+        "body": {"contentType": (item["body_type"] or "Text").lower(),
+                 "content": item["body"] or ""},
+        "importance": (item["importance"] or "Normal").lower(),
+        "status": {v: k for k, v in TASK_STATUS.items()}.get(item["status"], "notStarted"),
+        "isReminderOn": item["reminder_is_set"],
+        "dueDateTime": graph_time(item["due_date"]),
+        "reminderDateTime": graph_time(item["reminder_due_by"]),
+        "linkedResources": item["linked_resources"],
+    }
+    if select:
+        out = {k: v for k, v in out.items() if k in select or k in ("id", "@odata.etag")}
+    return out
+
+
+def new_item(kind: str, mailbox: str, seq: int, list_id=None) -> dict:
+    appointment = kind == "appointment"
+    return {
+        "id": new_id(b"\x00\x00\x1b\x00sim" if appointment else b"\x00\x00\x1b\x00task"),
+        "change_key": base64.b64encode(os.urandom(12)).decode(),
+        "kind": kind, "mailbox": mailbox, "folder": "calendar" if appointment else "tasks",
+        "list_id": list_id,
+        "subject": None, "body": None, "body_type": None, "categories": [],
+        "importance": "Normal",
+        "reminder_is_set": appointment, "reminder_minutes": 15 if appointment else None,
+        "reminder_due_by": None,
+        "start": None, "end": None, "start_time_zone": None, "end_time_zone": None,
+        "legacy_free_busy": "Busy" if appointment else None, "attendees": [],
+        "send_meeting_invitations": "SendToNone" if appointment else None,
+        "due_date": None, "start_date": None, "transaction_id": None,
+        "status": None if appointment else "NotStarted",
+        "percent_complete": None if appointment else 0.0,
+        "linked_resources": [], "extended_properties": {}, "other_fields": {},
+        "created_seq": seq, "created_time": time.time(), "updated_count": 0,
+    }
+
+
+class Store:
+    """Items, lists, tokens, request log, errors and faults under one lock."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.items = {}
+            self.deleted = {}
+            self.lists = {}              # mailbox -> default list id
+            self.tokens = {}             # token -> (client_id, expiry)
+            self.mailboxes_seen = set()
+            self.requests = []
+            self.errors = []
+            self.faults = []
+            self.expire_next_token = 0
+            self.next_item_seq = 1
+            self.next_request_seq = 1
+
+    def log_request(self, record: dict) -> dict:
+        with self.lock:
+            record["seq"] = self.next_request_seq
+            self.next_request_seq += 1
+            self.requests.append(record)
+            return record
+
+    def take_fault(self, op: str, in_batch: bool = False) -> dict | None:
+        with self.lock:
+            for index, fault in enumerate(self.faults):
+                if fault["mode"] == "expire_token":
+                    continue   # handled by the token check
+                if fault.get("in_batch") and not in_batch:
+                    continue   # meant for a $batch member only
+                if fault["ops"] and op not in fault["ops"]:
+                    continue
+                fault["count"] -= 1 if fault["count"] > 0 else 0
+                if fault["count"] == 0:
+                    del self.faults[index]
+                return dict(fault)
+            return None
+
+    def take_expire_token(self, op: str) -> bool:
+        with self.lock:
+            for index, fault in enumerate(self.faults):
+                if fault["mode"] != "expire_token" or (fault["ops"] and op not in fault["ops"]):
+                    continue
+                fault["count"] -= 1 if fault["count"] > 0 else 0
+                if fault["count"] == 0:
+                    del self.faults[index]
+                return True
+            return False
+
+    def default_list(self, mailbox: str) -> str:
+        with self.lock:
+            if mailbox not in self.lists:
+                self.lists[mailbox] = new_id(b"\x01\x03sim-list")
+            return self.lists[mailbox]
+
+    def mailbox_items(self, mailbox: str, kind: str | None = None) -> list:
+        found = [i for i in self.items.values()
+                 if i["mailbox"] == mailbox and (kind is None or i["kind"] == kind)]
+        return sorted(found, key=lambda i: i["created_seq"])
+
+    def snapshot_mailboxes(self) -> dict:
+        with self.lock:
+            names = self.mailboxes_seen | {i["mailbox"] for i in self.items.values()}
+            return {name: copy.deepcopy(self.mailbox_items(name)) for name in sorted(names)}
+
+
+def route(method: str, path: str):
+    """(op, mailbox, list_id, item_id) of a Graph path below /v1.0, or None."""
+    parts = [unquote(p) for p in path.strip("/").split("/")]
+    if parts == ["$batch"]:
+        return ("Batch", None, None, None) if method == "POST" else None
+    if len(parts) < 3 or parts[0].lower() != "users":
+        return None
+    mailbox = normalise_mailbox(parts[1])
+    rest = parts[2:]
+    if rest == ["events"]:
+        return {"GET": "FindEvents", "POST": "CreateEvent"}.get(method), mailbox, None, None
+    if len(rest) == 2 and rest[0] == "events":
+        op = {"GET": "GetEvent", "PATCH": "PatchEvent", "DELETE": "DeleteEvent"}.get(method)
+        return op, mailbox, None, rest[1]
+    if rest == ["todo", "lists"]:
+        return ("FindLists" if method == "GET" else None), mailbox, None, None
+    if len(rest) == 4 and rest[:2] == ["todo", "lists"] and rest[3] == "tasks":
+        return {"GET": "FindTasks", "POST": "CreateTask"}.get(method), mailbox, rest[2], None
+    if len(rest) == 5 and rest[:2] == ["todo", "lists"] and rest[3] == "tasks":
+        op = {"GET": "GetTask", "PATCH": "PatchTask", "DELETE": "DeleteTask"}.get(method)
+        return op, mailbox, rest[2], rest[4]
+    return None
+
+
+class Graph:
+    """The operations: (status, JSON body or None, headers) for one call."""
+
+    def __init__(self, store: Store, known_mailboxes):
+        self.store = store
+        self.known = known_mailboxes
+
+    def perform(self, op, mailbox, list_id, item_id, query, body):
+        store = self.store
+        with store.lock:
+            if self.known is not None and mailbox not in self.known:
+                return graph_error(404, "ErrorInvalidUser",
+                                   f"The requested user '{mailbox}' is invalid.")
+            store.mailboxes_seen.add(mailbox)
+            handler = getattr(self, "op_" + op)
+            try:
+                return handler(mailbox, list_id, item_id, query, body)
+            except BadRequest as exc:
+                store.errors.append(f"{op}: {exc}")
+                return graph_error(400, "RequestBodyRead" if "property" in str(exc)
+                                   else "ErrorInvalidRequest", str(exc))
+
+    def _select(self, query):
+        select = query.get("$select", [None])[0]
+        return set(select.split(",")) if select else None
+
+    def _event(self, mailbox, item_id):
+        item = self.store.items.get(item_id)
+        if item is None or item["mailbox"] != mailbox or item["kind"] != "appointment":
+            return None
+        return item
+
+    def _task(self, mailbox, list_id, item_id):
+        item = self.store.items.get(item_id)
+        if item is None or item["mailbox"] != mailbox or item["kind"] != "task" or \
+                item["list_id"] != list_id:
+            return None
+        return item
+
+    def _no_item(self):
+        return graph_error(404, "ErrorItemNotFound", "The specified object was not found in "
+                           "the store.")
+
+    def _no_list(self):
+        return graph_error(404, "ErrorItemNotFound", "The specified list was not found.")
+
+    def _store_new(self, item):
+        self.store.items[item["id"]] = item
+        self.store.next_item_seq += 1
+
+    def _updated(self, item):
+        item["change_key"] = base64.b64encode(os.urandom(12)).decode()
+        item["updated_count"] += 1
+        item["updated_time"] = time.time()
+
+    def _delete(self, item):
+        del self.store.items[item["id"]]
+        item["deleted_time"] = time.time()
+        self.store.deleted.setdefault(item["mailbox"], []).append(item)
+
+    # -- events ------------------------------------------------------------------
+    def op_CreateEvent(self, mailbox, list_id, item_id, query, body):
+        transaction = body.get("transactionId") if isinstance(body, dict) else None
+        if transaction:
+            # Graph drops a create it has seen before and answers with the first event.
+            for existing in self.store.mailbox_items(mailbox, "appointment"):
+                if existing.get("transaction_id") == transaction:
+                    self.store.errors.append(f"CreateEvent: repeated transactionId "
+                                             f"{transaction} (no second event made)")
+                    return 201, event_json(existing), {}
+        item = new_item("appointment", mailbox, self.store.next_item_seq)
+        apply_event(item, body)
+        if not item["start"] or not item["end"]:
+            raise BadRequest("an event needs start and end")
+        self._store_new(item)
+        return 201, event_json(item), {}
+
+    def op_GetEvent(self, mailbox, list_id, item_id, query, body):
+        item = self._event(mailbox, item_id)
+        return (200, event_json(item, self._select(query)), {}) if item else self._no_item()
+
+    def op_PatchEvent(self, mailbox, list_id, item_id, query, body):
+        item = self._event(mailbox, item_id)
+        if item is None:
+            return self._no_item()
+        updated = copy.deepcopy(item)
+        apply_event(updated, body)   # all or nothing
+        self._updated(updated)
+        self.store.items[item_id] = updated
+        return 200, event_json(updated), {}
+
+    def op_DeleteEvent(self, mailbox, list_id, item_id, query, body):
+        item = self._event(mailbox, item_id)
+        if item is None:
+            return self._no_item()
+        self._delete(item)
+        return 204, None, {}
+
+    def op_FindEvents(self, mailbox, list_id, item_id, query, body):
+        items = self.store.mailbox_items(mailbox, "appointment")
+        text = query.get("$filter", [None])[0]
+        if text is not None:
+            match = EVENT_FILTER_RE.match(text.strip())
+            if not match:
+                raise BadRequest(f"graph_sim does not support the filter {text!r}")
+            prop = PROPERTY_ID_RE.match(match.group(1).replace("''", "'"))
+            if not prop:
+                raise BadRequest(f"extended property id {match.group(1)!r} is malformed")
+            key = f"{prop.group(1).lower()}/{prop.group(2)}"
+            value = match.group(2).replace("''", "'")
+            items = [i for i in items if i["extended_properties"].get(key) == value]
+        select = self._select(query)
+        return 200, {"value": [event_json(i, select) for i in items]}, {}
+
+    # -- To Do -------------------------------------------------------------------
+    def op_FindLists(self, mailbox, list_id, item_id, query, body):
+        text = query.get("$filter", [None])[0]
+        if text is not None:
+            match = LIST_FILTER_RE.match(text.strip())
+            if not match:
+                raise BadRequest(f"graph_sim does not support the filter {text!r}")
+            if match.group(1) != "defaultList":
+                return 200, {"value": []}, {}
+        return 200, {"value": [{"id": self.store.default_list(mailbox), "displayName": "Tasks",
+                                "isOwner": True, "isShared": False,
+                                "wellknownListName": "defaultList"}]}, {}
+
+    def op_CreateTask(self, mailbox, list_id, item_id, query, body):
+        if list_id != self.store.lists.get(mailbox):
+            return self._no_list()
+        item = new_item("task", mailbox, self.store.next_item_seq, list_id)
+        apply_task(item, body, creating=True)
+        self._store_new(item)
+        return 201, task_json(item), {}
+
+    def op_GetTask(self, mailbox, list_id, item_id, query, body):
+        item = self._task(mailbox, list_id, item_id)
+        return (200, task_json(item, self._select(query)), {}) if item else self._no_item()
+
+    def op_PatchTask(self, mailbox, list_id, item_id, query, body):
+        item = self._task(mailbox, list_id, item_id)
+        if item is None:
+            return self._no_item()
+        updated = copy.deepcopy(item)
+        apply_task(updated, body, creating=False)
+        self._updated(updated)
+        self.store.items[item_id] = updated
+        return 200, task_json(updated), {}
+
+    def op_DeleteTask(self, mailbox, list_id, item_id, query, body):
+        item = self._task(mailbox, list_id, item_id)
+        if item is None:
+            return self._no_item()
+        self._delete(item)
+        return 204, None, {}
+
+    def op_FindTasks(self, mailbox, list_id, item_id, query, body):
+        if list_id != self.store.lists.get(mailbox):
+            return self._no_list()
+        items = [i for i in self.store.mailbox_items(mailbox, "task") if i["list_id"] == list_id]
+        text = query.get("$filter", [None])[0]
+        if text is not None:
+            match = TASK_FILTER_RE.match(text.strip())
+            if not match:
+                raise BadRequest(f"graph_sim does not support the filter {text!r}")
+            wanted = match.group(1).replace("''", "'")
+            items = [i for i in items
+                     if any(r.get("externalId") == wanted for r in i["linked_resources"])]
+        select = self._select(query)
+        return 200, {"value": [task_json(i, select) for i in items]}, {}
+
+
+FAULT_MODES = {"drop_after_perform", "drop_before_perform", "http_status", "expire_token",
+               "delay", "raw"}
+
+
+def check_fault(spec) -> dict:
+    if not isinstance(spec, dict):
+        raise ValueError("a fault must be a JSON object")
+    fault = dict(spec)
+    if fault.get("mode") not in FAULT_MODES:
+        raise ValueError(f"mode must be one of {sorted(FAULT_MODES)}")
+    fault["count"] = fault.get("count", 1)
+    if not isinstance(fault["count"], int) or (fault["count"] < 1 and fault["count"] != -1):
+        raise ValueError("count must be a positive integer or -1")
+    fault["ops"] = fault.get("ops") or []
+    if not isinstance(fault["ops"], list) or not all(isinstance(o, str) for o in fault["ops"]):
+        raise ValueError("ops must be a list of operation names")
+    for number in ("status", "retry_after", "ms"):
+        if number in fault and not isinstance(fault[number], (int, float)):
+            raise ValueError(f"{number} must be a number")
+    return fault
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, port: int, args):
+        self.args = args
+        self.store = Store()
+        self.graph = Graph(self.store, args.known)
+        super().__init__(("127.0.0.1", port), GraphRequestHandler)
+
+    def server_bind(self):
+        TCPServer.server_bind(self)   # no reverse DNS lookup
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def handle_error(self, request, client_address):
+        if self.args.verbose:
+            super().handle_error(request, client_address)
+
+
+class DropConnection(Exception):
+    pass
+
+
+class GraphRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "graph_sim/1.0"
+    sys_version = ""
+
+    def log_message(self, format, *args):
+        if self.server.args.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self):
+        self.dispatch()
+
+    do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
+
+    def dispatch(self):
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_REQUEST_BYTES:
+                self.close_connection = True
+                return self.send_json(413, {"error": "request too large"})
+            body = self.rfile.read(length)
+            url = urlsplit(self.path)
+            if url.path == "/_sim" or url.path.startswith("/_sim/"):
+                return self.handle_control(url, body)
+            if url.path.endswith("/oauth2/v2.0/token") and self.command == "POST":
+                return self.handle_token(body)
+            if url.path.startswith(API_ROOT + "/"):
+                return self.handle_graph(url, body)
+            self.send_json(404, {"error": {"code": "NotFound", "message": "no such path"}})
+        except DropConnection:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(2)
+            except OSError:
+                pass
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def send_json(self, status: int, obj, headers=(), content_type="application/json"):
+        if self.server.args.latency_ms and not self.path.startswith("/_sim"):
+            time.sleep(self.server.args.latency_ms / 1000)
+        data = b"" if obj is None else (obj if isinstance(obj, bytes)
+                                        else json.dumps(obj).encode())
+        self.send_response(status)
+        if data:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        if (self.headers.get("Connection") or "").lower() == "close":
+            self.send_header("Connection", "close")
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    # -- token endpoint --------------------------------------------------------------
+    def handle_token(self, body: bytes):
+        store, args = self.server.store, self.server.args
+        form = parse_qs(body.decode("utf-8", "replace"))
+        field = lambda name: form.get(name, [None])[0]  # noqa: E731
+        record = store.log_request({
+            "seq": None, "time": time.time(), "op": "Token", "method": "POST",
+            "path": self.path, "mailbox": None, "client_id": field("client_id"),
+            "scope": field("scope"), "http_status": None, "auth": None, "batch": None,
+            "content_type": self.headers.get("Content-Type"), "fault": None,
+        })
+        fault = store.take_fault("Token")
+        if fault and self.apply_simple_fault(fault, record):
+            return
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        expected = args.clients.get(field("client_id") or "")
+        if content_type != "application/x-www-form-urlencoded":
+            status, answer = 400, {"error": "invalid_request",
+                                   "error_description": "AADSTS900144: form body expected"}
+        elif field("grant_type") != "client_credentials":
+            status, answer = 400, {"error": "unsupported_grant_type",
+                                   "error_description": "AADSTS70003: grant_type"}
+        elif expected is None or not hmac.compare_digest(
+                expected.encode(), (field("client_secret") or "").encode()):
+            status, answer = 401, {"error": "invalid_client", "error_description":
+                                   "AADSTS7000215: Invalid client secret provided."}
+        elif field("scope") != GRAPH_SCOPE:
+            status, answer = 400, {"error": "invalid_scope", "error_description":
+                                   f"AADSTS70011: The provided scope {field('scope')!r} is "
+                                   "not valid here."}
+        else:
+            token = base64.urlsafe_b64encode(os.urandom(48)).decode().rstrip("=")
+            with store.lock:
+                store.tokens[token] = (field("client_id"),
+                                       time.time() + args.token_lifetime)
+            status, answer = 200, {"token_type": "Bearer", "expires_in": args.token_lifetime,
+                                   "ext_expires_in": args.token_lifetime,
+                                   "access_token": token}
+        record["http_status"] = status
+        self.send_json(status, answer)
+
+    # -- Graph -------------------------------------------------------------------------
+    def check_token(self, op: str) -> tuple:
+        """(auth status, error answer or None) for the Authorization header."""
+        store = self.server.store
+        header = self.headers.get("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return "missing", graph_error(401, "InvalidAuthenticationToken",
+                                          "Access token is empty.")
+        with store.lock:
+            entry = store.tokens.get(token.strip())
+            if entry is None:
+                return "invalid", graph_error(401, "InvalidAuthenticationToken",
+                                              "Access token validation failure.")
+            if entry[1] < time.time() or store.take_expire_token(op):
+                store.tokens.pop(token.strip(), None)
+                return "expired", graph_error(401, "InvalidAuthenticationToken",
+                                              "Lifetime validation failed, the token is "
+                                              "expired.")
+        return "ok", None
+
+    def handle_graph(self, url, body: bytes):
+        store = self.server.store
+        path = url.path[len(API_ROOT):]
+        target = route(self.command, path)
+        op = target[0] if target else None
+        record = store.log_request({
+            "seq": None, "time": time.time(), "op": op or "Unknown", "method": self.command,
+            "path": path, "query": url.query, "mailbox": target[1] if target else None,
+            "http_status": None, "auth": None, "batch": None, "fault": None,
+            "content_type": self.headers.get("Content-Type"),
+            "prefer": self.headers.get("Prefer"), "valid": None,
+            "body": body.decode("utf-8", "replace"),
+        })
+        auth, refusal = self.check_token(op or "Unknown")
+        record["auth"] = auth
+        if refusal:
+            record["http_status"] = 401
+            return self.send_json(401, refusal[1], [("WWW-Authenticate", 'Bearer realm=""')])
+        if not op:
+            record["http_status"] = 400
+            store.errors.append(f"{self.command} {path}: no such Graph call in graph_sim")
+            return self.send_json(400, graph_error(400, "BadRequest",
+                                                   f"Unsupported request {path}")[1])
+        if op == "Batch":
+            return self.handle_batch(body, record)
+        fault = store.take_fault(op)
+        record["fault"] = fault["mode"] if fault else None
+        if fault and self.apply_simple_fault(fault, record):
+            return
+        try:
+            parsed = self.parse_json_body(body, op)
+        except BadRequest as exc:
+            record.update(http_status=400, valid=False, error=str(exc))
+            store.errors.append(f"{op} #{record['seq']}: {exc}")
+            return self.send_json(400, graph_error(400, "BadRequest", str(exc))[1])
+        status, answer, headers = self.server.graph.perform(
+            op, target[1], target[2], target[3], parse_qs(url.query), parsed)
+        record.update(http_status=status, valid=status != 400)
+        if fault and fault["mode"] == "drop_after_perform":
+            raise DropConnection()
+        if fault and fault["mode"] == "delay":
+            time.sleep(fault.get("ms", 0) / 1000)
+        self.send_json(status, answer, list(headers.items()))
+
+    def parse_json_body(self, body: bytes, op: str):
+        if self.command not in ("POST", "PATCH"):
+            return None
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise BadRequest(f"Content-Type must be application/json, got {content_type!r}")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from None
+
+    def apply_simple_fault(self, fault: dict, record: dict) -> bool:
+        """Faults that answer instead of performing; True when answered."""
+        mode = fault["mode"]
+        record["fault"] = mode
+        if mode == "drop_before_perform":
+            record["http_status"] = 0
+            raise DropConnection()
+        if mode == "http_status":
+            status = int(fault.get("status", 503))
+            headers = [("Retry-After", str(int(fault["retry_after"])))] \
+                if "retry_after" in fault else []
+            record["http_status"] = status
+            self.send_json(status, graph_error(status, fault.get("code", "TooManyRequests"
+                                               if status == 429 else "ServiceUnavailable"),
+                                               fault.get("message", f"HTTP {status} from "
+                                                         "graph_sim"))[1], headers)
+            return True
+        if mode == "raw":
+            status = int(fault.get("status", 200))
+            record["http_status"] = status
+            raw = str(fault.get("body", "")).encode()
+            self.send_json(status, raw, list(fault.get("headers", {}).items()),
+                           fault.get("content_type", "application/json"))
+            return True
+        if mode == "delay" and fault.get("when") == "before_perform":
+            time.sleep(fault.get("ms", 0) / 1000)
+        return False
+
+    def handle_batch(self, body: bytes, record: dict):
+        store = self.server.store
+        fault = store.take_fault("Batch")
+        if fault and self.apply_simple_fault(fault, record):
+            return
+        try:
+            batch = self.parse_json_body(body, "Batch")
+            requests = batch.get("requests") if isinstance(batch, dict) else None
+            if not isinstance(requests, list) or not requests:
+                raise BadRequest("a $batch body is {\"requests\": [...]}")
+            if len(requests) > BATCH_MAX:
+                raise BadRequest(f"a $batch holds at most {BATCH_MAX} requests, got "
+                                 f"{len(requests)}")
+            ids = [r.get("id") if isinstance(r, dict) else None for r in requests]
+            if any(not isinstance(i, str) or not i for i in ids) or len(set(ids)) != len(ids):
+                raise BadRequest("every $batch request needs a unique string id")
+        except BadRequest as exc:
+            record.update(http_status=400, valid=False, error=str(exc))
+            store.errors.append(f"Batch #{record['seq']}: {exc}")
+            return self.send_json(400, graph_error(400, "BadRequest", str(exc))[1])
+        record.update(valid=True, members=len(requests))
+        responses, drop = [], False
+        for member in requests:
+            answer, member_drop = self.batch_member(member, record)
+            responses.append(answer)
+            drop = drop or member_drop
+        record["http_status"] = 200
+        if drop:
+            raise DropConnection()
+        self.send_json(200, {"responses": responses})
+
+    def batch_member(self, member: dict, batch_record: dict):
+        """(response dict, drop the whole connection?) for one $batch member."""
+        store = self.server.store
+        method = str(member.get("method", "")).upper()
+        url = urlsplit(str(member.get("url", "")))
+        path = url.path[len(API_ROOT):] if url.path.startswith(API_ROOT + "/") else url.path
+        target = route(method, path)
+        op = target[0] if target else None
+        record = store.log_request({
+            "seq": None, "time": time.time(), "op": op or "Unknown", "method": method,
+            "path": path, "query": url.query, "mailbox": target[1] if target else None,
+            "http_status": None, "auth": batch_record["auth"], "batch": batch_record["seq"],
+            "batch_member_id": member["id"], "fault": None, "valid": None,
+            "body": json.dumps(member.get("body")) if "body" in member else "",
+        })
+
+        def answer(status, body, headers=None):
+            record["http_status"] = status
+            out = {"id": member["id"], "status": status, "headers": headers or {}}
+            if body is not None:
+                out["body"] = body
+                out["headers"].setdefault("Content-Type", "application/json")
+            return out
+
+        if not op or op == "Batch":
+            store.errors.append(f"$batch member {member['id']}: unsupported {method} {path}")
+            return answer(400, graph_error(400, "BadRequest", f"Unsupported request {path}")[1]), \
+                False
+        fault = store.take_fault(op, in_batch=True)
+        record["fault"] = fault["mode"] if fault else None
+        mode = fault["mode"] if fault else None
+        if mode == "drop_before_perform":
+            return answer(0, None), True
+        if mode == "http_status":
+            status = int(fault.get("status", 503))
+            headers = {"Retry-After": str(int(fault["retry_after"]))} \
+                if "retry_after" in fault else {}
+            return answer(status, graph_error(status, fault.get(
+                "code", "TooManyRequests" if status == 429 else "ServiceUnavailable"),
+                fault.get("message", f"HTTP {status} from graph_sim"))[1], headers), False
+        if mode == "raw":
+            return answer(int(fault.get("status", 200)), fault.get("body")), False
+        body = member.get("body")
+        if method in ("POST", "PATCH"):
+            headers = {k.lower(): v for k, v in (member.get("headers") or {}).items()}
+            if not isinstance(body, dict) or headers.get("content-type", "").split(";")[0] \
+                    != "application/json":
+                store.errors.append(f"$batch member {member['id']}: needs a JSON body with "
+                                    "Content-Type application/json")
+                record["valid"] = False
+                return answer(400, graph_error(400, "BadRequest", "Content-Type header must "
+                                               "be application/json with a JSON body")[1]), False
+        status, result, headers = self.server.graph.perform(
+            op, target[1], target[2], target[3], parse_qs(url.query), body)
+        record["valid"] = status != 400
+        if mode == "delay":
+            time.sleep(fault.get("ms", 0) / 1000)
+        return answer(status, result, dict(headers)), mode == "drop_after_perform"
+
+    # -- control API ------------------------------------------------------------------
+    def handle_control(self, url, body: bytes):
+        store, path, method = self.server.store, url.path, self.command
+        query = parse_qs(url.query)
+        if method == "GET" and path == "/_sim/mailboxes":
+            return self.send_json(200, store.snapshot_mailboxes())
+        if method == "GET" and path.startswith("/_sim/mailboxes/"):
+            mailbox = normalise_mailbox(unquote(path[len("/_sim/mailboxes/"):]))
+            with store.lock:
+                return self.send_json(200, copy.deepcopy(store.mailbox_items(mailbox)))
+        if path.startswith("/_sim/items/"):
+            item_id = unquote(path[len("/_sim/items/"):])
+            with store.lock:
+                item = store.items.get(item_id)
+                if item is None:
+                    return self.send_json(404, {"error": "no such item"})
+                if method == "DELETE":
+                    del store.items[item_id]
+                    return self.send_json(200, item)
+                return self.send_json(200, copy.deepcopy(item))
+        if method == "DELETE" and path.startswith("/_sim/lists/"):
+            mailbox = normalise_mailbox(unquote(path[len("/_sim/lists/"):]))
+            with store.lock:
+                old = store.lists.pop(mailbox, None)
+                for item in [i for i in store.items.values() if i["list_id"] == old]:
+                    del store.items[item["id"]]
+                return self.send_json(200, {"old": old, "new": store.default_list(mailbox)})
+        if method == "GET" and path == "/_sim/deleted":
+            with store.lock:
+                return self.send_json(200, copy.deepcopy(store.deleted))
+        if method == "GET" and path == "/_sim/requests":
+            with_body = query.get("body", ["0"])[0] not in ("0", "")
+            op_filter = query.get("op", [None])[0]
+            with store.lock:
+                requests = [dict(r) for r in store.requests
+                            if op_filter is None or r["op"] == op_filter]
+            if not with_body:
+                for r in requests:
+                    r.pop("body", None)
+            return self.send_json(200, requests)
+        if method == "GET" and path == "/_sim/errors":
+            with store.lock:
+                return self.send_json(200, list(store.errors))
+        if method == "GET" and path == "/_sim/stats":
+            counts = {}
+            with store.lock:
+                for r in store.requests:
+                    counts[r["op"]] = counts.get(r["op"], 0) + 1
+            return self.send_json(200, counts)
+        if method == "POST" and path == "/_sim/reset":
+            store.reset()
+            return self.send_json(200, {"reset": True})
+        if path == "/_sim/faults":
+            if method == "DELETE":
+                with store.lock:
+                    cleared = len(store.faults)
+                    store.faults.clear()
+                return self.send_json(200, {"cleared": cleared})
+            if method == "GET":
+                with store.lock:
+                    return self.send_json(200, copy.deepcopy(store.faults))
+            try:
+                spec = json.loads(body or b"null")
+                faults = [check_fault(f) for f in (spec if isinstance(spec, list) else [spec])]
+            except ValueError as exc:
+                return self.send_json(400, {"error": str(exc)})
+            with store.lock:
+                store.faults.extend(faults)
+                queued = copy.deepcopy(store.faults)
+            return self.send_json(200, {"queued": len(faults), "faults": queued})
+        self.send_json(404, {"error": f"no control endpoint {method} {path}"})
+
+
+def parse_clients(text: str) -> dict:
+    clients = {}
+    for pair in text.split(","):
+        name, sep, secret = pair.partition(":")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected id:secret, got {pair!r}")
+        clients[name] = secret
+    return clients
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="graph_sim.py",
+                                     description="Microsoft Graph simulator for tests.")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any)")
+    parser.add_argument("--port-file", help="write the bound port here (atomically)")
+    parser.add_argument("--clients", type=parse_clients,
+                        default=parse_clients("followupd-test:graph-s3cret"),
+                        help="accepted OAuth2 clients: id:secret[,id:secret...]")
+    parser.add_argument("--token-lifetime", type=int, default=3600,
+                        help="expires_in of issued tokens, seconds")
+    parser.add_argument("--latency-ms", type=int, default=0,
+                        help="extra delay before every Graph answer")
+    parser.add_argument("--known-mailboxes",
+                        help="comma-separated addresses; others get 404 ErrorInvalidUser")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = parser.parse_args(argv)
+    args.known = None
+    if args.known_mailboxes is not None:
+        args.known = {normalise_mailbox(a) for a in args.known_mailboxes.split(",") if a.strip()}
+    return args
+
+
+def write_port_file(path: str, port: int) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".graph_sim_port.", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    server = SimServer(args.port, args)
+    port = server.server_address[1]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, name="graph_sim", daemon=True).start()
+    if args.port_file:
+        write_port_file(args.port_file, port)
+    else:
+        print(port, flush=True)
+    if args.verbose:
+        print(f"graph_sim: listening on http://127.0.0.1:{port}{API_ROOT}", file=sys.stderr,
+              flush=True)
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception:  # pragma: no cover - a simulator bug: say so loudly
+        traceback.print_exc()
+        sys.exit(1)
