@@ -5,6 +5,7 @@
 #ifndef FOLLOWUPD_DELIVERY_H
 #define FOLLOWUPD_DELIVERY_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,6 +50,8 @@ typedef struct delivery_ops {
                   const ews_item *item, delivery_done_fn done, void *userdata);
     int (*remove)(void *impl, const char *mailbox, ews_item_kind kind,
                   const ews_item_ref *ref, delivery_done_fn done, void *userdata);
+    /* One harmless call that proves URL, TLS, credentials and access to mailbox. */
+    int (*probe)(void *impl, const char *mailbox, delivery_done_fn done, void *userdata);
     int (*configure)(void *impl, const config *cfg, char *err, size_t errlen);
     size_t (*in_flight)(void *impl);
     void (*free)(void *impl);
@@ -88,6 +91,14 @@ static inline int delivery_remove(delivery *d, const char *mailbox, ews_item_kin
                                   void *userdata)
 {
     return d->ops->remove(d->impl, mailbox, kind, ref, done, userdata);
+}
+
+static inline int delivery_probe(delivery *d, const char *mailbox, delivery_done_fn done,
+                                 void *userdata)
+{
+    if (!d->ops->probe)
+        return -EOPNOTSUPP;
+    return d->ops->probe(d->impl, mailbox, done, userdata);
 }
 
 static inline int delivery_configure(delivery *d, const config *cfg, char *err, size_t errlen)

@@ -14,10 +14,14 @@
 #include "ews_response.h"
 #include "http_client.h"
 #include "log.h"
+#include "oauth2.h"
 
 typedef struct ews_backend {
     http_client *http_client_handle;
     http_client *create_client;  /* creates only: never over a reused connection */
+    sd_event *event;
+    oauth2_client *oauth;        /* auth = oauth2: bearer tokens (NULL otherwise) */
+    bool use_oauth;
     char *url;
     char *server_version;
     bool impersonation;
@@ -27,13 +31,21 @@ typedef struct ews_backend {
     unsigned char password_digest[SHA256_DIGEST_LENGTH];
 } ews_backend;
 
-typedef enum ews_call_kind { CALL_FIND, CALL_CREATE, CALL_UPDATE, CALL_REMOVE } ews_call_kind;
+typedef enum ews_call_kind {
+    CALL_FIND, CALL_CREATE, CALL_UPDATE, CALL_REMOVE, CALL_PROBE
+} ews_call_kind;
 
 typedef struct ews_call {
     ews_backend *backend;
     ews_call_kind kind;
     delivery_done_fn done;
     void *userdata;
+    /* Kept for auth = oauth2: sent again once with a fresh token after a 401. */
+    char *body;
+    size_t len;
+    char anchor[512];
+    uint64_t token_generation;
+    bool token_retried;
 } ews_call;
 
 static void free_http_template(http_settings *h)
@@ -56,6 +68,7 @@ void *delivery_ews_new(sd_event *event)
         free(b);
         return NULL;
     }
+    b->event = event;
     return b;
 }
 
@@ -66,6 +79,7 @@ static void ews_free(void *impl)
         return;
     http_client_free(b->http_client_handle);
     http_client_free(b->create_client);
+    oauth2_client_free(b->oauth);
     free_http_template(&b->http);
     free(b->password_path);
     free(b->url);
@@ -158,9 +172,13 @@ static int ews_configure(void *impl, const config *cfg, char *err, size_t errlen
     char *password_path = NULL;
 
     if (cfg->auth == CONFIG_AUTH_OAUTH2) {
-        snprintf(err, errlen, "auth = oauth2 is not available yet for api = ews; "
-                              "use basic, ntlm or negotiate");
-        return -ENOTSUP;
+        if (!b->oauth && !(b->oauth = oauth2_client_new(b->event))) {
+            snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+        int r = oauth2_configure(b->oauth, cfg, err, errlen);
+        if (r < 0)
+            return r;
     }
     if (cfg->auth == CONFIG_AUTH_BASIC || cfg->auth == CONFIG_AUTH_NTLM) {
         password_path = password_path_for(cfg, err, errlen);
@@ -168,7 +186,8 @@ static int ews_configure(void *impl, const config *cfg, char *err, size_t errlen
             return -EACCES;
     }
     http_settings fresh = {
-        .auth = auth_from_config(cfg->auth),
+        /* With OAuth2 the bearer token travels in our own Authorization header. */
+        .auth = cfg->auth == CONFIG_AUTH_OAUTH2 ? HTTP_AUTH_NONE : auth_from_config(cfg->auth),
         .username = cfg->username ? strdup(cfg->username) : NULL,
         .tls_verify = cfg->tls_verify,
         .ca_file = cfg->ca_file ? strdup(cfg->ca_file) : NULL,
@@ -202,6 +221,7 @@ static int ews_configure(void *impl, const config *cfg, char *err, size_t errlen
     b->url = url;
     b->server_version = version;
     b->impersonation = cfg->impersonation;
+    b->use_oauth = cfg->auth == CONFIG_AUTH_OAUTH2;
     return 0;
 fail:
     free_http_template(&fresh);
@@ -231,6 +251,9 @@ static delivery_outcome outcome_for_code(ews_code code)
     return DELIVERY_TRANSIENT;
 }
 
+static void on_token(const char *token, const char *error, void *userdata);
+static void call_free(ews_call *call);
+
 static void on_http_done(const http_response *hr, void *userdata)
 {
     ews_call *call = userdata;
@@ -242,10 +265,24 @@ static void on_http_done(const http_response *hr, void *userdata)
 
     if (!hr->transfer_ok) {
         snprintf(reason, sizeof reason, "cannot reach Exchange at %s: %s", b->url, hr->error);
-        set_result(&r, DELIVERY_TRANSIENT, hr->timed_out ? "timeout" : "connection", reason);
+        set_result(&r, DELIVERY_TRANSIENT, hr->failure ? hr->failure : "connection", reason);
         goto done;
     }
     snprintf(code, sizeof code, "HTTP %ld", hr->status);
+    if (hr->status == 401 && b->use_oauth) {
+        if (!call->token_retried) {
+            /* The token was refused (revoked, or expired early): a fresh one, once. */
+            call->token_retried = true;
+            oauth2_invalidate(b->oauth, call->token_generation);
+            if (oauth2_with_token(b->oauth, on_token, call) == 0)
+                return;
+        }
+        snprintf(reason, sizeof reason, "Exchange refused the OAuth2 token (HTTP 401) twice: "
+                 "check the app registration's EWS permission (full_access_as_app) and "
+                 "[oauth2] scope");
+        set_result(&r, DELIVERY_TRANSIENT, code, reason);
+        goto done;
+    }
     if (hr->status == 401) {
         /* The password may have been changed in its file since: read it again and
          * retry. Refused again with the same password: retrying cannot help. */
@@ -325,15 +362,66 @@ done:
     call->done(&r, call->userdata);
     free(found);
     ews_response_free(parsed);
+    call_free(call);
+}
+
+static void call_free(ews_call *call)
+{
+    free(call->body);
     free(call);
+}
+
+static void finish_call(ews_call *call, const delivery_result *r)
+{
+    call->done(r, call->userdata);
+    call_free(call);
+}
+
+/* Posts the call's body; with a bearer token when auth = oauth2. */
+static void post_call(ews_call *call, const char *token)
+{
+    ews_backend *b = call->backend;
+    char authorization[8192];
+    const char *headers[] = {call->anchor, NULL, NULL};
+    char *body = malloc(call->len + 1);
+
+    if (token) {
+        snprintf(authorization, sizeof authorization, "Authorization: Bearer %s", token);
+        headers[1] = authorization;
+    }
+    if (body)
+        memcpy(body, call->body, call->len + 1);
+    http_client *client = call->kind == CALL_CREATE ? b->create_client : b->http_client_handle;
+    int r = body ? http_client_post(client, b->url, "text/xml; charset=utf-8", body, call->len,
+                                    headers, on_http_done, call)
+                 : -ENOMEM;
+    explicit_bzero(authorization, sizeof authorization);
+    if (r < 0) {
+        delivery_result failed = {.outcome = DELIVERY_TRANSIENT, .retry_after_ms = -1,
+                                  .code = "request", .reason = "cannot start the request"};
+        finish_call(call, &failed);
+    }
+}
+
+static void on_token(const char *token, const char *error, void *userdata)
+{
+    ews_call *call = userdata;
+    char reason[512];
+
+    if (!token) {
+        snprintf(reason, sizeof reason, "no OAuth2 token: %s", error ? error : "unknown error");
+        delivery_result failed = {.outcome = DELIVERY_TRANSIENT, .retry_after_ms = -1,
+                                  .code = "oauth2", .reason = reason};
+        finish_call(call, &failed);
+        return;
+    }
+    oauth2_cached_token(call->backend->oauth, &call->token_generation);
+    post_call(call, token);
 }
 
 static int send_call(ews_backend *b, ews_call_kind kind, const char *mailbox, char *body,
                      size_t len, delivery_done_fn done, void *userdata)
 {
-    char anchor[512];
-    const char *headers[] = {anchor, NULL};
-
     if (!body)
         return -ENOMEM;
     /* A mailbox address with a line break would forge headers: refuse it. */
@@ -341,21 +429,27 @@ static int send_call(ews_backend *b, ews_call_kind kind, const char *mailbox, ch
         free(body);
         return -EINVAL;
     }
-    snprintf(anchor, sizeof anchor, "X-AnchorMailbox: %s", mailbox);
     ews_call *call = calloc(1, sizeof *call);
     if (!call) {
         free(body);
         return -ENOMEM;
     }
-    *call = (ews_call){.backend = b, .kind = kind, .done = done, .userdata = userdata};
+    *call = (ews_call){.backend = b, .kind = kind, .done = done, .userdata = userdata,
+                       .body = body, .len = len};
+    snprintf(call->anchor, sizeof call->anchor, "X-AnchorMailbox: %s", mailbox);
     if (log_debug_enabled())
         log_debug("EWS request to %s for %s (%zu bytes)", b->url, mailbox, len);
-    http_client *client = kind == CALL_CREATE ? b->create_client : b->http_client_handle;
-    int r = http_client_post(client, b->url, "text/xml; charset=utf-8", body, len, headers,
-                             on_http_done, call);
-    if (r < 0)
-        free(call);
-    return r;
+    if (b->use_oauth) {
+        int r = oauth2_with_token(b->oauth, on_token, call);
+        if (r < 0) {
+            call->body = NULL;   /* the caller keeps nothing: body freed below */
+            free(body);
+            free(call);
+        }
+        return r;
+    }
+    post_call(call, NULL);
+    return 0;
 }
 
 static ews_request_options options_for(const ews_backend *b, const char *mailbox)
@@ -405,7 +499,19 @@ static int ews_remove(void *impl, const char *mailbox, ews_item_kind kind,
     return send_call(b, CALL_REMOVE, mailbox, body, len, done, userdata);
 }
 
+/* GetFolder of the calendar: proves URL, TLS, credentials and mailbox access. An
+ * empty mailbox means the service account's own (delegate addressing of itself). */
+static int ews_probe(void *impl, const char *mailbox, delivery_done_fn done, void *userdata)
+{
+    ews_backend *b = impl;
+    ews_request_options opt = options_for(b, mailbox);
+    size_t len = 0;
+    char *body = ews_request_get_folder(&opt, &len);
+    return send_call(b, CALL_PROBE, mailbox, body, len, done, userdata);
+}
+
 const delivery_ops delivery_ews_ops = {
+    .probe = ews_probe,
     .find = ews_find,
     .create = ews_create,
     .update = ews_update,

@@ -7,9 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
 #include <libpq-fe.h>
+#include <libxml/parser.h>
+#include <systemd/sd-event.h>
 
 #include "config.h"
+#include "delivery.h"
+#include "log.h"
 #include "sql_install.h"
 
 #define EXIT_USAGE 2
@@ -24,7 +29,7 @@ static void usage(FILE *out)
             "  retry --failed | LOG_ID   put parked logs back into the queue\n"
             "  resync LOG_ID             make Outlook match the log again\n"
             "  attr [NAME [VALUE]]       list, show or set administrator attributes\n"
-            "  test-connection [EMAIL]   one harmless Exchange call (not available yet)\n"
+            "  test-connection [EMAIL]   one harmless Exchange call: URL, TLS, credentials, access\n"
             "  migrate                   install or upgrade the database schema\n"
             "\n"
             "  -c, --config FILE  configuration file (default " CONFIG_DEFAULT_PATH ")\n"
@@ -246,6 +251,98 @@ static int cmd_migrate(PGconn *conn)
     return 0;
 }
 
+typedef struct probe_state {
+    bool done;
+    delivery_outcome outcome;
+    char code[64];
+    char reason[1024];
+} probe_state;
+
+static void on_probe(const delivery_result *r, void *userdata)
+{
+    probe_state *p = userdata;
+    p->done = true;
+    p->outcome = r->outcome;
+    snprintf(p->code, sizeof p->code, "%s", r->code ? r->code : "");
+    snprintf(p->reason, sizeof p->reason, "%s", r->reason ? r->reason : "");
+}
+
+/* What failed, in the operator's terms, from the back end's classified result. */
+static void explain_probe(const probe_state *p, const config *cfg, const char *mailbox)
+{
+    const char *url = cfg->api == CONFIG_API_GRAPH ? cfg->graph_base_url : cfg->exchange_url;
+    if (strcmp(p->code, "dns") == 0)
+        fprintf(stderr, "followupctl: DNS: cannot resolve the host of %s: %s\n", url, p->reason);
+    else if (strcmp(p->code, "connect") == 0)
+        fprintf(stderr, "followupctl: network: cannot connect to %s (firewall? port?): %s\n",
+                url, p->reason);
+    else if (strcmp(p->code, "tls") == 0)
+        fprintf(stderr, "followupctl: TLS: the certificate or handshake of %s was refused "
+                        "(check ca_file): %s\n", url, p->reason);
+    else if (strcmp(p->code, "timeout") == 0)
+        fprintf(stderr, "followupctl: timeout: %s did not answer within %d s\n", url,
+                cfg->timeout_seconds);
+    else if (strcmp(p->code, "HTTP 401") == 0 || strcmp(p->code, "oauth2") == 0)
+        fprintf(stderr, "followupctl: authentication: %s\n", p->reason);
+    else if (strcmp(p->code, "ErrorImpersonateUserDenied") == 0)
+        fprintf(stderr, "followupctl: impersonation: the service account may not impersonate "
+                        "%s (grant it the ApplicationImpersonation role): %s\n",
+                mailbox, p->reason);
+    else if (strcmp(p->code, "ErrorNonExistentMailbox") == 0)
+        fprintf(stderr, "followupctl: mailbox: %s does not exist: %s\n", mailbox, p->reason);
+    else if (strncmp(p->code, "HTTP ", 5) == 0)
+        fprintf(stderr, "followupctl: HTTP: %s answered %s: %s\n", url, p->code + 5, p->reason);
+    else
+        fprintf(stderr, "followupctl: failed (%s): %s\n", p->code, p->reason);
+}
+
+static int cmd_test_connection(const config *cfg, const char *email)
+{
+    char err[512];
+    sd_event *event = NULL;
+    probe_state probe = {0};
+    int status = 1;
+    const char *mailbox = email;
+
+    if (!mailbox) {
+        if (!cfg->username || !strchr(cfg->username, '@'))
+            return fail("%s", "test-connection: give the EMAIL of a mailbox to test "
+                              "(the service account's user name is not an address)");
+        mailbox = cfg->username;
+    }
+    if (sd_event_new(&event) < 0)
+        return fail("%s", "cannot create an event loop");
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    xmlInitParser();
+    delivery *backend = delivery_new(event, cfg, err, sizeof err);
+    if (!backend) {
+        fail("%s", err);
+        goto out;
+    }
+    int r = delivery_probe(backend, mailbox, on_probe, &probe);
+    if (r < 0) {
+        fail("test-connection: cannot start the request: %s", strerror(-r));
+        goto out;
+    }
+    while (!probe.done)
+        if (sd_event_run(event, UINT64_MAX) < 0)
+            break;
+    if (probe.done && probe.outcome == DELIVERY_OK) {
+        printf("OK: %s answered for mailbox %s: URL, TLS, credentials and %s work\n",
+               cfg->api == CONFIG_API_GRAPH ? cfg->graph_base_url : cfg->exchange_url, mailbox,
+               cfg->impersonation ? "impersonation" : "delegate access");
+        status = 0;
+    } else if (probe.done) {
+        explain_probe(&probe, cfg, mailbox);
+    }
+out:
+    delivery_free(backend);
+    sd_event_unref(event);
+    xmlCleanupParser();
+    curl_global_cleanup();
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -286,11 +383,15 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_USAGE;
     }
-    if (strcmp(command, "test-connection") == 0)
-        return fail("%s", "test-connection is not available in this version yet");
-
     if (config_load(config_path, &cfg, err, sizeof err) < 0)
         return fail("%s", err);
+    if (strcmp(command, "test-connection") == 0) {
+        int status = config_validate(cfg, err, sizeof err) < 0
+                         ? fail("%s", err)
+                         : cmd_test_connection(cfg, n_args > 0 ? args[0] : NULL);
+        config_free(cfg);
+        return status;
+    }
     PGconn *conn = PQconnectdb(cfg->db_conninfo);
     config_free(cfg);
     if (PQstatus(conn) != CONNECTION_OK) {

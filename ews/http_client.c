@@ -97,6 +97,35 @@ static void unlink_transfer(http_client *client, http_transfer *t)
     client->in_flight--;
 }
 
+/* Which stage failed, in words an operator can act on. */
+static const char *failure_kind(CURLcode result, bool too_large)
+{
+    if (too_large)
+        return "too-large";
+    switch (result) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return "dns";
+    case CURLE_COULDNT_CONNECT:
+        return "connect";
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_USE_SSL_FAILED:
+        return "tls";
+    default:
+        return "transfer";
+    }
+}
+
 static void check_finished(http_client *client)
 {
     CURLMsg *msg;
@@ -118,6 +147,7 @@ static void check_finished(http_client *client)
         if (result == CURLE_OK) {
             r.transfer_ok = true;
         } else {
+            r.failure = failure_kind(result, t->too_large);
             r.timed_out = result == CURLE_OPERATION_TIMEDOUT;
             r.error = t->too_large ? "response larger than the size limit"
                       : t->error[0] ? t->error

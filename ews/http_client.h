@@ -38,6 +38,8 @@ typedef struct http_response {
     const char *error;           /* what went wrong in the transfer, NULL if ok */
     bool timed_out;
     bool too_large;
+    const char *failure;         /* when !transfer_ok: "dns", "connect", "tls", "timeout",
+                                    "too-large" or "transfer" */
     long status;                 /* HTTP status, 0 when none arrived */
     const char *body;            /* NUL-terminated */
     size_t body_len;

@@ -69,13 +69,13 @@ class Simulator:
         fault ops): the Graph simulator has e.g. CreateEvent and CreateTask for CreateItem."""
         return [op for name in names for op in self.OPS.get(name, [name])]
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, extra_args=()):
         self.port_file = os.path.join(workdir, "sim.port")
         self.log_path = os.path.join(workdir, "sim.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [PYTHON, SIM, "--port", "0", "--port-file", self.port_file,
-             "--users", f"{EWS_USER}:{EWS_PASSWORD}"],
+             "--users", f"{EWS_USER}:{EWS_PASSWORD}"] + list(extra_args),
             stdout=self.log, stderr=subprocess.STDOUT)
         self.port = int(wait_for(self._read_port, timeout=15, what="the EWS simulator to listen"))
         self.base = f"http://127.0.0.1:{self.port}"
@@ -304,8 +304,10 @@ class Daemon:
                     f"[exchange]\nurl = {sim.url}\nauth = basic\nusername = {EWS_USER}\n"
                     f"password_file = {self.password_file}\ntimeout = 5\n{extra}\n")
 
+    extra_env = {}
+
     def start(self, wait_ready=True):
-        env = dict(os.environ, NOTIFY_SOCKET=self.notify.path)
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify.path, **self.extra_env)
         env.pop("JOURNAL_STREAM", None)
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(WRAPPER + [FOLLOWUPD, "-c", self.config_path, "-d"] + self.args,

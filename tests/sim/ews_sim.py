@@ -22,6 +22,7 @@ Control API (JSON, no authentication):
   GET    /_sim/errors               rejected-request reasons (schema, XML, Content-Type)
   GET    /_sim/stats                {"CreateItem": n, ...}
   POST   /_sim/reset                forget items, requests, errors and faults
+  POST   /_sim/revoke-tokens        every OAuth2 bearer token issued so far stops working
   POST   /_sim/faults               queue {"mode", "count", "ops", "mailboxes", ...} or a list of them
   GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
 Fault modes: drop_after_perform, drop_before_perform, http_status, server_busy,
@@ -34,6 +35,7 @@ import argparse
 import base64
 import binascii
 import copy
+import dataclasses
 import hmac
 import json
 import os
@@ -955,6 +957,8 @@ class SimConfig:
     latency_ms: int = 0
     verbose: bool = False
     validator: SchemaValidator | None = None
+    oauth_clients: dict | None = None     # client_id -> secret: OAuth2 bearer tokens accepted
+    tokens: set = dataclasses.field(default_factory=set)   # bearer tokens issued and valid
 
 
 class SimServer(ThreadingHTTPServer):
@@ -1026,6 +1030,8 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
             path = urlsplit(self.path).path
             if path == "/_sim" or path.startswith("/_sim/"):
                 self.handle_control(path, body)
+            elif path.endswith("/oauth2/v2.0/token") and self.command == "POST":
+                self.handle_token(body)
             elif path.lower().endswith("/ews/exchange.asmx"):
                 if self.command == "POST":
                     self.handle_soap(body)
@@ -1108,7 +1114,10 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
                     "utf-8").partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 user = None
-        users = self.server.config.users
+        config = self.server.config
+        if scheme.lower() == "bearer" and config.oauth_clients is not None:
+            return credentials.strip() in config.tokens, "bearer", scheme
+        users = config.users
         if users is None:
             return True, user, scheme or None
         expected = users.get(user) if user is not None else None
@@ -1293,6 +1302,10 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
                 for r in requests:
                     r.pop("body", None)
             return self.send_json(200, requests)
+        if method == "POST" and path == "/_sim/revoke-tokens":
+            with store.lock:
+                self.server.config.tokens.clear()
+            return self.send_json(200, {"revoked": True})
         if method == "GET" and path == "/_sim/errors":
             with store.lock:
                 return self.send_json(200, list(store.errors))
@@ -1309,6 +1322,30 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
         if path == "/_sim/faults":
             return self.handle_control_faults(method, body)
         self.send_json(404, {"error": f"no control endpoint {method} {path}"})
+
+    def handle_token(self, body: bytes) -> None:
+        """OAuth2 client credentials (Entra ID's token endpoint, as far as we use it)."""
+        config = self.server.config
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        clients = config.oauth_clients or {}
+        record = self.server.store.log_request({
+            "seq": None, "time": time.time(), "op": "Token", "mailbox": None,
+            "anchor_mailbox": None, "impersonation": False, "valid": True, "error": None,
+            "auth_user": form.get("client_id"), "auth_scheme": None,
+            "content_type": self.headers.get("Content-Type"), "http_status": None,
+            "fault": None, "server_version": None, "path": self.path, "schema_checked": False,
+            "body": "(token request)"})
+        secret = clients.get(form.get("client_id", ""))
+        if (form.get("grant_type") != "client_credentials" or secret is None
+                or not hmac.compare_digest(secret.encode(), form.get("client_secret", "").encode())):
+            self.server.store.update_request(record, http_status=401)
+            return self.send_json(401, {"error": "invalid_client"})
+        token = base64.urlsafe_b64encode(os.urandom(24)).decode()
+        with self.server.store.lock:
+            config.tokens.add(token)
+        self.server.store.update_request(record, http_status=200)
+        self.send_json(200, {"token_type": "Bearer", "expires_in": 3600,
+                             "access_token": token})
 
     def handle_control_item(self, method: str, item_id: str) -> None:
         """GET or DELETE one item, e.g. to play a user deleting it in Outlook."""
@@ -1379,6 +1416,9 @@ def parse_args(argv):
                         help="comma-separated addresses; others get ErrorNonExistentMailbox")
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
+    parser.add_argument("--oauth-client", type=parse_users,
+                        help="accept OAuth2 bearer tokens issued at .../oauth2/v2.0/token "
+                             "to these clients: id:secret[,id:secret...]")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -1402,7 +1442,7 @@ def main(argv=None) -> int:
     if args.known_mailboxes is not None:
         known = {normalise_mailbox(a) for a in args.known_mailboxes.split(",") if a.strip()}
     config = SimConfig(users=args.users, known_mailboxes=known, latency_ms=args.latency_ms,
-                       verbose=args.verbose, validator=validator)
+                       verbose=args.verbose, validator=validator, oauth_clients=args.oauth_client)
     ssl_context = None
     if args.tls_cert:
         ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
