@@ -106,6 +106,7 @@ _Static_assert(sizeof(config_api) == sizeof(int) && sizeof(config_auth) == sizeo
     X("oauth2",   "scope",              T_STRING, "https://outlook.office365.com/.default", oauth2_scope,    true,  0, 0,    NULL) \
     X("delivery", "concurrency",        T_INT,    "8",                            concurrency,               true,  1, 256,  NULL) \
     X("delivery", "max_attempts",       T_INT,    "12",                           max_attempts,              true,  1, 1000, NULL) \
+    X("delivery", "batch_size",         T_INT,    "20",                           batch_size,                true,  1, 100,  NULL) \
     X("delivery", "backoff_initial_ms", T_INT,    "5000",                         backoff_initial_ms,        true,  1, 3600000, NULL) \
     X("delivery", "backoff_max_ms",     T_INT,    "900000",                       backoff_max_ms,            true,  1, 86400000, NULL)
 

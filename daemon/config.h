@@ -43,6 +43,7 @@ typedef struct config {
     /* [delivery] */
     int concurrency;
     int max_attempts;
+    int batch_size;           /* items per CreateItem request */
     int backoff_initial_ms;   /* first retry delay; doubles per attempt */
     int backoff_max_ms;       /* cap of the retry delay */
 } config;

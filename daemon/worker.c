@@ -51,7 +51,7 @@ struct worker {
     delivery *backend;
     loop_timer *due_timer;
     char worker_id[128];
-    int concurrency;
+    int max_jobs;                /* logs worked on at once */
     int max_attempts;
     int backoff_initial_ms;
     int backoff_max_ms;
@@ -852,11 +852,11 @@ static void kick(worker *w)
         w->rescan_wanted = true;   /* claim again when this one is back */
         return;
     }
-    if (w->draining || !db_is_ready(w->database) || (int)w->stats.active >= w->concurrency)
+    if (w->draining || !db_is_ready(w->database) || (int)w->stats.active >= w->max_jobs)
         return;
     w->claiming = true;
     w->rescan_wanted = false;
-    w->requested = w->concurrency - (int)w->stats.active;
+    w->requested = w->max_jobs - (int)w->stats.active;
     snprintf(batch, sizeof batch, "%d", w->requested);
     snprintf(lease, sizeof lease, "%d", w->lease_seconds);
     const char *params[] = {batch, lease, w->worker_id};
@@ -873,7 +873,9 @@ static void on_due(void *userdata)
 
 void worker_apply_config(worker *w, const config *cfg)
 {
-    w->concurrency = cfg->concurrency;
+    /* Enough logs in progress to fill every request slot with a full batch; the back
+     * end keeps the number of requests in flight at concurrency. */
+    w->max_jobs = cfg->concurrency * cfg->batch_size;
     w->max_attempts = cfg->max_attempts;
     w->backoff_initial_ms = cfg->backoff_initial_ms;
     w->backoff_max_ms = cfg->backoff_max_ms;

@@ -22,6 +22,7 @@ Control API (JSON, no authentication):
   GET    /_sim/errors               rejected-request reasons (schema, XML, Content-Type)
   GET    /_sim/stats                {"CreateItem": n, ...}
   POST   /_sim/reset                forget items, requests, errors and faults
+  POST   /_sim/reject-subjects      {"contains", "code"}: such items fail alone in CreateItem
   POST   /_sim/revoke-tokens        every OAuth2 bearer token issued so far stops working
   POST   /_sim/faults               queue {"mode", "count", "ops", "mailboxes", ...} or a list of them
   GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
@@ -607,6 +608,7 @@ class Store:
             self.requests = []
             self.errors = []
             self.faults = []
+            self.rejections = {}         # subject text -> ResponseCode for CreateItem
             self.next_item_seq = 1
             self.next_request_seq = 1
 
@@ -722,6 +724,9 @@ class Operations:
                 folder = DEFAULT_FOLDER[kind]
             item = new_item(kind, mailbox, folder, elem, send_invitations,
                             self.store.next_item_seq)
+            for marker, code in self.store.rejections.items():
+                if marker in (item.get("subject") or ""):
+                    raise OperationError(code)   # this item only: its batch-mates go on
             self.store.next_item_seq += 1
             self.store.items[item["id"]] = item
             self.store.mailboxes_seen.add(mailbox)
@@ -1302,6 +1307,13 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
                 for r in requests:
                     r.pop("body", None)
             return self.send_json(200, requests)
+        if method == "POST" and path == "/_sim/reject-subjects":
+            # {"contains": "...", "code": "ErrorQuotaExceeded"}: creates of items whose
+            # subject contains the text fail with that code, one by one.
+            spec = json.loads(body or b"{}")
+            with store.lock:
+                store.rejections[spec["contains"]] = spec.get("code", "ErrorQuotaExceeded")
+            return self.send_json(200, {"rejecting": spec["contains"]})
         if method == "POST" and path == "/_sim/revoke-tokens":
             with store.lock:
                 self.server.config.tokens.clear()

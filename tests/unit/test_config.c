@@ -721,6 +721,7 @@ static void test_options_list_every_key(void **state)
         { "oauth2", "token_url" }, { "oauth2", "client_id" },
         { "oauth2", "client_secret_file" }, { "oauth2", "scope" },
         { "delivery", "concurrency" }, { "delivery", "max_attempts" },
+        { "delivery", "batch_size" },
         { "delivery", "backoff_initial_ms" }, { "delivery", "backoff_max_ms" },
     };
     size_t n = 0;
