@@ -396,7 +396,12 @@ static void on_http_done(const http_response *hr, void *userdata)
     char reason[1024], code[64], parse_error[256];
 
     if (!hr->transfer_ok) {
-        snprintf(reason, sizeof reason, "cannot reach Exchange at %s: %s", b->url, hr->error);
+        if (hr->too_large)
+            snprintf(reason, sizeof reason, "Exchange's answer from %s was larger than %u "
+                     "bytes and was dropped", b->url, EWS_RESPONSE_MAX_BYTES);
+        else
+            snprintf(reason, sizeof reason, "cannot reach Exchange at %s: %s", b->url,
+                     hr->error);
         set_result(&r, DELIVERY_TRANSIENT, hr->failure ? hr->failure : "connection", reason);
         goto common;
     }

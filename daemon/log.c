@@ -42,8 +42,18 @@ bool log_debug_enabled(void)
 
 static void write_line(int priority, const char *text)
 {
+    char line[2048];
+    size_t i;
+
+    /* Text from servers, attributes and addresses may hold line breaks: one message
+     * stays one line, so nobody can forge a line with a priority prefix of its own. */
+    for (i = 0; text[i] != '\0' && i + 1 < sizeof line; i++) {
+        unsigned char c = (unsigned char)text[i];
+        line[i] = c < 0x20 || c == 0x7F ? ' ' : (char)c;
+    }
+    line[i] = '\0';
     /* One fprintf per line so concurrent writers never interleave within a line. */
-    fprintf(stderr, "<%d>%s\n", priority, text);
+    fprintf(stderr, "<%d>%s\n", priority, line);
 }
 
 void log_msg(int priority, const char *fmt, ...)

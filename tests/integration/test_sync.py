@@ -212,12 +212,21 @@ def test_invalid_attribute_uses_default_and_is_reported(db, sim, daemon, alice, 
     assert daemon.output().count(f"attribute {name} = ") == 1
 
 
-def test_lost_create_responses_never_duplicate(db, sim, daemon_factory, alice):
-    """The server performs the create and the answer is lost, 50 times in a row."""
-    daemon_factory(FAST_RETRY)
+@pytest.mark.parametrize("batch_size", [1, 20])
+def test_lost_create_responses_never_duplicate(db, sim, daemon_factory, alice, batch_size):
+    """The server performs the create and the answer is lost, 50 times in a row (one
+    create per request); and the same with creates batched, where one lost answer
+    leaves a whole batch to be looked up."""
+    daemon_factory(FAST_RETRY + f"batch_size = {batch_size}\n")
     sim.fault(mode="drop_after_perform", count=50, ops=sim.ops("CreateItem"))
     ids = [db.log(alice, reason=f"dropped {n}") for n in range(50)]
     db.wait_synced(*ids, timeout=60)
+    if batch_size > 1:
+        sim.call("DELETE", "/_sim/faults")
+        assert len(sim.mailbox(MAILBOX)) == 50
+        for log_id in ids:
+            one(sim, log_id, "appointment")
+        return
     assert sim.call("GET", "/_sim/faults") == [] or all(
         f.get("count", 0) == 0 for f in sim.call("GET", "/_sim/faults"))
     for log_id in ids:

@@ -5,7 +5,7 @@ SELECT plan(16);
 SELECT has_table('contactlog', 'employee', 'employee table');
 SELECT has_table('contactlog', 'contact_log', 'contact_log table');
 SELECT has_table('contactlog', 'attribute', 'attribute table');
-SELECT is((SELECT max(version) FROM contactlog.schema_version), 1, 'schema at version 1');
+SELECT is((SELECT max(version) FROM contactlog.schema_version), 2, 'schema at version 2');
 SELECT is((SELECT count(*)::int FROM contactlog.attribute), 7, 'seven attributes seeded');
 SELECT is((SELECT value FROM contactlog.attribute WHERE name = 'AddToCalendar'), '1',
           'AddToCalendar defaults to 1');
