@@ -88,7 +88,7 @@ _Static_assert(sizeof(config_api) == sizeof(int) && sizeof(config_auth) == sizeo
  * key as the first two string literals. */
 #define CONFIG_OPTION_TABLE(X) \
     X("database", "conninfo",           T_STRING, "dbname=crm",                   db_conninfo,               false, 0, 0,    NULL) \
-    X("exchange", "api",                T_ENUM,   "ews",                          api,                       true,  0, 0,    api_names) \
+    X("exchange", "api",                T_ENUM,   "ews",                          api,                       false,  0, 0,    api_names) \
     X("exchange", "url",                T_STRING, "",                             exchange_url,              true,  0, 0,    NULL) \
     X("exchange", "auth",               T_ENUM,   "ntlm",                         auth,                      true,  0, 0,    auth_names) \
     X("exchange", "username",           T_STRING, "",                             username,                  true,  0, 0,    NULL) \

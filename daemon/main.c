@@ -150,10 +150,10 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
         log_error("reload refused, keeping the running configuration: %s", err);
         goto out;
     }
-    if (fresh->api != st->cfg->api ||
-        strcmp(fresh->db_conninfo, st->cfg->db_conninfo) != 0)
-        log_warning("reload: [database] conninfo and [exchange] api apply only after a "
-                    "restart");
+    char restart_keys[256];
+    if (config_restart_keys(st->cfg, fresh, restart_keys, sizeof restart_keys) > 0)
+        log_warning("reload: %s changed but apply only after a restart (systemctl restart "
+                    "followupd); the running values stay until then", restart_keys);
     if (delivery_configure(st->backend, fresh, err, sizeof err) < 0) {
         log_error("reload refused, keeping the running configuration: %s", err);
         goto out;

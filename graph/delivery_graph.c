@@ -1026,7 +1026,15 @@ static int graph_configure(void *impl, const config *cfg, char *err, size_t errl
     return 0;
 }
 
+/* followupctl test-connection: a lookup in the mailbox's calendar for a log that
+ * cannot exist (id 0) proves the token, the permissions and the mailbox. */
+static int graph_probe(void *impl, const char *mailbox, delivery_done_fn done, void *userdata)
+{
+    return graph_find(impl, mailbox, EWS_ITEM_APPOINTMENT, 0, done, userdata);
+}
+
 const delivery_ops delivery_graph_ops = {
+    .probe = graph_probe,
     .find = graph_find,
     .create = graph_create,
     .update = graph_update,

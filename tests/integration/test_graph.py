@@ -222,3 +222,11 @@ def test_requests_validate(db, sim, daemon_factory, alice):
     assert items_of(sim, log_id, "task")[0]["subject"] == \
         "Löwe & <b>bold</b> \"quoted\" / slash"
     assert items_of(sim, log_id, "appointment")[0]["importance"] == "High"
+
+
+def test_test_connection_probes_the_graph_mailbox(db, sim, daemon):
+    from conftest import run_ctl
+    result = run_ctl(daemon.config_path, "test-connection", "alice@example.org")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK:")
+    assert any(r["op"] == "Token" for r in sim.requests())
