@@ -31,9 +31,12 @@ def main():
 
         print("== starting the EWS simulator on 127.0.0.1")
         port_file = os.path.join(work, "sim.port")
+        schema = os.environ.get("FOLLOWUPD_EWS_SCHEMA") or os.path.join(TOP, "..", "shared",
+                                                                         "ews-schema")
         sim = subprocess.Popen([PYTHON, os.path.join(TOP, "tests", "sim", "ews_sim.py"),
                                 "--port", "0", "--port-file", port_file,
-                                "--users", "svc-followupd:demo-password"])
+                                "--users", "svc-followupd:demo-password",
+                                "--schema-dir", schema])
         started.append(lambda: (sim.terminate(), sim.wait()))
         port = wait_for(lambda: os.path.exists(port_file) and open(port_file).read().strip(),
                         timeout=15, what="the simulator")
@@ -55,6 +58,7 @@ def main():
 
         print("== saving contact logs")
         pg.psql("-c", """
+            UPDATE contactlog.attribute SET value = '1' WHERE name = 'AddToTasks';
             INSERT INTO contactlog.employee (login, display_name, email) VALUES
               ('alice', 'Alice Archer', 'alice@example.org'),
               ('bob',   'Bob Baker',    'bob@example.org');
@@ -65,7 +69,7 @@ def main():
               (2, 'Alan Turing',   '',                    'low', '2030-03-03 08:15+00', NULL),
               (2, 'Edsger Dijkstra', 'No follow-up: nothing is sent', 'normal', NULL, NULL);
         """)
-        expected = 3
+        expected = 6   # three follow-ups: an appointment and a task each
 
         def mailboxes():
             with urllib.request.urlopen(base + "/_sim/mailboxes", timeout=5) as r:
@@ -79,8 +83,11 @@ def main():
             for item in items:
                 link = item["body"].split('href="', 1)[1].split('"', 1)[0]
                 print(f"  {item['kind']:<11} {item['subject']!r}")
-                print(f"              {item['start']} -> {item['end']}  importance "
-                      f"{item['importance']}  link {link}")
+                if item["kind"] == "appointment":
+                    when = f"{item['start']} -> {item['end']}"
+                else:
+                    when = f"due {item['due_date']}"
+                print(f"              {when}  importance {item['importance']}  link {link}")
         print()
         print("demo: OK")
         return 0
