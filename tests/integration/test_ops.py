@@ -237,3 +237,71 @@ def test_ews_oauth2_token_fetched_cached_and_refreshed_on_401(pg, db, tmp_path, 
         d.notify.close()
         sim.stop()
     assert code == 0
+
+
+# ---- TLS --------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_sim(tmp_path):
+    import subprocess
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    workdir = tmp_path / "tls-sim"
+    workdir.mkdir()
+    sim = Simulator(str(workdir), ["--tls-cert", str(cert), "--tls-key", str(key)])
+    sim.url = sim.url.replace("http://", "https://")
+    sim.base = sim.base.replace("http://", "https://")
+    sim.cert = str(cert)
+    yield sim
+    sim.stop()
+
+
+def tls_config(pg, tls_sim, daemon, extra):
+    with open(daemon.config_path, "w") as f:
+        f.write(f"[database]\nconninfo = {pg.conninfo}\n\n[exchange]\nurl = {tls_sim.url}\n"
+                f"auth = basic\nusername = svc-followupd\n"
+                f"password_file = {daemon.password_file}\ntimeout = 5\n{extra}\n")
+    return daemon.config_path
+
+
+def test_tls_is_verified_by_default_and_ca_file_is_honoured(pg, db, tls_sim, tmp_path, alice):
+    d = Daemon(str(tmp_path), pg, tls_sim)
+    try:
+        config = tls_config(pg, tls_sim, d, "")
+        refused = run_ctl(config, "test-connection", MAILBOX)
+        assert refused.returncode == 1 and "TLS" in refused.stderr, refused.stderr
+
+        config = tls_config(pg, tls_sim, d, f"ca_file = {tls_sim.cert}")
+        accepted = run_ctl(config, "test-connection", MAILBOX)
+        assert accepted.returncode == 0, accepted.stderr
+        d.start()
+        log_id = db.log(alice)
+        db.wait_synced(log_id)
+        assert len(json.loads(urlopen_insecure(tls_sim.base + "/_sim/mailboxes"))[MAILBOX]) == 1
+    finally:
+        assert d.stop() in (0, None)
+        d.notify.close()
+
+
+def test_tls_verify_no_accepts_an_unknown_certificate(pg, tls_sim, tmp_path):
+    d = Daemon(str(tmp_path), pg, tls_sim)
+    try:
+        config = tls_config(pg, tls_sim, d, "tls_verify = no")
+        result = run_ctl(config, "test-connection", MAILBOX)
+        assert result.returncode == 0, result.stderr
+    finally:
+        d.notify.close()
+
+
+def urlopen_insecure(url):
+    import ssl
+    import urllib.request
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(url, context=context, timeout=10) as r:
+        return r.read()
