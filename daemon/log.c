@@ -56,42 +56,45 @@ static void write_line(int priority, const char *text)
     fprintf(stderr, "<%d>%s\n", priority, line);
 }
 
-void log_msg(int priority, const char *fmt, ...)
+/* log_id < 0: a line about no particular contact log (no structured fields). */
+static void emit(int priority, int64_t log_id, const char *mailbox, const char *response_code,
+                 const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+
+static void emit(int priority, int64_t log_id, const char *mailbox, const char *response_code,
+                 const char *fmt, va_list ap)
 {
     char text[2048];
-    va_list ap;
 
     if (priority == LOG_DEBUG && !debug_enabled)
         return;
-    va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
-    va_end(ap);
-    if (stderr_is_journal)
+    if (!stderr_is_journal)
+        write_line(priority, text);
+    else if (log_id < 0)
         sd_journal_send("MESSAGE=%s", text, "PRIORITY=%d", priority,
                         "SYSLOG_IDENTIFIER=followupd", NULL);
     else
-        write_line(priority, text);
-}
-
-void log_item(int priority, int64_t log_id, const char *mailbox, const char *response_code,
-              const char *fmt, ...)
-{
-    char text[2048];
-    va_list ap;
-
-    if (priority == LOG_DEBUG && !debug_enabled)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
-    va_end(ap);
-    if (stderr_is_journal) {
         sd_journal_send("MESSAGE=%s", text, "PRIORITY=%d", priority,
                         "SYSLOG_IDENTIFIER=followupd",
                         "CONTACT_LOG_ID=%" PRId64, log_id,
                         "MAILBOX=%s", mailbox ? mailbox : "",
                         "EWS_RESPONSE_CODE=%s", response_code ? response_code : "",
                         NULL);
-        return;
-    }
-    write_line(priority, text);
+}
+
+void log_msg(int priority, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    emit(priority, -1, NULL, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void log_item(int priority, int64_t log_id, const char *mailbox, const char *response_code,
+              const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    emit(priority, log_id, mailbox, response_code, fmt, ap);
+    va_end(ap);
 }
