@@ -337,6 +337,12 @@ FROM checked;
 -- needed to reconcile them: the log, its people, and the items already in Outlook.
 -- A claim lapses when its lease runs out or its PostgreSQL session ends (the
 -- daemon died or lost its connection), so nothing stays stuck behind a dead claim.
+--
+-- Two statements on purpose. Locking a row FOR UPDATE returns its newest version
+-- (committed after this statement's snapshot was taken), while a join in the same
+-- statement would still read the log as of the snapshot: a version newer than the
+-- data, and an edit marked synced without ever being sent. The second statement
+-- takes a new snapshot, so the data is at least as new as the version claimed.
 CREATE OR REPLACE FUNCTION contactlog.followupd_claim(batch_size integer,
                                                       lease_seconds integer,
                                                       worker text)
@@ -351,7 +357,11 @@ RETURNS TABLE (
     appointment_change_key text, appointment_hash text, appointment_pending boolean,
     task_mailbox text, task_item_id text,
     task_change_key text, task_hash text, task_pending boolean)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    claimed_ids bigint[];
+BEGIN
     WITH picked AS (
         SELECT s.contact_log_id
         FROM contactlog.outlook_sync s
@@ -372,8 +382,11 @@ LANGUAGE sql AS $$
             claimed_by_pid = pg_backend_pid()
         FROM picked
         WHERE s.contact_log_id = picked.contact_log_id
-        RETURNING s.*
+        RETURNING s.contact_log_id
     )
+    SELECT array_agg(claimed.contact_log_id) INTO claimed_ids FROM claimed;
+
+    RETURN QUERY
     SELECT c.contact_log_id, c.version, c.attempts,
            c.inserted_with_follow_up, c.synced_version > 0,
            l.id IS NOT NULL, l.status,
@@ -385,7 +398,7 @@ LANGUAGE sql AS $$
            ia.contact_log_id IS NOT NULL AND ia.item_id IS NULL,
            it.mailbox, it.item_id, it.change_key, it.content_hash,
            it.contact_log_id IS NOT NULL AND it.item_id IS NULL
-    FROM claimed c
+    FROM contactlog.outlook_sync c
     LEFT JOIN contactlog.contact_log l ON l.id = c.contact_log_id
     LEFT JOIN contactlog.employee creator ON creator.id = l.created_by
     LEFT JOIN contactlog.employee assignee ON assignee.id = l.assigned_to
@@ -394,7 +407,9 @@ LANGUAGE sql AS $$
            ON ia.contact_log_id = c.contact_log_id AND ia.kind = 'appointment'
     LEFT JOIN contactlog.outlook_item it
            ON it.contact_log_id = c.contact_log_id AND it.kind = 'task'
+    WHERE c.contact_log_id = ANY (claimed_ids)
     ORDER BY c.contact_log_id;
+END
 $$;
 
 -- Seconds until the next queued log falls due (0: now), NULL when nothing waits.

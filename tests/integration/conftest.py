@@ -259,6 +259,14 @@ class NotifySocket:
                 self.messages.append(data.decode(errors="replace"))
 
     def poll(self):
+        # Take what is queued right now too: the reader thread may not have run yet.
+        while True:
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, OSError):
+                break
+            with self._lock:
+                self.messages.append(data.decode(errors="replace"))
         with self._lock:
             return list(self.messages)
 

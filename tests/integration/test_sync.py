@@ -301,6 +301,8 @@ def test_random_edit_storm_ends_matching_the_logs(db, sim, daemon_factory, alice
             db.query("UPDATE contactlog.contact_log SET status = 'completed', owner_id = NULL "
                      "WHERE id = %s", log_id)
     db.wait_synced(*ids, timeout=60)
+    assert db.query("SELECT contact_log_id, last_error FROM contactlog.outlook_sync "
+                    "WHERE failed") == [], "no log may be parked"
 
     now = datetime.datetime.now(datetime.timezone.utc)
     for log_id in ids:
