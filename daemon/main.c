@@ -57,20 +57,55 @@ static void usage(FILE *out)
             "  -h, --help         print this help and exit\n");
 }
 
-static void send_status(daemon_state *st)
+/* Queue figures from the database (pending, failed), -1 when not known. */
+typedef struct queue_figures {
+    long long pending;
+    long long failed;
+} queue_figures;
+
+static void send_status_with(daemon_state *st, const queue_figures *q)
 {
     const worker_stats *ws = worker_get_stats(st->worker);
-    sd_notifyf(false, "STATUS=%s; %zu working, %" PRIu64 " done, %" PRIu64
-                      " retries, %" PRIu64 " parked%s%s",
-               db_is_ready(st->database) ? "connected" : "database unavailable", ws->active,
-               ws->delivered, ws->retries, ws->parked, ws->last_error[0] ? "; last error: " : "",
+    char queue[96] = "";
+
+    if (q && q->pending >= 0)
+        snprintf(queue, sizeof queue, "%lld queued, %lld failed; ", q->pending, q->failed);
+    sd_notifyf(false, "STATUS=%s; %s%zu working, %" PRIu64 " done since start, %" PRIu64
+                      " retries%s%s",
+               db_is_ready(st->database) ? "connected" : "database unavailable", queue,
+               ws->active, ws->delivered, ws->retries, ws->last_error[0] ? "; last error: " : "",
                ws->last_error);
+}
+
+static void send_status(daemon_state *st)
+{
+    send_status_with(st, NULL);
+}
+
+static void on_queue_figures(PGresult *result, void *userdata)
+{
+    daemon_state *st = userdata;
+    queue_figures q = {-1, -1};
+
+    if (db_result_ok(result) && PQntuples(result) == 1) {
+        q.pending = atoll(PQgetvalue(result, 0, 0));
+        q.failed = atoll(PQgetvalue(result, 0, 1));
+    }
+    send_status_with(st, &q);
+}
+
+/* STATUS= with the queue's depth: one small query every few seconds. */
+static void refresh_status(daemon_state *st)
+{
+    if (db_query(st->database, "SELECT pending, failed FROM contactlog.followupd_status", 0,
+                 NULL, on_queue_figures, st) < 0)
+        send_status(st);
 }
 
 static void on_status_timer(void *userdata)
 {
     daemon_state *st = userdata;
-    send_status(st);
+    refresh_status(st);
     loop_timer_arm(st->status_timer, STATUS_INTERVAL_USEC);
 }
 

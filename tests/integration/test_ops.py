@@ -159,7 +159,8 @@ def test_notify_protocol_ready_status_watchdog_reloading_stopping(db, sim, daemo
     d.extra_env = {"WATCHDOG_USEC": "400000"}
     d.start()
     d.notify.wait_for("WATCHDOG=1", timeout=5)
-    d.notify.wait_for("STATUS=", timeout=5)
+    # STATUS= carries the queue's depth from the database.
+    d.notify.wait_for("queued, 0 failed", timeout=10)
     log_id = db.log(alice)
     db.wait_synced(log_id)
     d.proc.send_signal(signal.SIGHUP)
