@@ -143,14 +143,17 @@ def main():
 
     catch_up()
     while not stopping:
-        idle = True
-        try:
-            readable, _, _ = select.select([conn], [], [], 5)
-        finally:
-            idle = False
-        if not readable:
-            continue
-        conn.poll()
+        # A notification that arrived during catch_up()'s own queries is already in
+        # conn.notifies: the socket will not wake select() for it again.
+        if not conn.notifies:
+            idle = True
+            try:
+                readable, _, _ = select.select([conn], [], [], 5)
+            finally:
+                idle = False
+            if not readable:
+                continue
+            conn.poll()
         if conn.notifies:
             conn.notifies.clear()
             catch_up()

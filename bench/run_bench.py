@@ -124,7 +124,12 @@ def idle_cpu(pid, cluster, seconds):
 
 
 def status_kib(pid, key):
-    with open(f"/proc/{pid}/status") as f:
+    return status_kib_file(f"/proc/{pid}/status", key)
+
+
+def status_kib_file(path, key):
+    """A "Key: N kB" line of a /proc file."""
+    with open(path) as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
@@ -483,6 +488,7 @@ def followupd_backlog(args, work, binary, cluster, sim, db, password_file):
         rss_anon = status_kib(daemon.pid, "RssAnon")
         rss_file = status_kib(daemon.pid, "RssFile")
         mappings = rss_by_mapping(daemon.pid)
+        pss = status_kib_file(f"/proc/{daemon.pid}/smaps_rollup", "Pss")
         elapsed = now - daemon.started
     finally:
         code = daemon.stop()
@@ -495,7 +501,7 @@ def followupd_backlog(args, work, binary, cluster, sim, db, password_file):
             "items_per_s": round(done / elapsed, 1),
             "vmhwm_kib": hwm, "vmhwm_mib": round(hwm / 1024, 2),
             "rss_anon_peak_sampled_kib": anon_peak,
-            "at_end_kib": {"VmRSS": rss, "RssAnon": rss_anon, "RssFile": rss_file},
+            "at_end_kib": {"VmRSS": rss, "RssAnon": rss_anon, "RssFile": rss_file, "Pss": pss},
             "largest_mappings_at_end_kib": mappings}
 
 
@@ -615,7 +621,7 @@ def verdicts(args, results):
     cpu = f["throughput"]["cpu_s_per_1000"]
     if b:
         bcpu = b["throughput"]["cpu_s_per_1000"]
-        add("CPU per 1,000 items vs baseline", f"1/{bcpu / cpu:.0f}" if cpu else "0",
+        add("CPU per 1,000 items vs baseline", f"1/{bcpu / cpu:.1f}" if cpu else "0",
             "≤ 1/20", cpu <= bcpu * TARGETS["cpu_vs_baseline"])
     else:
         add("CPU per 1,000 items vs baseline", "n/a (--skip-baseline)", "≤ 1/20", None)
@@ -654,7 +660,7 @@ def markdown(args, results):
         row(f"wall time for {args.items} items, s", f"{ft['wall_s']:.2f}",
             f"{bt['wall_s_for_all_items']}" + (" (extrapolated)" if bt["extrapolated"] else ""))
         row("CPU s per 1,000 items", f"{ft['cpu_s_per_1000']:.3f}", f"{bt['cpu_s_per_1000']:.3f}",
-            f"1/{bt['cpu_s_per_1000'] / ft['cpu_s_per_1000']:.0f}" if ft["cpu_s_per_1000"] else "")
+            f"1/{bt['cpu_s_per_1000'] / ft['cpu_s_per_1000']:.1f}" if ft["cpu_s_per_1000"] else "")
         row("commit→request p50, ms", f"{fl['p50_ms']:.1f}", f"{bl['p50_ms']:.1f}")
         row("commit→request p99, ms", f"{fl['p99_ms']:.1f}", f"{bl['p99_ms']:.1f}")
         bc = bl["cold_first_save_per_mailbox"]

@@ -413,13 +413,16 @@ END
 $$;
 
 -- Seconds until the next queued log falls due (0: now), NULL when nothing waits.
+-- (greatest() ignores NULL: without the CASE an empty queue would read "due now",
+-- and an idle daemon would claim in a tight loop.)
 CREATE OR REPLACE FUNCTION contactlog.followupd_next_due() RETURNS double precision
 LANGUAGE sql STABLE AS $$
-    SELECT greatest(0, extract(epoch FROM min(greatest(s.next_attempt_at,
-                                                      coalesce(s.claimed_until, s.next_attempt_at)))
-                                       - now()))
-    FROM contactlog.outlook_sync s
-    WHERE s.version > s.synced_version AND NOT s.failed;
+    SELECT CASE WHEN due IS NULL THEN NULL
+                ELSE greatest(0, extract(epoch FROM due - now())) END
+    FROM (SELECT min(greatest(s.next_attempt_at,
+                              coalesce(s.claimed_until, s.next_attempt_at))) AS due
+          FROM contactlog.outlook_sync s
+          WHERE s.version > s.synced_version AND NOT s.failed) AS queue;
 $$;
 
 -- Records that a create is about to be sent: if its answer is lost, the next

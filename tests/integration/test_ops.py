@@ -1,6 +1,7 @@
 """What an operator touches: followupctl, reload, sd_notify, OAuth2 for EWS."""
 import json
 import os
+import time
 import signal
 import socket
 import stat
@@ -306,3 +307,18 @@ def urlopen_insecure(url):
     context.verify_mode = ssl.CERT_NONE
     with urllib.request.urlopen(url, context=context, timeout=10) as r:
         return r.read()
+
+
+def test_an_idle_daemon_stays_idle(db, sim, daemon, alice):
+    """Nothing queued: no polling loop against the database (regression: an empty
+    queue once read as "due now" and the daemon claimed hundreds of times a second)."""
+    log_id = db.log(alice)
+    db.wait_synced(log_id)
+    before = daemon.output().count("next queue scan")
+    proc_stat = lambda: sum(int(x) for x in open(f"/proc/{daemon.proc.pid}/stat").read()
+                            .rsplit(")", 1)[1].split()[11:13])
+    cpu_before = proc_stat()
+    time.sleep(2)   # the thing measured is idleness itself, over a fixed span
+    scans = daemon.output().count("next queue scan") - before
+    assert scans <= 2, f"{scans} queue scans in 2 s of idling"
+    assert proc_stat() - cpu_before <= 10, "the idle daemon used CPU"   # clock ticks

@@ -657,6 +657,7 @@ class DropConnection(Exception):
 
 
 class GraphRequestHandler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True   # see ews_sim.py: no 40 ms Nagle/delayed-ACK stall
     protocol_version = "HTTP/1.1"
     server_version = "graph_sim/1.0"
     sys_version = ""
