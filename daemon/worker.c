@@ -27,16 +27,49 @@ static const char sql_attributes[] =
     "SELECT name, effective_value, problem FROM contactlog.effective_attribute";
 static const char sql_claim[] = "SELECT * FROM contactlog.followupd_claim($1, $2, $3)";
 static const char sql_next_due[] = "SELECT contactlog.followupd_next_due()";
-static const char sql_begin_create[] = "SELECT contactlog.followupd_begin_create($1, $2, $3)";
-static const char sql_record_item[] =
-    "SELECT contactlog.followupd_record_item($1, $2, $3, $4, $5, $6)";
 static const char sql_forget_item[] = "SELECT contactlog.followupd_forget_item($1, $2)";
-static const char sql_finish[] = "SELECT contactlog.followupd_finish($1, $2)";
 static const char sql_defer[] = "SELECT contactlog.followupd_defer($1, $2)";
 static const char sql_retry_later[] =
     "SELECT contactlog.followupd_retry_later($1, $2, $3, $4, $5)";
 
 typedef struct job job;
+
+/* The writes every log makes, collected over one turn of the loop and sent as one
+ * statement with an array per parameter: one round trip for many logs. */
+enum write_kind { WRITE_BEGIN_CREATE, WRITE_RECORD_ITEM, WRITE_FINISH, WRITE_KINDS };
+
+#define WRITE_MAX_PARAMS 6
+
+typedef struct pending_write {
+    job *job;
+    db_result_fn then;
+    char *params[WRITE_MAX_PARAMS];
+} pending_write;
+
+typedef struct write_batch {
+    pending_write *items;
+    size_t n, cap;
+} write_batch;
+
+typedef struct sent_batch {
+    struct worker *w;
+    enum write_kind kind;
+    pending_write *items;
+    size_t n;
+} sent_batch;
+
+static const struct {
+    const char *sql;
+    int n_params;
+    const char *what;
+} write_kinds[WRITE_KINDS] = {
+    [WRITE_BEGIN_CREATE] = {"SELECT contactlog.followupd_begin_creates($1, $2, $3)", 3,
+                            "the start of a create"},
+    [WRITE_RECORD_ITEM] = {"SELECT contactlog.followupd_record_items($1, $2, $3, $4, $5, $6)",
+                           6, "the Outlook item"},
+    [WRITE_FINISH] = {"SELECT contactlog.followupd_finish_many($1, $2)", 2,
+                      "the finished pass"},
+};
 
 /* A mailbox Exchange asked us to leave alone for a while (ErrorServerBusy). */
 typedef struct mailbox_holdoff {
@@ -71,6 +104,8 @@ struct worker {
     int requested;               /* size of the claim in flight */
     bool batch_was_full;
     mailbox_holdoff *holdoffs;
+    write_batch writes[WRITE_KINDS];
+    loop_timer *write_timer;     /* sends the collected writes on the next loop turn */
     int64_t server_holdoff_until_ms;   /* HTTP 503/429: every request waits */
     worker_stats stats;
 };
@@ -253,6 +288,133 @@ static bool query_or_abandon(job *j, const char *sql, int n, const char *const *
     return true;
 }
 
+/* {"a","b",NULL}: a PostgreSQL array literal of text values. */
+static char *array_literal(const pending_write *items, size_t n, int param)
+{
+    size_t size = 3;
+    for (size_t i = 0; i < n; i++) {
+        const char *v = items[i].params[param];
+        size += v ? 2 * strlen(v) + 3 : 5;
+    }
+    char *out = malloc(size), *p = out;
+    if (!out)
+        return NULL;
+    *p++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        const char *v = items[i].params[param];
+        if (i)
+            *p++ = ',';
+        if (!v) {
+            memcpy(p, "NULL", 4);
+            p += 4;
+            continue;
+        }
+        *p++ = '"';
+        for (; *v; v++) {
+            if (*v == '"' || *v == '\\')
+                *p++ = '\\';
+            *p++ = *v;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = '\0';
+    return out;
+}
+
+static void free_pending(pending_write *item)
+{
+    for (int i = 0; i < WRITE_MAX_PARAMS; i++)
+        free(item->params[i]);
+}
+
+static void on_batch_written(PGresult *result, void *userdata)
+{
+    sent_batch *sent = userdata;
+    for (size_t i = 0; i < sent->n; i++) {
+        pending_write *item = &sent->items[i];
+        /* Each job goes on (or is abandoned) as if it had written alone. */
+        if (!db_result_ok(result))
+            job_abandon(item->job, result, write_kinds[sent->kind].what);
+        else
+            item->then(result, item->job);
+        free_pending(item);
+    }
+    free(sent->items);
+    free(sent);
+}
+
+static void flush_writes(void *userdata)
+{
+    worker *w = userdata;
+
+    for (int k = 0; k < WRITE_KINDS; k++) {
+        write_batch *batch = &w->writes[k];
+        if (batch->n == 0)
+            continue;
+        sent_batch *sent = calloc(1, sizeof *sent);
+        char *arrays[WRITE_MAX_PARAMS] = {0};
+        bool ok = sent != NULL;
+        for (int p = 0; ok && p < write_kinds[k].n_params; p++)
+            ok = (arrays[p] = array_literal(batch->items, batch->n, p)) != NULL;
+        if (ok) {
+            *sent = (sent_batch){w, (enum write_kind)k, batch->items, batch->n};
+            batch->items = NULL;
+            batch->n = batch->cap = 0;
+            ok = db_query(w->database, write_kinds[k].sql, write_kinds[k].n_params,
+                          (const char *const *)arrays, on_batch_written, sent) == 0;
+            if (!ok) {
+                on_batch_written(NULL, sent);   /* every job abandons: no connection */
+                sent = NULL;
+            }
+        }
+        for (int p = 0; p < WRITE_MAX_PARAMS; p++)
+            free(arrays[p]);
+        if (!ok && sent) {
+            free(sent);
+            log_error("out of memory sending %s; retrying on the next turn",
+                      write_kinds[k].what);
+            loop_timer_arm(w->write_timer, 100000);
+        }
+    }
+}
+
+/* Queues one log's write for the next batch; then runs when it is recorded. */
+static void batched_write(job *j, enum write_kind kind, const char *const *params,
+                          db_result_fn then)
+{
+    worker *w = j->w;
+    write_batch *batch = &w->writes[kind];
+
+    if (!db_is_ready(w->database)) {
+        job_abandon(j, NULL, write_kinds[kind].what);
+        return;
+    }
+    if (batch->n == batch->cap) {
+        size_t cap = batch->cap ? batch->cap * 2 : 16;
+        pending_write *grown = realloc(batch->items, cap * sizeof *grown);
+        if (!grown) {
+            job_abandon(j, NULL, write_kinds[kind].what);
+            return;
+        }
+        batch->items = grown;
+        batch->cap = cap;
+    }
+    pending_write *item = &batch->items[batch->n];
+    memset(item, 0, sizeof *item);
+    item->job = j;
+    item->then = then;
+    for (int p = 0; p < write_kinds[kind].n_params; p++) {
+        if (params[p] && !(item->params[p] = strdup(params[p]))) {
+            free_pending(item);
+            job_abandon(j, NULL, write_kinds[kind].what);
+            return;
+        }
+    }
+    batch->n++;
+    loop_timer_arm(w->write_timer, 0);
+}
+
 static int64_t backoff_ms(const worker *w, int attempts)
 {
     int64_t delay = w->backoff_initial_ms;
@@ -333,7 +495,7 @@ static void job_finish(job *j)
         return;
     }
     const char *params[] = {j->owned[COL_LOG_ID], j->owned[COL_VERSION]};
-    query_or_abandon(j, sql_finish, 2, params, on_finished, "the finished pass");
+    batched_write(j, WRITE_FINISH, params, on_finished);
 }
 
 static void job_advance(job *j)
@@ -361,7 +523,7 @@ static void record_item(job *j, db_result_fn then, const char *hash)
 {
     const char *params[] = {j->owned[COL_LOG_ID], kind_name(j->kind), job_mailbox(j),
                             j->item_id[j->kind], j->change_key[j->kind], hash};
-    query_or_abandon(j, sql_record_item, 6, params, then, "the Outlook item");
+    batched_write(j, WRITE_RECORD_ITEM, params, then);
 }
 
 static void forget_item(job *j, db_result_fn then)
@@ -532,8 +694,7 @@ static void job_run_step(job *j)
         case RECONCILE_CREATE: {
             const char *params[] = {j->owned[COL_LOG_ID], kind_name(j->kind), job_mailbox(j)};
             /* Recorded before sending: a lost answer leads to a lookup, not a duplicate. */
-            query_or_abandon(j, sql_begin_create, 3, params, on_create_begun,
-                             "the start of a create");
+            batched_write(j, WRITE_BEGIN_CREATE, params, on_create_begun);
             return;
         }
         case RECONCILE_UPDATE:
@@ -901,7 +1062,8 @@ worker *worker_new(sd_event *event, db *database, delivery *backend, const confi
     /* Safe defaults until the attribute table is read. */
     w->settings.outlook_enabled = false;
     w->due_timer = loop_timer_new(event, on_due, w);
-    if (!w->due_timer) {
+    w->write_timer = loop_timer_new(event, flush_writes, w);
+    if (!w->due_timer || !w->write_timer) {
         worker_free(w);
         return NULL;
     }
@@ -925,6 +1087,12 @@ void worker_free(worker *w)
         free(w->holdoffs);
         w->holdoffs = next;
     }
+    for (int k = 0; k < WRITE_KINDS; k++) {
+        for (size_t i = 0; i < w->writes[k].n; i++)
+            free_pending(&w->writes[k].items[i]);
+        free(w->writes[k].items);
+    }
+    loop_timer_free(w->write_timer);
     loop_timer_free(w->due_timer);
     sd_event_unref(w->event);
     free(w->time_zone);

@@ -474,6 +474,58 @@ RETURNS void LANGUAGE sql AS $$
       AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_item i WHERE i.contact_log_id = log_id);
 $$;
 
+-- The same three writes for many logs in one round trip each: the daemon collects
+-- what its jobs want to record during one turn of its loop and sends it as arrays.
+CREATE OR REPLACE FUNCTION contactlog.followupd_begin_creates(log_ids bigint[],
+                                                              item_kinds text[],
+                                                              target_mailboxes text[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO contactlog.outlook_item AS i (contact_log_id, kind, mailbox, create_started_at)
+    SELECT DISTINCT ON (u.log_id, u.kind) u.log_id, u.kind, u.mailbox, now()
+    FROM unnest(log_ids, item_kinds, target_mailboxes) AS u(log_id, kind, mailbox)
+    ON CONFLICT (contact_log_id, kind) DO UPDATE
+        SET mailbox = excluded.mailbox, create_started_at = now(), updated_at = now()
+        WHERE i.item_id IS NULL;
+$$;
+
+CREATE OR REPLACE FUNCTION contactlog.followupd_record_items(log_ids bigint[],
+                                                             item_kinds text[],
+                                                             target_mailboxes text[],
+                                                             new_item_ids text[],
+                                                             new_change_keys text[],
+                                                             new_content_hashes text[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO contactlog.outlook_item AS i
+           (contact_log_id, kind, mailbox, item_id, change_key, content_hash)
+    SELECT DISTINCT ON (u.log_id, u.kind) u.log_id, u.kind, u.mailbox, u.item_id,
+           u.change_key, u.content_hash
+    FROM unnest(log_ids, item_kinds, target_mailboxes, new_item_ids, new_change_keys,
+                new_content_hashes) WITH ORDINALITY
+         AS u(log_id, kind, mailbox, item_id, change_key, content_hash, n)
+    ORDER BY u.log_id, u.kind, u.n DESC
+    ON CONFLICT (contact_log_id, kind) DO UPDATE
+        SET mailbox = excluded.mailbox, item_id = excluded.item_id,
+            change_key = excluded.change_key, content_hash = excluded.content_hash,
+            updated_at = now();
+$$;
+
+CREATE OR REPLACE FUNCTION contactlog.followupd_finish_many(log_ids bigint[],
+                                                            claimed_versions bigint[])
+RETURNS void LANGUAGE sql AS $$
+    UPDATE contactlog.outlook_sync s
+    SET synced_version = greatest(s.synced_version, u.version),
+        attempts = 0, last_error = NULL, delivered_at = now(),
+        claimed_until = NULL, claimed_by = NULL, claimed_by_pid = NULL
+    FROM unnest(log_ids, claimed_versions) AS u(log_id, version)
+    WHERE s.contact_log_id = u.log_id;
+    DELETE FROM contactlog.outlook_sync s
+    USING unnest(log_ids) AS u(log_id)
+    WHERE s.contact_log_id = u.log_id
+      AND s.version <= s.synced_version
+      AND NOT EXISTS (SELECT 1 FROM contactlog.contact_log l WHERE l.id = u.log_id)
+      AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_item i WHERE i.contact_log_id = u.log_id);
+$$;
+
 -- Try again after delay_ms; park the log as failed when attempts run out or the
 -- error is permanent. Returns true when parked.
 CREATE OR REPLACE FUNCTION contactlog.followupd_retry_later(log_id bigint, delay_ms bigint,
