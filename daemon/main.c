@@ -261,6 +261,34 @@ static int run(daemon_state *st)
     return 0;
 }
 
+/* --check also opens the secret files the file names (password_file,
+ * client_secret_file): readable, private (no group/other access), not empty.
+ * Credentials passed by systemd are checked at start-up instead. */
+static int check_secret_files(const config *cfg)
+{
+    const char *files[] = {
+        cfg->api == CONFIG_API_EWS && (cfg->auth == CONFIG_AUTH_BASIC ||
+                                       cfg->auth == CONFIG_AUTH_NTLM)
+            ? cfg->password_file : NULL,
+        cfg->api == CONFIG_API_GRAPH || cfg->auth == CONFIG_AUTH_OAUTH2
+            ? cfg->oauth2_client_secret_file : NULL,
+    };
+    char err[512];
+
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        if (!files[i] || !*files[i])
+            continue;
+        char *secret = config_read_secret(files[i], err, sizeof err);
+        if (!secret) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        explicit_bzero(secret, strlen(secret));
+        free(secret);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     enum { OPT_CHECK = 256, OPT_VERSION };
@@ -303,9 +331,11 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
-        printf("%s: configuration OK\n", st.config_path);
+        int status = check_secret_files(st.cfg);
+        if (status == 0)
+            printf("%s: configuration OK\n", st.config_path);
         config_free(st.cfg);
-        return 0;
+        return status;
     }
 
     srand((unsigned)time(NULL) ^ (unsigned)getpid());

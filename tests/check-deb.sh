@@ -174,12 +174,24 @@ check "followupctl --help" /usr/bin/followupctl --help
 check "the installed install.sql is the source tree's sql/install.sql" \
     cmp -s /usr/share/followupd/sql/install.sql "$src/sql/install.sql"
 # The sample is valid, and the service's user can read it (group followupd).
+# --check also opens the password file the sample names: first refused while it
+# is missing, then accepted once the operator has put it there (mode 0600).
+if setpriv --reuid=followupd --regid=followupd --init-groups \
+        /usr/bin/followupd --check -c /etc/followupd/followupd.conf >/dev/null 2>&1; then
+    bad "followupd --check accepted the sample although its password file is missing"
+else
+    ok "followupd --check refuses the sample until its password file exists"
+fi
+printf 'placeholder-password\n' > /etc/followupd/ews-password
+chown followupd:followupd /etc/followupd/ews-password
+chmod 600 /etc/followupd/ews-password
 if out=$(setpriv --reuid=followupd --regid=followupd --init-groups \
         /usr/bin/followupd --check -c /etc/followupd/followupd.conf 2>&1); then
     ok "followupd --check of the sample configuration, as user followupd"
 else
     bad "followupd --check of the sample configuration, as user followupd: $out"
 fi
+rm -f /etc/followupd/ews-password
 for page in /usr/share/man/man8/followupd.8.gz /usr/share/man/man8/followupctl.8.gz \
         /usr/share/man/man5/followupd.conf.5.gz; do
     # man -l renders the installed file; groff's warnings count as a failure.

@@ -322,3 +322,18 @@ def test_an_idle_daemon_stays_idle(db, sim, daemon, alice):
     scans = daemon.output().count("next queue scan") - before
     assert scans <= 2, f"{scans} queue scans in 2 s of idling"
     assert proc_stat() - cpu_before <= 10, "the idle daemon used CPU"   # clock ticks
+
+
+def test_check_refuses_a_secret_file_others_can_read(daemon):
+    import subprocess
+    from conftest import FOLLOWUPD
+    ok = subprocess.run([FOLLOWUPD, "--check", "-c", daemon.config_path], capture_output=True,
+                        text=True, timeout=10)
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout
+    os.chmod(daemon.password_file, 0o644)
+    bad = subprocess.run([FOLLOWUPD, "--check", "-c", daemon.config_path], capture_output=True,
+                         text=True, timeout=10)
+    assert bad.returncode == 1
+    assert daemon.password_file in bad.stderr and "group or others" in bad.stderr
+    assert EWS_PASSWORD not in bad.stderr + bad.stdout
+    os.chmod(daemon.password_file, 0o600)
