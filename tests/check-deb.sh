@@ -69,7 +69,7 @@ fi
 # ---- build dependencies -------------------------------------------------------
 # Tools for building and checking the package, then debian/control's
 # Build-Depends (dpkg-buildpackage checks those again), then what the checks use.
-needs="dpkg-dev debhelper fakeroot gcc make libc6-dev
+needs="build-essential dpkg-dev debhelper fakeroot gcc make libc6-dev
 autoconf automake pkg-config libpq-dev libcurl4-openssl-dev libxml2-dev
 libsystemd-dev libssl-dev libcmocka-dev libjson-c-dev
 systemd procps man-db groff-base git"
