@@ -337,3 +337,15 @@ def test_check_refuses_a_secret_file_others_can_read(daemon):
     assert daemon.password_file in bad.stderr and "group or others" in bad.stderr
     assert EWS_PASSWORD not in bad.stderr + bad.stdout
     os.chmod(daemon.password_file, 0o600)
+
+
+def test_delegate_access_without_impersonation(db, sim, daemon_factory, alice):
+    """impersonation = no: the mailbox is named in t:DistinguishedFolderId/t:Mailbox."""
+    daemon_factory("impersonation = no\n")
+    log_id = db.log(alice)
+    db.wait_synced(log_id)
+    creates = [r for r in sim.requests() if r["op"] == "CreateItem"]
+    assert len(creates) == 1 and creates[0]["valid"]
+    assert creates[0]["impersonation"] is False
+    assert creates[0]["mailbox"] == MAILBOX and creates[0]["anchor_mailbox"] == MAILBOX
+    assert len(sim.mailbox(MAILBOX)) == 1
