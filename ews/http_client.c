@@ -148,7 +148,6 @@ static void check_finished(http_client *client)
             r.transfer_ok = true;
         } else {
             r.failure = failure_kind(result, t->too_large);
-            r.timed_out = result == CURLE_OPERATION_TIMEDOUT;
             r.error = t->too_large ? "response larger than the size limit"
                       : t->error[0] ? t->error
                                     : curl_easy_strerror(result);

@@ -36,7 +36,6 @@ typedef struct http_settings {
 typedef struct http_response {
     bool transfer_ok;            /* false: no complete HTTP answer (see error) */
     const char *error;           /* what went wrong in the transfer, NULL if ok */
-    bool timed_out;
     bool too_large;
     const char *failure;         /* when !transfer_ok: "dns", "connect", "tls", "timeout",
                                     "too-large" or "transfer" */

@@ -103,7 +103,7 @@ struct graph_backend {
 /* The answer to one call, from a plain response or a $batch member. */
 typedef struct graph_reply {
     bool transfer_ok;
-    bool timed_out;
+    const char *failure;         /* transfer failures: "dns", "tls", "timeout", ... */
     const char *error;
     long status;
     const char *body;
@@ -356,7 +356,7 @@ static void handle_reply(graph_call *call, const graph_reply *rep)
     if (!rep->transfer_ok) {
         snprintf(reason, sizeof reason, "cannot reach Microsoft Graph at %s: %s", b->base_url,
                  rep->error ? rep->error : "transfer failed");
-        fail(call, DELIVERY_TRANSIENT, rep->timed_out ? "timeout" : "connection", reason,
+        fail(call, DELIVERY_TRANSIENT, rep->failure ? rep->failure : "connection", reason,
              rep->retry_after_ms);
         return;
     }
@@ -453,7 +453,7 @@ static void on_http_done(const http_response *hr, void *userdata)
 {
     graph_request *req = userdata;
     graph_backend *b = req->b;
-    graph_reply whole = {.transfer_ok = hr->transfer_ok, .timed_out = hr->timed_out,
+    graph_reply whole = {.transfer_ok = hr->transfer_ok, .failure = hr->failure,
                          .error = hr->error, .status = hr->status, .body = hr->body,
                          .body_len = hr->body_len, .retry_after_ms = hr->retry_after_ms};
     graph_batch_response *members = NULL;

@@ -425,57 +425,21 @@ LANGUAGE sql STABLE AS $$
           WHERE s.version > s.synced_version AND NOT s.failed) AS queue;
 $$;
 
--- Records that a create is about to be sent: if its answer is lost, the next
--- pass looks the item up instead of creating a second one.
-CREATE OR REPLACE FUNCTION contactlog.followupd_begin_create(log_id bigint, item_kind text,
-                                                             target_mailbox text)
-RETURNS void LANGUAGE sql AS $$
-    INSERT INTO contactlog.outlook_item AS i (contact_log_id, kind, mailbox, create_started_at)
-    VALUES (log_id, item_kind, target_mailbox, now())
-    ON CONFLICT (contact_log_id, kind) DO UPDATE
-        SET mailbox = excluded.mailbox, create_started_at = now(), updated_at = now()
-        WHERE i.item_id IS NULL;
-$$;
-
-CREATE OR REPLACE FUNCTION contactlog.followupd_record_item(log_id bigint, item_kind text,
-                                                            target_mailbox text,
-                                                            new_item_id text,
-                                                            new_change_key text,
-                                                            new_content_hash text)
-RETURNS void LANGUAGE sql AS $$
-    INSERT INTO contactlog.outlook_item AS i
-           (contact_log_id, kind, mailbox, item_id, change_key, content_hash)
-    VALUES (log_id, item_kind, target_mailbox, new_item_id, new_change_key, new_content_hash)
-    ON CONFLICT (contact_log_id, kind) DO UPDATE
-        SET mailbox = excluded.mailbox, item_id = excluded.item_id,
-            change_key = excluded.change_key, content_hash = excluded.content_hash,
-            updated_at = now();
-$$;
-
 CREATE OR REPLACE FUNCTION contactlog.followupd_forget_item(log_id bigint, item_kind text)
 RETURNS void LANGUAGE sql AS $$
     DELETE FROM contactlog.outlook_item WHERE contact_log_id = log_id AND kind = item_kind;
 $$;
 
--- The log now matches Outlook as of claimed_version. A change committed meanwhile
--- has a higher version, so the log stays dirty and is simply picked up again.
-CREATE OR REPLACE FUNCTION contactlog.followupd_finish(log_id bigint, claimed_version bigint)
-RETURNS void LANGUAGE sql AS $$
-    UPDATE contactlog.outlook_sync
-    SET synced_version = greatest(synced_version, claimed_version),
-        attempts = 0, last_error = NULL, delivered_at = now(),
-        claimed_until = NULL, claimed_by = NULL, claimed_by_pid = NULL
-    WHERE contact_log_id = log_id;
-    -- A deleted log whose items are gone needs no bookkeeping any more.
-    DELETE FROM contactlog.outlook_sync s
-    WHERE s.contact_log_id = log_id
-      AND s.version <= s.synced_version
-      AND NOT EXISTS (SELECT 1 FROM contactlog.contact_log l WHERE l.id = log_id)
-      AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_item i WHERE i.contact_log_id = log_id);
-$$;
-
--- The same three writes for many logs in one round trip each: the daemon collects
--- what its jobs want to record during one turn of its loop and sends it as arrays.
+-- The writes every log makes, for many logs in one round trip each: the daemon
+-- collects what its jobs want to record during one turn of its loop and sends
+-- arrays. followupd_begin_creates records that a create is about to be sent (if
+-- its answer is lost, the next pass looks the item up instead of creating a second
+-- one); followupd_finish_many marks a log as matching Outlook as of the version
+-- claimed (a change committed meanwhile has a higher version, so the log stays
+-- dirty and is simply picked up again).
+DROP FUNCTION IF EXISTS contactlog.followupd_begin_create(bigint, text, text);
+DROP FUNCTION IF EXISTS contactlog.followupd_record_item(bigint, text, text, text, text, text);
+DROP FUNCTION IF EXISTS contactlog.followupd_finish(bigint, bigint);
 CREATE OR REPLACE FUNCTION contactlog.followupd_begin_creates(log_ids bigint[],
                                                               item_kinds text[],
                                                               target_mailboxes text[])
