@@ -8,7 +8,7 @@ sql/install.sql, starts the EWS simulator (tests/sim/ews_sim.py --latency-ms L
 --no-schema) and M employees with mailboxes, then measures
 
   1. throughput: N logs inserted in one transaction while followupd is stopped, then
-     followupd started; wall time from its start until contactlog.outlook_sync has no
+     followupd started; wall time from its start until contactlog.followupd_log_state has no
      dirty row (polled every 50 ms); the simulator must hold exactly N appointments;
   2. latency: 50 single saves with the daemon idle; commit (time.time() after COMMIT)
      to the simulator's receipt of the CreateItem carrying that log (its request log's
@@ -256,7 +256,8 @@ class Db:
 
     def clear(self):
         """No logs, no outbox, no recorded items; employees and attributes stay."""
-        tables = ["contactlog.contact_log", "contactlog.outlook_sync", "contactlog.outlook_item"]
+        tables = ["contactlog.contact_log", "contactlog.outlook_sync", "contactlog.outlook_queue",
+                  "contactlog.outlook_item"]
         if self.value("SELECT to_regclass('baseline.outlook_item') IS NOT NULL"):
             tables.append("baseline.outlook_item")
         self.run(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
@@ -295,10 +296,12 @@ class Db:
     def followupd_progress(self):
         """(dirty and not parked, parked, done) in followupd's outbox."""
         with self.conn.cursor() as cur:
-            cur.execute("""SELECT count(*) FILTER (WHERE version > synced_version AND NOT failed),
-                                  count(*) FILTER (WHERE failed),
-                                  count(*) FILTER (WHERE version <= synced_version)
-                           FROM contactlog.outlook_sync""")
+            # The queue's own cheap figures (the outbox holds the backlog only): the
+            # poll itself must not load the database it measures.
+            cur.execute("""SELECT d.pending, d.failed,
+                                  (SELECT count(*) FROM contactlog.outlook_queue)
+                                  - d.pending - d.failed
+                           FROM contactlog.followupd_queue_depth d""")
             return cur.fetchone()
 
     def baseline_done(self):
@@ -448,8 +451,8 @@ def followupd_throughput(args, work, binary, cluster, sim, db, password_file):
             "postgres_cpu_s_per_1000": round(pg_cpu / max(done, 1) * 1000, 4),
         }
         if failed:
-            result["last_error"] = db.value("SELECT last_error FROM contactlog.outlook_sync "
-                                            "WHERE failed LIMIT 1")
+            result["last_error"] = db.value("SELECT last_error FROM "
+                                            "contactlog.followupd_log_state WHERE failed LIMIT 1")
         time.sleep(1)
         result["idle"] = idle_cpu(daemon.pid, cluster, args.idle_window)
         say(f"followupd idle: {result['idle']}")

@@ -60,13 +60,18 @@ struct option {
 /* Index == enum value, so the order must follow config_api / config_auth. */
 static const char *const api_names[] = { "ews", "graph", NULL };
 static const char *const auth_names[] = { "basic", "ntlm", "negotiate", "oauth2", NULL };
-/* t:ExchangeVersionType in Microsoft's types.xsd. */
+/* t:ExchangeVersionType in Microsoft's types.xsd, oldest first. */
 static const char *const version_names[] = {
     "Exchange2007", "Exchange2007_SP1", "Exchange2010", "Exchange2010_SP1",
     "Exchange2010_SP2", "Exchange2013", "Exchange2013_SP1", "Exchange2015",
     "Exchange2016", "V2015_10_05", "V2016_01_06", "V2016_04_13", "V2016_07_13",
     "V2016_10_10", NULL,
 };
+
+/* The oldest schema our requests fit: older ones lack the time-zone elements every
+ * appointment and task carries (SPEC section 4), so Exchange would answer each request
+ * with ErrorSchemaValidation and everything would park. */
+#define OLDEST_USABLE_VERSION "Exchange2010_SP1"
 
 _Static_assert(CONFIG_API_EWS == 0 && CONFIG_API_GRAPH == 1, "api_names order");
 _Static_assert(CONFIG_AUTH_BASIC == 0 && CONFIG_AUTH_NTLM == 1 &&
@@ -108,7 +113,9 @@ _Static_assert(sizeof(config_api) == sizeof(int) && sizeof(config_auth) == sizeo
     X("delivery", "max_attempts",       T_INT,    "12",                           max_attempts,              true,  1, 1000, NULL) \
     X("delivery", "batch_size",         T_INT,    "20",                           batch_size,                true,  1, 100,  NULL) \
     X("delivery", "backoff_initial_ms", T_INT,    "5000",                         backoff_initial_ms,        true,  1, 3600000, NULL) \
-    X("delivery", "backoff_max_ms",     T_INT,    "900000",                       backoff_max_ms,            true,  1, 86400000, NULL)
+    X("delivery", "backoff_max_ms",     T_INT,    "900000",                       backoff_max_ms,            true,  1, 86400000, NULL) \
+    X("delivery", "settle_ms",          T_INT,    "0",                            settle_ms,                 true,  0, 86400000, NULL) \
+    X("delivery", "lease_seconds",      T_INT,    "0",                            lease_seconds,             true,  0, 3600, NULL)
 
 #define OPTION_ROW(sec, name, ty, def, field, reload, lo, hi, vals) \
     { sec, name, ty, def, offsetof(config, field), reload, lo, hi, vals },
@@ -188,6 +195,31 @@ static void join_names(const char *const *names, char *buf, size_t len)
     }
 }
 
+/* The values worth suggesting in a message: for [exchange] version only those not
+ * refused by check_version_age(). */
+static const char *const *usable_names(const char *const *names)
+{
+    if (names == version_names)
+        return version_names + lookup_name(version_names, OLDEST_USABLE_VERSION);
+    return names;
+}
+
+/* A known [exchange] version older than OLDEST_USABLE_VERSION is refused with a
+ * reason (the caller adds file:line); anything else passes here. */
+static int check_version_age(const char *version, char *err, size_t errlen)
+{
+    int index = version ? lookup_name(version_names, version) : -1;
+
+    if (index < 0 || index >= lookup_name(version_names, OLDEST_USABLE_VERSION))
+        return 0;
+    set_err(err, errlen, "[exchange] version = %s is older than %s, whose schema is the "
+            "oldest with the time-zone elements followupd sends (StartTimeZone, "
+            "TimeZoneContext); Exchange would refuse every request with "
+            "ErrorSchemaValidation. Use %s or later (Exchange2013_SP1 for Exchange 2013 "
+            "and newer)", version_names[index], OLDEST_USABLE_VERSION, OLDEST_USABLE_VERSION);
+    return -1;
+}
+
 static int parse_bool(const char *s, bool *out)
 {
     static const char *const yes[] = { "yes", "true", "on", "1", NULL };
@@ -223,13 +255,15 @@ static int set_option(config *cfg, const struct option *opt, const char *value, 
         char **slot = field;
 
         if (opt->type == T_WORD && lookup_name(opt->values, value) < 0) {
-            join_names(opt->values, names, sizeof names);
+            join_names(usable_names(opt->values), names, sizeof names);
             set_err(err, errlen, "invalid %s '%.64s' in [%s]; use one of %s", opt->key, value,
                     opt->section, names);
             return -1;
         }
         if (opt->type == T_WORD)  /* store the canonical spelling */
             value = opt->values[lookup_name(opt->values, value)];
+        if (opt->values == version_names && check_version_age(value, err, errlen) < 0)
+            return -1;
         if (opt->type != T_PATH || value[0] != '\0') {
             copy = strdup(value);
             if (!copy) {
@@ -732,11 +766,13 @@ int config_validate(const config *cfg, char *err, size_t errlen)
 
     if (is_empty(cfg->server_version) || lookup_name(version_names, cfg->server_version) < 0) {
         char names[512];
-        join_names(version_names, names, sizeof names);
+        join_names(usable_names(version_names), names, sizeof names);
         set_err(err, errlen, "[exchange] version '%.64s' is not an Exchange version; use one "
                 "of %s", cfg->server_version ? cfg->server_version : "", names);
         return -1;
     }
+    if (check_version_age(cfg->server_version, err, errlen) < 0)
+        return -1;
     if (is_empty(cfg->time_zone)) {
         set_err(err, errlen, "[exchange] time_zone is empty; use a Windows time-zone id such "
                 "as UTC or W. Europe Standard Time");

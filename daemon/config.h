@@ -46,6 +46,8 @@ typedef struct config {
     int batch_size;           /* items per CreateItem request */
     int backoff_initial_ms;   /* first retry delay; doubles per attempt */
     int backoff_max_ms;       /* cap of the retry delay */
+    int settle_ms;            /* how long Exchange may still act on a request we gave up on; 0: 2 × timeout */
+    int lease_seconds;        /* a claim's lease, renewed every quarter; 0: max(30, 3 × timeout) */
 } config;
 
 /* One row of the option table, exported for --help-config style listings and the docs check. */

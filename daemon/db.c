@@ -113,7 +113,10 @@ static int watch_socket(db *d, uint32_t events)
     int fd = PQsocket(d->conn);
     if (fd < 0)
         return -EBADF;
-    if (d->io && fd != d->fd)   /* libpq may move to another socket while connecting */
+    /* While connecting, libpq may close its socket and open another one that gets
+     * the same number (GSSAPI encryption refused, the next host of a list): the old
+     * source would watch a closed file (epoll: ENOENT). Watch it afresh each time. */
+    if (d->io && (fd != d->fd || d->state == DB_CONNECTING))
         d->io = sd_event_source_disable_unref(d->io);
     d->fd = fd;
     if (!d->io)
@@ -156,7 +159,15 @@ static void on_listen_result(PGresult *result, void *userdata)
     if (!result)
         return;   /* connection_lost already handled it */
     if (!db_result_ok(result)) {
-        log_error("LISTEN failed: %s", PQresultErrorMessage(result));
+        /* A hot standby ("cannot execute LISTEN during recovery"), a fail-over in
+         * progress: try again (a multi-host conninfo with target_session_attrs=
+         * read-write finds the new primary). */
+        char why[400];
+        snprintf(why, sizeof why, "LISTEN refused (%s); is this a read-only standby? "
+                 "Use target_session_attrs=read-write with several hosts",
+                 PQresultErrorMessage(result));
+        why[strcspn(why, "\n")] = why[strcspn(why, "\n")] ? ' ' : '\0';
+        connection_lost(d, why);
         return;
     }
     d->state = DB_READY;
@@ -200,6 +211,13 @@ fail:
     return -ENOMEM;
 }
 
+static void on_session_set(PGresult *result, void *userdata)
+{
+    (void)userdata;
+    if (result && !db_result_ok(result))
+        log_warning("could not set the session's timeouts: %s", PQresultErrorMessage(result));
+}
+
 static void start_listening(db *d)
 {
     char sql[128];
@@ -211,7 +229,14 @@ static void start_listening(db *d)
     snprintf(sql, sizeof sql, "LISTEN %s", quoted);
     PQfreemem(quoted);
     d->state = DB_LISTENING;
-    if (enqueue(d, sql, 0, NULL, on_listen_result, d, true) < 0) {
+    /* No statement of ours may hang on: the bookkeeping never waits for a CRM lock
+     * (docs/architecture.md), and anything that does wait that long is a fault to
+     * retry, not a reason for every other log to stand still. */
+    if (enqueue(d, sql, 0, NULL, on_listen_result, d, true) < 0 ||
+        enqueue(d, "SELECT set_config('statement_timeout', '30s', false), "
+                   "set_config('lock_timeout', '5s', false), "
+                   "set_config('idle_in_transaction_session_timeout', '60s', false)",
+                0, NULL, on_session_set, d, true) < 0) {
         connection_lost(d, "out of memory");
         return;
     }

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <systemd/sd-event.h>
 
 #include "config.h"
@@ -34,12 +35,33 @@ typedef struct delivery_result {
     delivery_throttle throttle;
     const char *reason;      /* readable, for logs and followupctl status */
     const char *code;        /* "NoError", "ErrorServerBusy", "HTTP 503", "timeout", ... */
+    /* The request may have reached the server and may still be performed (timeout,
+     * connection lost after sending, a gateway's 502/504): the next attempt waits
+     * the settle time so that it sees what this one did. */
+    bool outcome_unknown;
+    /* The service account itself was refused (HTTP 401/403 for it): a state of the
+     * whole back end, never a verdict on this log. */
+    bool auth_failed;
+    /* The request never left (the back end stopped sending): nothing happened. */
+    bool not_sent;
     ews_item_ref item;       /* create/update: the item as it is now */
     size_t n_found;          /* find: items carrying the log's naming property */
     const ews_item_ref *found;
 } delivery_result;
 
 typedef void (*delivery_done_fn)(const delivery_result *result, void *userdata);
+
+/* Whether a failed HTTP exchange may still have been performed by the server:
+ * the request went out (timeout, broken transfer, an answer too large to read) or
+ * a gateway gave up waiting for the server (502, 504). DNS, connect and TLS
+ * failures happen before anything is sent. */
+static inline bool delivery_outcome_unknown(bool transfer_ok, const char *failure, long status)
+{
+    if (!transfer_ok)
+        return !failure || strcmp(failure, "timeout") == 0 ||
+               strcmp(failure, "transfer") == 0 || strcmp(failure, "too-large") == 0;
+    return status == 502 || status == 504;
+}
 
 typedef struct delivery_ops {
     int (*find)(void *impl, const char *mailbox, ews_item_kind kind, int64_t log_id,
@@ -54,6 +76,9 @@ typedef struct delivery_ops {
     int (*probe)(void *impl, const char *mailbox, delivery_done_fn done, void *userdata);
     int (*configure)(void *impl, const config *cfg, char *err, size_t errlen);
     size_t (*in_flight)(void *impl);
+    /* The daemon is stopping: nothing more goes on the wire. Calls still waiting
+     * are answered now with not_sent; requests already sent are answered as usual. */
+    void (*stop)(void *impl);
     void (*free)(void *impl);
 } delivery_ops;
 
@@ -109,6 +134,11 @@ static inline int delivery_configure(delivery *d, const config *cfg, char *err, 
 static inline size_t delivery_in_flight(delivery *d)
 {
     return d->ops->in_flight(d->impl);
+}
+
+static inline void delivery_stop(delivery *d)
+{
+    d->ops->stop(d->impl);
 }
 
 /* The EWS back end (delivery_ews.c). */

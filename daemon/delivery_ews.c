@@ -71,6 +71,7 @@ typedef struct ews_backend {
     size_t batch_size;           /* [delivery] batch_size: items per CreateItem */
     loop_timer *flush;           /* sends what a loop turn queued, batched */
     uint64_t flush_due_usec;     /* CLOCK_MONOTONIC when the flush fires; 0 = not armed */
+    bool stopped;                /* nothing more goes on the wire */
 } ews_backend;
 
 
@@ -403,9 +404,11 @@ static void on_http_done(const http_response *hr, void *userdata)
             snprintf(reason, sizeof reason, "cannot reach Exchange at %s: %s", b->url,
                      hr->error);
         set_result(&r, DELIVERY_TRANSIENT, hr->failure ? hr->failure : "connection", reason);
+        r.outcome_unknown = delivery_outcome_unknown(false, hr->failure, 0);
         goto common;
     }
     snprintf(code, sizeof code, "HTTP %ld", hr->status);
+    r.outcome_unknown = delivery_outcome_unknown(true, NULL, hr->status);
     if (hr->status == 401 && b->use_oauth) {
         if (!post->token_retried) {
             /* The token was refused (revoked, or expired early): a fresh one, once. */
@@ -418,6 +421,7 @@ static void on_http_done(const http_response *hr, void *userdata)
                  "check the app registration's EWS permission (full_access_as_app) and "
                  "[oauth2] scope");
         set_result(&r, DELIVERY_TRANSIENT, code, reason);
+        r.auth_failed = true;
         goto common;
     }
     if (hr->status == 401) {
@@ -427,20 +431,28 @@ static void on_http_done(const http_response *hr, void *userdata)
         snprintf(reason, sizeof reason, "Exchange refused the credentials (HTTP 401)%s: check "
                  "[exchange] username, auth and the password file",
                  changed ? "; the password file changed, retrying with it" : "");
-        set_result(&r, changed ? DELIVERY_TRANSIENT : DELIVERY_PERMANENT, code, reason);
+        set_result(&r, DELIVERY_TRANSIENT, code, reason);
+        r.auth_failed = true;   /* a KDC hiccup or a lock-out ends by itself: retry */
         goto common;
     }
     if (hr->status == 429 || hr->status == 503)
         r.throttle = DELIVERY_THROTTLE_SERVER;
     if (hr->status != 200 && hr->status != 500) {
-        snprintf(reason, sizeof reason, "Exchange answered HTTP %ld", hr->status);
-        set_result(&r, hr->status == 403 ? DELIVERY_PERMANENT : DELIVERY_TRANSIENT, code, reason);
+        if (hr->status == 403) {
+            snprintf(reason, sizeof reason, "Exchange refused the service account (HTTP 403): "
+                     "check that [exchange] username may use EWS");
+            r.auth_failed = true;
+        } else {
+            snprintf(reason, sizeof reason, "Exchange answered HTTP %ld", hr->status);
+        }
+        set_result(&r, DELIVERY_TRANSIENT, code, reason);
         goto common;
     }
     if (ews_response_parse(hr->body, hr->body_len, &parsed, parse_error, sizeof parse_error) < 0) {
         snprintf(reason, sizeof reason, "Exchange sent an unusable answer (HTTP %ld): %s",
                  hr->status, parse_error);
         set_result(&r, DELIVERY_TRANSIENT, code, reason);
+        r.outcome_unknown = hr->status == 200;   /* it may have done what we asked */
         goto common;
     }
     if (parsed->fault_code) {
@@ -498,6 +510,10 @@ static void send_post(ews_post *post, const char *token)
     }
 }
 
+static const delivery_result not_sent_result = {
+    .outcome = DELIVERY_TRANSIENT, .retry_after_ms = -1, .code = "stopping",
+    .reason = "followupd is stopping; not sent", .not_sent = true};
+
 static void on_token(const char *token, const char *error, void *userdata)
 {
     ews_post *post = userdata;
@@ -508,6 +524,10 @@ static void on_token(const char *token, const char *error, void *userdata)
         delivery_result failed = {.outcome = DELIVERY_TRANSIENT, .retry_after_ms = -1,
                                   .code = "oauth2", .reason = reason};
         finish_post(post, &failed, NULL);
+        return;
+    }
+    if (post->backend->stopped) {
+        finish_post(post, &not_sent_result, NULL);
         return;
     }
     oauth2_cached_token(post->backend->oauth, &post->token_generation);
@@ -575,6 +595,14 @@ static bool build_post_body(ews_backend *b, ews_post *post)
 /* Sends waiting requests while fewer than max_in_flight are on their way. */
 static void dispatch(ews_backend *b)
 {
+    while (b->stopped && b->waiting_head) {
+        ews_call *call = b->waiting_head;
+        b->waiting_head = call->next;
+        if (!b->waiting_head)
+            b->waiting_tail = NULL;
+        call->done(&not_sent_result, call->userdata);
+        call_free(call);
+    }
     while (b->waiting_head && b->in_flight < b->max_in_flight) {
         ews_post *post = next_post(b);
         if (!post)
@@ -718,7 +746,15 @@ static int ews_probe(void *impl, const char *mailbox, delivery_done_fn done, voi
     return queue_call(b, CALL_PROBE, mailbox, body, len, NULL, done, userdata);
 }
 
+static void ews_stop(void *impl)
+{
+    ews_backend *b = impl;
+    b->stopped = true;
+    dispatch(b);
+}
+
 const delivery_ops delivery_ews_ops = {
+    .stop = ews_stop,
     .probe = ews_probe,
     .find = ews_find,
     .create = ews_create,

@@ -25,7 +25,10 @@ static void usage(FILE *out)
             "Usage: followupctl [-c FILE] COMMAND [ARGS]\n"
             "\n"
             "Commands:\n"
-            "  status [--json]           queue figures: pending, in flight, delivered, failed\n"
+            "  status [--json]           queue figures: pending, in flight, items in Outlook, failed\n"
+            "  flush [LOG_ID]            logs waiting out a retry back-off go now\n"
+            "  failed [--json]           the parked logs, with mailbox and reason\n"
+            "  mailboxes [--json]        per mailbox: items, pending, failed, last success/error\n"
             "  retry --failed | LOG_ID   put parked logs back into the queue\n"
             "  resync LOG_ID             make Outlook match the log again\n"
             "  attr [NAME [VALUE]]       list, show or set administrator attributes\n"
@@ -88,6 +91,32 @@ static void print_json_string(const char *s)
     putchar('"');
 }
 
+/* A column as a JSON value: null, a number (numeric true) or a string. */
+static void print_json_value(const PGresult *r, int row, int col, bool numeric)
+{
+    if (PQgetisnull(r, row, col))
+        printf("null");
+    else if (numeric)
+        printf("%s", PQgetvalue(r, row, col));
+    else
+        print_json_string(PQgetvalue(r, row, col));
+}
+
+static const char *text_or_dash(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? "-" : PQgetvalue(r, row, col);
+}
+
+/* status --json when the database cannot be reached: still one JSON object. */
+static void print_status_unreachable(const char *error)
+{
+    printf("{\"database\": \"unreachable\", \"error\": ");
+    print_json_string(error);
+    printf(", \"pending\": null, \"in_flight\": null, \"delivered\": null, "
+           "\"items_in_outlook\": null, \"failed\": null, \"oldest_pending_seconds\": null, "
+           "\"last_error\": null, \"attribute_problems\": null, \"delivery_off\": null}\n");
+}
+
 static int cmd_status(PGconn *conn, bool json)
 {
     static const char *const numeric[] = {"pending", "in_flight", "delivered", "failed",
@@ -103,11 +132,30 @@ static int cmd_status(PGconn *conn, bool json)
         PQclear(r);
         return 1;
     }
+    /* DefaultMessageSystem other than exactly 'Outlook Mail' turns delivery off. */
+    PGresult *off = query(conn, "SELECT value FROM contactlog.effective_attribute "
+                                "WHERE name = 'DefaultMessageSystem' "
+                                "AND effective_value IS DISTINCT FROM 'Outlook Mail'", 0, NULL);
+    if (!off) {
+        PQclear(problems);
+        PQclear(r);
+        return 1;
+    }
+    bool delivery_off = PQntuples(off) > 0;
     if (json) {
-        printf("{");
+        printf("{\"database\": \"ok\", ");
         for (int c = 0; c < 5; c++)
             printf("%s\"%s\": %s", c ? ", " : "", numeric[c],
                    PQgetisnull(r, 0, c) ? "null" : PQgetvalue(r, 0, c));
+        printf(", \"items_in_outlook\": %s", PQgetvalue(r, 0, 2));
+        printf(", \"delivery_off\": ");
+        if (delivery_off) {
+            printf("{\"DefaultMessageSystem\": ");
+            print_json_value(off, 0, 0, false);
+            printf("}");
+        } else {
+            printf("null");
+        }
         printf(", \"last_error\": ");
         if (PQgetisnull(r, 0, 5))
             printf("null");
@@ -120,17 +168,127 @@ static int cmd_status(PGconn *conn, bool json)
         }
         printf("]}\n");
     } else {
+        if (delivery_off)
+            printf("delivery to Exchange is off: DefaultMessageSystem = '%s'\n",
+                   PQgetisnull(off, 0, 0) ? "" : PQgetvalue(off, 0, 0));
         printf("pending:             %s\n", PQgetvalue(r, 0, 0));
         printf("in flight:           %s\n", PQgetvalue(r, 0, 1));
-        printf("delivered items:     %s\n", PQgetvalue(r, 0, 2));
+        printf("items in Outlook:    %s\n", PQgetvalue(r, 0, 2));
         printf("failed (parked):     %s\n", PQgetvalue(r, 0, 3));
-        printf("oldest pending:      %s\n",
-               PQgetisnull(r, 0, 4) ? "-" : PQgetvalue(r, 0, 4));
+        if (PQgetisnull(r, 0, 4))
+            printf("oldest pending:      -\n");
+        else
+            printf("oldest pending:      %s s\n", PQgetvalue(r, 0, 4));
         printf("last error:          %s\n", PQgetisnull(r, 0, 5) ? "-" : PQgetvalue(r, 0, 5));
         for (int i = 0; i < PQntuples(problems); i++)
             printf("attribute problem:   %s\n", PQgetvalue(problems, i, 0));
     }
+    PQclear(off);
     PQclear(problems);
+    PQclear(r);
+    return 0;
+}
+
+static int cmd_flush(PGconn *conn, const char *what)
+{
+    long long id = 0;
+    char id_text[32];
+    const char *params[1] = {NULL};
+
+    if (what) {
+        if (!parse_log_id(what, &id))
+            return fail("flush: '%s' is not a contact log id", what), EXIT_USAGE;
+        snprintf(id_text, sizeof id_text, "%lld", id);
+        params[0] = id_text;
+    }
+    PGresult *r = query(conn, "SELECT contactlog.followupd_flush($1)", 1, params);
+    if (!r)
+        return 1;
+    int n = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (id && n == 0)
+        return fail("flush: contact log %s is not waiting out a retry back-off "
+                    "(parked logs: followupctl retry)", params[0]);
+    printf("%d log%s flushed\n", n, n == 1 ? "" : "s");
+    return 0;
+}
+
+#define ISO_TIME(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+static int cmd_failed(PGconn *conn, bool json)
+{
+    PGresult *r = query(conn, "SELECT contact_log_id, mailbox, attempts, reason, "
+                              ISO_TIME("failed_at")
+                              " FROM contactlog.followupd_failed ORDER BY contact_log_id",
+                        0, NULL);
+    if (!r)
+        return 1;
+    int rows = PQntuples(r);
+    if (json) {
+        printf("[");
+        for (int i = 0; i < rows; i++) {
+            printf("%s{\"contact_log_id\": %s, \"mailbox\": ", i ? ", " : "",
+                   PQgetvalue(r, i, 0));
+            print_json_value(r, i, 1, false);
+            printf(", \"attempts\": %s, \"reason\": ", PQgetvalue(r, i, 2));
+            print_json_value(r, i, 3, false);
+            printf(", \"failed_at\": ");
+            print_json_value(r, i, 4, false);
+            printf("}");
+        }
+        printf("]\n");
+    } else if (rows == 0) {
+        printf("no parked logs\n");
+    } else {
+        printf("%-10s %-32s %-20s %s\n", "LOG", "MAILBOX", "SINCE (UTC)", "REASON");
+        for (int i = 0; i < rows; i++)
+            printf("%-10s %-32s %-20s %s\n", PQgetvalue(r, i, 0), text_or_dash(r, i, 1),
+                   text_or_dash(r, i, 4), text_or_dash(r, i, 3));
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int cmd_mailboxes(PGconn *conn, bool json)
+{
+    PGresult *r = query(conn, "SELECT mailbox, items_held, pending, failed, "
+                              ISO_TIME("last_success") ", last_error, "
+                              ISO_TIME("last_error_at")
+                              " FROM contactlog.followupd_mailboxes ORDER BY mailbox",
+                        0, NULL);
+    if (!r)
+        return 1;
+    int rows = PQntuples(r);
+    if (json) {
+        printf("[");
+        for (int i = 0; i < rows; i++) {
+            printf("%s{\"mailbox\": ", i ? ", " : "");
+            print_json_value(r, i, 0, false);
+            printf(", \"items_held\": %s, \"pending\": %s, \"failed\": %s, "
+                   "\"last_success\": ", PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                   PQgetvalue(r, i, 3));
+            print_json_value(r, i, 4, false);
+            printf(", \"last_error\": ");
+            print_json_value(r, i, 5, false);
+            printf(", \"last_error_at\": ");
+            print_json_value(r, i, 6, false);
+            printf("}");
+        }
+        printf("]\n");
+    } else if (rows == 0) {
+        printf("no mailboxes yet\n");
+    } else {
+        printf("%-32s %6s %7s %6s  %-20s  %s\n", "MAILBOX", "ITEMS", "PENDING", "FAILED",
+               "LAST SUCCESS (UTC)", "LAST ERROR (UTC)");
+        for (int i = 0; i < rows; i++) {
+            printf("%-32s %6s %7s %6s  %-20s  %s", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                   PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), text_or_dash(r, i, 4),
+                   text_or_dash(r, i, 6));
+            if (!PQgetisnull(r, i, 5))
+                printf(" %s", PQgetvalue(r, i, 5));
+            putchar('\n');
+        }
+    }
     PQclear(r);
     return 0;
 }
@@ -210,10 +368,22 @@ static int cmd_attr(PGconn *conn, const char *name, const char *value)
     /* Set and check in one transaction: an invalid value is never stored. */
     PGresult *r = query(conn, "BEGIN", 0, NULL);
     PQclear(r);
-    r = query(conn, "INSERT INTO contactlog.attribute (name, value) VALUES ($1, $2) "
-                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value", 2, params);
-    if (!r)
+    r = PQexecParams(conn, "INSERT INTO contactlog.attribute (name, value) VALUES ($1, $2) "
+                           "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                     2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        fail("attr: %s", one_line(PQresultErrorMessage(r)));
+        /* The daemon's own configuration lands here: its role may not write attributes. */
+        if (state && strcmp(state, "42501") == 0)
+            fprintf(stderr, "followupctl: attr: setting an attribute needs a database role that "
+                            "is a member of contactlog_admin; this configuration connects as "
+                            "'%s' (use a configuration for administration: followupctl -c FILE, "
+                            "see the operator guide)\n", PQuser(conn));
+        PQclear(r);
+        PQclear(PQexec(conn, "ROLLBACK"));
         return 1;
+    }
     PQclear(r);
     r = query(conn, "SELECT problem FROM contactlog.effective_attribute WHERE name = $1", 1,
               params);
@@ -374,6 +544,9 @@ int main(int argc, char **argv)
     bool known = (strcmp(command, "status") == 0 && n_args <= 1 &&
                   (n_args == 0 || strcmp(args[0], "--json") == 0)) ||
                  (strcmp(command, "retry") == 0 && n_args == 1) ||
+                 (strcmp(command, "flush") == 0 && n_args <= 1) ||
+                 ((strcmp(command, "failed") == 0 || strcmp(command, "mailboxes") == 0) &&
+                  n_args <= 1 && (n_args == 0 || strcmp(args[0], "--json") == 0)) ||
                  (strcmp(command, "resync") == 0 && n_args == 1) ||
                  (strcmp(command, "attr") == 0 && n_args <= 2) ||
                  (strcmp(command, "migrate") == 0 && n_args == 0) ||
@@ -395,6 +568,8 @@ int main(int argc, char **argv)
     PGconn *conn = PQconnectdb(cfg->db_conninfo);
     config_free(cfg);
     if (PQstatus(conn) != CONNECTION_OK) {
+        if (strcmp(command, "status") == 0 && n_args == 1)
+            print_status_unreachable(one_line(PQerrorMessage(conn)));
         fail("cannot connect to the database: %s", one_line(PQerrorMessage(conn)));
         PQfinish(conn);
         return 1;
@@ -406,6 +581,12 @@ int main(int argc, char **argv)
         status = cmd_status(conn, n_args == 1);
     else if (strcmp(command, "retry") == 0)
         status = cmd_retry(conn, args[0]);
+    else if (strcmp(command, "flush") == 0)
+        status = cmd_flush(conn, n_args > 0 ? args[0] : NULL);
+    else if (strcmp(command, "failed") == 0)
+        status = cmd_failed(conn, n_args == 1);
+    else if (strcmp(command, "mailboxes") == 0)
+        status = cmd_mailboxes(conn, n_args == 1);
     else if (strcmp(command, "resync") == 0)
         status = cmd_resync(conn, args[0]);
     else if (strcmp(command, "attr") == 0)

@@ -9,6 +9,8 @@
 
 #include <openssl/evp.h>
 
+#include "timezone.h"
+
 /* A growable string; on allocation failure it remembers the failure and stops. */
 typedef struct strbuf {
     char *data;
@@ -300,9 +302,13 @@ static int hash_content(const item_content *c, char out[ITEM_HASH_HEX_LEN + 1])
     char numbers[160];
     int ok;
 
-    snprintf(numbers, sizeof numbers, "%d|%" PRId64 "|%" PRId64 "|%d|%d|%d|", (int)c->item.kind,
-             c->item.start, c->item.end, c->item.reminder_minutes, (int)c->item.importance,
-             (int)c->item.task_completed);
+    int n = snprintf(numbers, sizeof numbers, "%d|%" PRId64 "|%" PRId64 "|%d|%d|%d|",
+                     (int)c->item.kind, c->item.start, c->item.end, c->item.reminder_minutes,
+                     (int)c->item.importance, (int)c->item.task_completed);
+    /* Tasks only, so that appointments keep the hashes recorded before due days. */
+    if (c->item.has_due_day && n > 0 && (size_t)n < sizeof numbers)
+        snprintf(numbers + n, sizeof numbers - (size_t)n, "%" PRId64 "|%d|",
+                 c->item.due_day_start, c->item.due_utc_offset);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (!ctx)
         return -1;
@@ -319,6 +325,34 @@ static int hash_content(const item_content *c, char out[ITEM_HASH_HEX_LEN + 1])
     for (unsigned int i = 0; i < digest_len && i * 2 < ITEM_HASH_HEX_LEN; i++)
         snprintf(out + i * 2, 3, "%02x", digest[i]);
     return 0;
+}
+
+/* xs:dateTime (EWS) cannot write an offset beyond this; no zone in use today has one. */
+#define DUE_OFFSET_MAX_SECONDS (14 * 3600)
+
+/* SPEC section 3: a task is due on the calendar date of the follow-up in the employee's
+ * zone (a follow-up at 00:30 in Berlin is due that day, not the day before as in UTC).
+ * The zone is the Windows id the appointment gets too; the tz database supplies its
+ * rules. A zone it cannot place (a Windows id CLDR does not know) leaves the UTC date
+ * and no zone, so that Exchange and Graph read the date as UTC as well. */
+static void set_due_day(ews_item *item, const char *time_zone)
+{
+    int64_t day_start = 0;
+    int offset = 0;
+
+    if (time_zone && *time_zone &&
+        timezone_day_start(time_zone, item->start, &day_start, &offset) == 0 &&
+        offset >= -DUE_OFFSET_MAX_SECONDS && offset <= DUE_OFFSET_MAX_SECONDS) {
+        item->time_zone = time_zone;
+        item->due_day_start = day_start;
+        item->due_utc_offset = offset;
+    } else {
+        int64_t day = item->start / 86400 - (item->start % 86400 < 0);   /* floor */
+        item->time_zone = NULL;
+        item->due_day_start = day * 86400;
+        item->due_utc_offset = 0;
+    }
+    item->has_due_day = true;
 }
 
 #define DEFAULT_LINK_TEMPLATE "https://crm.example.org/contact-logs/{id}"
@@ -348,6 +382,8 @@ int item_content_build(const reconcile_log *log, const reconcile_settings *setti
     item->importance = importance_from_priority(log->priority);
     item->task_completed = kind == EWS_ITEM_TASK && task_completed;
     item->time_zone = kind == EWS_ITEM_APPOINTMENT ? settings->time_zone : NULL;
+    if (kind == EWS_ITEM_TASK)
+        set_due_day(item, settings->time_zone);
     item->link = content->link;
     if (hash_content(content, content->hash) < 0)
         goto fail;

@@ -1,8 +1,10 @@
 /* followupd — keeps Outlook in step with the CRM's contact logs.
  *
  * Start-up order: config → event loop and signals → delivery back end → database
- * (connect, LISTEN) → worker. READY=1 once the database listens. Signals arrive as
- * loop events (sd_event_add_signal): the handlers run in the loop, never async. */
+ * (connect, LISTEN) → worker. READY=1 once the configuration is loaded, whether or
+ * not the database answers yet (an outage at boot must not fail the unit); STATUS=
+ * says what the daemon waits for. Signals arrive as loop events
+ * (sd_event_add_signal): the handlers run in the loop, never async. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -35,8 +37,8 @@ typedef struct daemon_state {
     db *database;
     delivery *backend;
     worker *worker;
-    bool ready_sent;
     bool stopping;
+    char db_problem[256];        /* why the database is not usable, while it is not */
     loop_timer *status_timer;
     loop_timer *drain_timer;
 } daemon_state;
@@ -63,18 +65,31 @@ typedef struct queue_figures {
     long long failed;
 } queue_figures;
 
+/* STATUS= says first what the daemon waits for, if anything, then the queue. Built
+ * from what the daemon knows now: a fixed problem never lingers. */
 static void send_status_with(daemon_state *st, const queue_figures *q)
 {
     const worker_stats *ws = worker_get_stats(st->worker);
-    char queue[96] = "";
+    char state[400], queue[96] = "", error[300] = "";
 
+    if (!db_is_ready(st->database))
+        snprintf(state, sizeof state, "waiting for the database%s%s",
+                 st->db_problem[0] ? ": " : "", st->db_problem);
+    else if (ws->auth_failing)
+        snprintf(state, sizeof state, "waiting for Exchange to accept the service account "
+                 "(retry in %" PRId64 " s): %s", (ws->held_ms + 999) / 1000, ws->auth_error);
+    else if (ws->held_ms > 0)
+        snprintf(state, sizeof state, "Exchange asked every request to wait %" PRId64 " s more",
+                 (ws->held_ms + 999) / 1000);
+    else
+        snprintf(state, sizeof state, "%s", st->stopping ? "stopping" : "delivering");
     if (q && q->pending >= 0)
         snprintf(queue, sizeof queue, "%lld queued, %lld failed; ", q->pending, q->failed);
+    if (ws->last_error[0] && !ws->auth_failing)
+        snprintf(error, sizeof error, "; last error: %s", ws->last_error);
     sd_notifyf(false, "STATUS=%s; %s%zu working, %" PRIu64 " done since start, %" PRIu64
-                      " retries%s%s",
-               db_is_ready(st->database) ? "connected" : "database unavailable", queue,
-               ws->active, ws->delivered, ws->retries, ws->last_error[0] ? "; last error: " : "",
-               ws->last_error);
+                      " retries%s",
+               state, queue, ws->active, ws->delivered, ws->retries, error);
 }
 
 static void send_status(daemon_state *st)
@@ -94,12 +109,18 @@ static void on_queue_figures(PGresult *result, void *userdata)
     send_status_with(st, &q);
 }
 
-/* STATUS= with the queue's depth: one small query every few seconds. */
+/* STATUS= with the queue's depth: one small query every few seconds, read from the
+ * outbox (the backlog only) and an index of parked logs, never the history. */
 static void refresh_status(daemon_state *st)
 {
-    if (db_query(st->database, "SELECT pending, failed FROM contactlog.followupd_status", 0,
-                 NULL, on_queue_figures, st) < 0)
+    if (db_query(st->database, "SELECT pending, failed FROM contactlog.followupd_queue_depth",
+                 0, NULL, on_queue_figures, st) < 0)
         send_status(st);
+}
+
+static void on_state_changed(void *userdata)
+{
+    refresh_status(userdata);
 }
 
 static void on_status_timer(void *userdata)
@@ -112,10 +133,7 @@ static void on_status_timer(void *userdata)
 static void on_db_connected(void *userdata)
 {
     daemon_state *st = userdata;
-    if (!st->ready_sent) {
-        sd_notify(false, "READY=1");
-        st->ready_sent = true;
-    }
+    st->db_problem[0] = '\0';
     send_status(st);
     worker_db_connected(st->worker);
 }
@@ -123,7 +141,7 @@ static void on_db_connected(void *userdata)
 static void on_db_disconnected(const char *why, void *userdata)
 {
     daemon_state *st = userdata;
-    (void)why;
+    snprintf(st->db_problem, sizeof st->db_problem, "%s", why ? why : "");
     worker_db_disconnected(st->worker);
     send_status(st);
 }
@@ -246,12 +264,16 @@ static int run(daemon_state *st)
         log_error("out of memory at start-up");
         return 1;
     }
+    worker_on_state_change(st->worker, on_state_changed, st);
     st->status_timer = loop_timer_new(st->event, on_status_timer, st);
     if (st->status_timer)
         loop_timer_arm(st->status_timer, STATUS_INTERVAL_USEC);
 
     log_info("followupd " PACKAGE_VERSION " starting: Exchange %s, %d requests at once",
              st->cfg->exchange_url, st->cfg->concurrency);
+    sd_notify(false, "READY=1");
+    snprintf(st->db_problem, sizeof st->db_problem, "connecting");
+    send_status(st);
     db_start(st->database);
     r = sd_event_loop(st->event);
     if (r < 0) {

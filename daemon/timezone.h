@@ -5,10 +5,22 @@
 #ifndef FOLLOWUPD_TIMEZONE_H
 #define FOLLOWUPD_TIMEZONE_H
 
+#include <stdint.h>
+
 /* The Windows id for an IANA name (case-insensitive, aliases such as Asia/Calcutta and
  * Asia/Kolkata both known). A name that already is a Windows id comes back as the
  * table's spelling of it. NULL for NULL, "" and names CLDR does not know. The
  * returned string is static. */
 const char *timezone_windows_id(const char *name);
+
+/* The day that holds the instant t (Unix seconds) in zone, a Windows id or an IANA
+ * name: *day_start = the Unix time that day begins there (local midnight, or the first
+ * instant of the day when a clock change skips midnight) and *utc_offset = the zone's
+ * offset from UTC at that moment, in seconds east. Returns 0; -ENOENT when the zone is
+ * unknown or its tz database file is not installed, -ERANGE when t is out of range,
+ * -ENOMEM. Not thread-safe: it sets TZ for the duration of the call (followupd runs
+ * one thread), and restores it. */
+int timezone_day_start(const char *zone, int64_t t, int64_t *day_start, int *utc_offset)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -18,7 +18,10 @@ typedef struct worker_stats {
     uint64_t retries;          /* passes that ended in "try again later" */
     uint64_t parked;           /* logs parked as failed since start */
     size_t active;             /* logs being worked on now */
-    char last_error[256];
+    char last_error[256];      /* empty once a later pass finished */
+    bool auth_failing;         /* Exchange refuses the service account: delivery pauses */
+    char auth_error[256];
+    int64_t held_ms;           /* every request waits this much longer (503/429, auth) */
 } worker_stats;
 
 worker *worker_new(sd_event *event, db *database, delivery *backend, const config *cfg)
@@ -37,5 +40,9 @@ void worker_notified(worker *w);
 void worker_drain(worker *w, void (*drained)(void *userdata), void *userdata);
 
 const worker_stats *worker_get_stats(const worker *w);
+
+/* fn runs when the daemon's state changes (e.g. Exchange refuses or accepts the
+ * service account again), so that STATUS= can say so at once. */
+void worker_on_state_change(worker *w, void (*fn)(void *userdata), void *userdata);
 
 #endif

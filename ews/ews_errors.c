@@ -6,7 +6,11 @@
  * honour BackOffMilliseconds). So every code we have an opinion on maps to a small
  * enum, and each enum value has exactly one disposition. Codes not listed are
  * EWS_ERROR_UNKNOWN and retried: max_attempts bounds the cost of being optimistic,
- * whereas wrongly parking a follow-up loses it until an operator notices. */
+ * whereas wrongly parking a follow-up loses it until an operator notices.
+ *
+ * Exchange answers a code the request's RequestServerVersion does not know as
+ * ErrorInternalServerError and names the real one in MessageXml
+ * (InnerErrorResponseCode); ews_response looks that one up here first. */
 #include "ews_errors.h"
 
 #include <stddef.h>
@@ -45,6 +49,13 @@ static const ews_code_entry ews_code_table[] = {
     /* An earlier item of the same batch failed; this one was never tried. */
     { "ErrorBatchProcessingStopped", EWS_ERROR_INTERNAL_SERVER_TRANSIENT, TRANSIENT },
 
+    /* Our UpdateItem says ConflictResolution="AlwaysOverwrite", so a change made in
+     * Outlook since our last write (a stale ChangeKey) is overwritten, never refused.
+     * What Exchange still cannot resolve is a save that raced ours in the store (the
+     * user's Outlook writing the same item at that moment): the item is fine, the next
+     * attempt overwrites it. Retried; max_attempts bounds a conflict that persists. */
+    { "ErrorIrresolvableConflict", EWS_ERROR_CONFLICT, TRANSIENT },
+
     /* Permanent in the table; the daemon re-creates the item instead of parking it. */
     { "ErrorItemNotFound", EWS_ERROR_ITEM_NOT_FOUND, PERMANENT },
 
@@ -74,6 +85,9 @@ static const ews_code_entry ews_code_table[] = {
     { "ErrorInvalidIdMalformed", EWS_ERROR_INVALID_REQUEST, PERMANENT },
     { "ErrorInvalidIdEmpty", EWS_ERROR_INVALID_REQUEST, PERMANENT },
     { "ErrorInvalidId", EWS_ERROR_INVALID_REQUEST, PERMANENT },
+    /* Not a stale ChangeKey (AlwaysOverwrite ignores staleness) but one Exchange cannot
+     * parse: the same bytes fail every time, like ErrorInvalidIdMalformed. */
+    { "ErrorInvalidChangeKey", EWS_ERROR_INVALID_REQUEST, PERMANENT },
     { "ErrorInvalidServerVersion", EWS_ERROR_INVALID_REQUEST, PERMANENT },
     { "ErrorIncorrectSchemaVersion", EWS_ERROR_INVALID_REQUEST, PERMANENT },
     { "ErrorSendMeetingInvitationsRequired", EWS_ERROR_INVALID_REQUEST, PERMANENT },
@@ -86,6 +100,10 @@ static const ews_code_entry ews_code_table[] = {
     /* Known and final, without an enum value of their own. */
     { "ErrorCorruptData", EWS_ERROR_OTHER_PERMANENT, PERMANENT },
     { "ErrorQuotaExceeded", EWS_ERROR_OTHER_PERMANENT, PERMANENT },
+    /* The mailbox's Recoverable Items quota is full (often a mailbox on hold): deletes
+     * fail until an Exchange admin makes room. Newer than our schema version, so it
+     * usually arrives as the InnerErrorResponseCode of an ErrorInternalServerError. */
+    { "ErrorQuotaExceededOnDelete", EWS_ERROR_OTHER_PERMANENT, PERMANENT },
     { "ErrorMessageSizeExceeded", EWS_ERROR_OTHER_PERMANENT, PERMANENT },
     { "ErrorFolderNotFound", EWS_ERROR_OTHER_PERMANENT, PERMANENT },
     { "ErrorMailboxConfiguration", EWS_ERROR_OTHER_PERMANENT, PERMANENT },

@@ -17,6 +17,7 @@ typedef enum ews_code {
     EWS_ERROR_MAILBOX_STORE_UNAVAILABLE,
     EWS_ERROR_TIMEOUT_EXPIRED,
     EWS_ERROR_INTERNAL_SERVER_TRANSIENT,
+    EWS_ERROR_CONFLICT,             /* a concurrent save raced our UpdateItem: retried */
     EWS_ERROR_OTHER_PERMANENT,      /* a known code we treat as final */
     EWS_ERROR_UNKNOWN,              /* a code not in the table: treated as transient */
 } ews_code;

@@ -34,8 +34,19 @@ typedef struct ews_item {
     int reminder_minutes;      /* appointment reminder lead time */
     ews_importance importance;
     bool task_completed;       /* task only: Status Completed instead of NotStarted */
-    const char *time_zone;     /* Windows time-zone id for StartTimeZone/EndTimeZone; NULL = none */
+    const char *time_zone;     /* Windows time-zone id: StartTimeZone/EndTimeZone of an
+                                  appointment; a task's due date is a date in it (EWS
+                                  TimeZoneContext, Graph dueDateTime.timeZone); NULL = none */
+    /* Task only: the due date (SPEC section 3: the calendar date of start in time_zone)
+     * as the Unix time its day begins there (local midnight) and the UTC offset in
+     * seconds at that moment. has_due_day false: the UTC date of start. */
+    bool has_due_day;
+    int64_t due_day_start;
+    int due_utc_offset;
     const char *link;          /* the deep link back to the log (also in body_html); NULL = none */
+    /* Graph: the event create's transactionId (the same for every retry of one
+     * create, so Graph drops a repeat); NULL = none. Ignored by EWS. */
+    const char *transaction_id;
 } ews_item;
 
 /* An item as Exchange knows it. change_key may be NULL. */

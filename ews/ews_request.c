@@ -3,7 +3,7 @@
  * Every envelope has the shape
  *
  *   soap:Envelope (xmlns:soap, xmlns:t, xmlns:m declared once, on the root)
- *     soap:Header  t:RequestServerVersion, [t:ExchangeImpersonation]
+ *     soap:Header  t:RequestServerVersion, [t:ExchangeImpersonation], [t:TimeZoneContext]
  *     soap:Body    m:CreateItem | m:UpdateItem | m:DeleteItem | m:FindItem | m:GetFolder
  *
  * and validates against Microsoft's messages.xsd/types.xsd (tests/unit/test_ews_request
@@ -144,6 +144,49 @@ static const char *importance_name(ews_importance importance)
     return NULL;
 }
 
+/* The zone a task's due day was taken in, sent as the request's TimeZoneContext;
+ * NULL: UTC, no header. */
+static const char *due_zone(const ews_item *item)
+{
+    return item->kind == EWS_ITEM_TASK && item->has_due_day && item->time_zone != NULL &&
+                   item->time_zone[0] != '\0'
+               ? item->time_zone : NULL;
+}
+
+/* A task's DueDate: the start of its due day in its zone, with that zone's offset
+ * ("2025-03-01T00:00:00+01:00"); without a day from the caller, the UTC date of start
+ * ("...T00:00:00Z"). Exchange turns a task's DueDate into a date in the request's
+ * TimeZoneContext, which is how the EWS Managed API and Outlook send one too: local
+ * midnight plus the zone. xs:dateTime offsets are whole minutes within 14 hours; a
+ * sub-minute offset (local mean time, before 1900) is rounded down, which puts the
+ * written instant less than a minute into the day, never out of it. */
+static bool format_due_date(const ews_item *item, char out[UTC_TIME_SIZE])
+{
+    int64_t day_start = item->due_day_start, offset = item->due_utc_offset;
+    struct tm tm;
+
+    if (!item->has_due_day) {
+        day_start = (item->start / 86400 - (item->start % 86400 < 0)) * 86400;
+        offset = 0;
+    }
+    if (offset < -14 * 3600 || offset > 14 * 3600)
+        return false;
+    int64_t minutes = offset / 60 - (offset % 60 < 0);
+    time_t wall = (time_t)(day_start + offset);
+    if ((int64_t)wall != day_start + offset || gmtime_r(&wall, &tm) == NULL)
+        return false;
+    if (tm.tm_year < 1 - 1900 || tm.tm_year > 9999 - 1900)
+        return false;
+    char zone[8] = "Z";
+    if (minutes != 0)
+        snprintf(zone, sizeof zone, "%c%02d:%02d", minutes < 0 ? '-' : '+',
+                 (int)(llabs(minutes) / 60), (int)(llabs(minutes) % 60));
+    int n = snprintf(out, UTC_TIME_SIZE, "%04d-%02d-%02dT%02d:%02d:%02d%s",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec, zone);
+    return n > 0 && n < UTC_TIME_SIZE;
+}
+
 static bool has_time_zone(const ews_item *item)
 {
     return item->kind == EWS_ITEM_APPOINTMENT && item->time_zone != NULL &&
@@ -166,6 +209,11 @@ static bool item_ok(const ews_item *item)
         if (item->reminder_minutes < 0 || item->reminder_minutes > REMINDER_MINUTES_MAX)
             return false;
         if (has_time_zone(item) && !is_xml_text(item->time_zone))
+            return false;
+    } else {
+        if (!format_due_date(item, when))
+            return false;
+        if (due_zone(item) != NULL && !is_xml_text(item->time_zone))
             return false;
     }
     return true;
@@ -220,8 +268,10 @@ static void set_attribute(soap_builder *b, xmlNodePtr node, const char *name,
         b->failed = true;
 }
 
-/* The envelope, header and empty body shared by every request. */
-static bool builder_start(soap_builder *b, const ews_request_options *opt)
+/* The envelope, header and empty body shared by every request. time_zone: the
+ * Windows id of the request's TimeZoneContext, NULL for none. */
+static bool builder_start(soap_builder *b, const ews_request_options *opt,
+                          const char *time_zone)
 {
     memset(b, 0, sizeof *b);
     b->doc = xmlNewDoc(BAD_CAST "1.0");
@@ -245,11 +295,21 @@ static bool builder_start(soap_builder *b, const ews_request_options *opt)
     set_attribute(b, version, "Version", opt->server_version);
 
     /* Impersonation names the mailbox once, in the header; delegate access names it
-     * in every DistinguishedFolderId instead (add_folder_id). */
+     * in every DistinguishedFolderId instead (add_folder_id). SmtpAddress, not
+     * PrimarySmtpAddress: employee.email may be any of the mailbox's addresses, and
+     * only SmtpAddress resolves an alias (SPEC section 4). */
     if (opt->impersonation) {
         xmlNodePtr impersonation = add_element(b, header, b->ns_t, "ExchangeImpersonation");
         xmlNodePtr sid = add_element(b, impersonation, b->ns_t, "ConnectingSID");
-        add_text_element(b, sid, b->ns_t, "PrimarySmtpAddress", opt->mailbox);
+        add_text_element(b, sid, b->ns_t, "SmtpAddress", opt->mailbox);
+    }
+
+    /* Exchange reads a task's DueDate as a date in this zone; without the header it
+     * would take the date in UTC, a day early east of Greenwich before dawn. */
+    if (time_zone != NULL) {
+        xmlNodePtr context = add_element(b, header, b->ns_t, "TimeZoneContext");
+        xmlNodePtr definition = add_element(b, context, b->ns_t, "TimeZoneDefinition");
+        set_attribute(b, definition, "Id", time_zone);
     }
 
     b->body = add_element(b, envelope, b->ns_soap, "Body");
@@ -347,6 +407,17 @@ static void add_time(soap_builder *b, xmlNodePtr parent, const char *name, int64
     add_text_element(b, parent, b->ns_t, name, when);
 }
 
+static void add_due_date(soap_builder *b, xmlNodePtr parent, const ews_item *item)
+{
+    char when[UTC_TIME_SIZE];
+
+    if (!format_due_date(item, when)) {     /* item_ok() checked; defensive */
+        b->failed = true;
+        return;
+    }
+    add_text_element(b, parent, b->ns_t, "DueDate", when);
+}
+
 static void add_reminder_minutes(soap_builder *b, xmlNodePtr parent, int minutes)
 {
     char text[16];
@@ -400,7 +471,7 @@ static void add_task(soap_builder *b, xmlNodePtr items, const ews_item *item)
     add_time(b, node, "ReminderDueBy", item->start);
     add_text_element(b, node, b->ns_t, "ReminderIsSet", "true");
     add_naming_property(b, node, item);
-    add_time(b, node, "DueDate", item->start);
+    add_due_date(b, node, item);
     add_text_element(b, node, b->ns_t, "Status", task_status(item));
 }
 
@@ -426,8 +497,11 @@ char *ews_request_create_items(const ews_request_options *opt, const ews_item *i
         if (!item_ok(&items[i]) || items[i].kind != items[0].kind)
             return NULL;
 
+    /* One header serves the whole request: the first task's zone. Creates are batched
+     * per mailbox, so the tasks are normally in one employee's zone; a task in another
+     * zone keeps its own midnight and offset, read in the first one's context. */
     ews_item_kind kind = items[0].kind;
-    if (!builder_start(&b, opt))
+    if (!builder_start(&b, opt, due_zone(&items[0])))
         goto fail;
 
     xmlNodePtr create = add_element(&b, b.body, b.ns_m, "CreateItem");
@@ -510,7 +584,7 @@ static void add_updates(soap_builder *b, xmlNodePtr updates, const ews_item *ite
     } else {
         add_set_time_field(b, updates, kind, "item:ReminderDueBy", "ReminderDueBy", item->start);
         add_set_text_field(b, updates, kind, "item:ReminderIsSet", "ReminderIsSet", "true");
-        add_set_time_field(b, updates, kind, "task:DueDate", "DueDate", item->start);
+        add_due_date(b, add_set_field(b, updates, kind, "task:DueDate"), item);
         add_set_text_field(b, updates, kind, "task:Status", "Status", task_status(item));
     }
 }
@@ -522,7 +596,7 @@ char *ews_request_update_item(const ews_request_options *opt, const ews_item_ref
 
     if (!options_ok(opt) || !ref_ok(ref) || !item_ok(item) || len == NULL)
         return NULL;
-    if (!builder_start(&b, opt))
+    if (!builder_start(&b, opt, due_zone(item)))
         goto fail;
 
     /* The item id already names the mailbox, so no folder (and no t:Mailbox) here. */
@@ -552,7 +626,7 @@ char *ews_request_delete_item(const ews_request_options *opt, ews_item_kind kind
 
     if (!options_ok(opt) || !kind_ok(kind) || !ref_ok(ref) || len == NULL)
         return NULL;
-    if (!builder_start(&b, opt))
+    if (!builder_start(&b, opt, NULL))
         goto fail;
 
     /* Exchange demands SendMeetingCancellations for calendar items and
@@ -586,7 +660,7 @@ char *ews_request_find_item(const ews_request_options *opt, ews_item_kind kind,
     int n = ews_item_tag(tag, sizeof tag, log_id, kind);
     if (n < 0 || (size_t)n >= sizeof tag)
         return NULL;
-    if (!builder_start(&b, opt))
+    if (!builder_start(&b, opt, NULL))
         goto fail;
 
     xmlNodePtr find = add_element(&b, b.body, b.ns_m, "FindItem");
@@ -627,7 +701,7 @@ char *ews_request_get_folder(const ews_request_options *opt, size_t *len)
 
     if (!options_ok(opt) || len == NULL)
         return NULL;
-    if (!builder_start(&b, opt))
+    if (!builder_start(&b, opt, NULL))
         goto fail;
 
     xmlNodePtr get = add_element(&b, b.body, b.ns_m, "GetFolder");

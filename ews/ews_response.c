@@ -248,23 +248,50 @@ static int64_t parse_back_off(const char *text)
     return (int64_t)value;
 }
 
-/* The t:Value Name="BackOffMilliseconds" among the children of a MessageXml element. */
-static int64_t back_off_from_message_xml(const xmlNode *message_xml, bool *oom)
+/* The text of the t:Value Name=name among the children of a MessageXml element
+ * (trimmed, malloc'd), NULL when there is none. Exchange puts its details there:
+ * BackOffMilliseconds, Policy, InnerErrorResponseCode, InnerErrorMessageText, ... */
+static char *message_xml_value(const xmlNode *message_xml, const char *name, bool *oom)
 {
     for (xmlNode *c = first_element_child(message_xml); c != NULL; c = next_element(c)) {
         if (!is_element(c, NS_TYPES, "Value"))
             continue;
-        char *name = attribute_of(c, "Name", oom);
-        bool wanted = name != NULL && strcmp(name, "BackOffMilliseconds") == 0;
-        free(name);
-        if (!wanted)
-            continue;
-        char *text = text_of(c, oom);
-        int64_t ms = parse_back_off(text);
-        free(text);
-        return ms;
+        char *value_name = attribute_of(c, "Name", oom);
+        bool wanted = value_name != NULL && strcmp(value_name, name) == 0;
+        free(value_name);
+        if (wanted)
+            return text_of(c, oom);
     }
-    return -1;
+    return NULL;
+}
+
+/* What a MessageXml adds to a message or fault: the server's requested wait and the
+ * code Exchange had to hide behind ErrorInternalServerError (one the request's
+ * RequestServerVersion predates, e.g. ErrorServerBusy for throttling). The first
+ * MessageXml that says something wins. */
+static void read_message_xml(const xmlNode *message_xml, int64_t *back_off_ms,
+                             char **inner_code, bool *oom)
+{
+    if (*back_off_ms < 0) {
+        char *text = message_xml_value(message_xml, "BackOffMilliseconds", oom);
+        *back_off_ms = parse_back_off(text);
+        free(text);
+    }
+    if (*inner_code == NULL) {
+        *inner_code = message_xml_value(message_xml, "InnerErrorResponseCode", oom);
+        if (*inner_code != NULL && (*inner_code)[0] == '\0') {
+            free(*inner_code);
+            *inner_code = NULL;
+        }
+    }
+}
+
+/* The code a message or fault is classified by: the inner code when the table knows
+ * it (it is the precise one), else the outer. */
+static ews_code effective_code(const char *outer, const char *inner)
+{
+    ews_code code = ews_code_from_string(inner);
+    return code != EWS_ERROR_UNKNOWN ? code : ews_code_from_string(outer);
 }
 
 /* ---- libxml2 callbacks ----------------------------------------------------- */
@@ -334,11 +361,13 @@ void ews_response_free(ews_response *response)
     for (size_t i = 0; i < response->n_messages; i++) {
         ews_response_message *m = &response->messages[i];
         free(m->response_code);
+        free(m->inner_response_code);
         free(m->message_text);
         free_found_items(m->items, m->n_items);
     }
     free(response->messages);
     free(response->fault_code);
+    free(response->fault_inner_code);
     free(response->fault_string);
     free(response);
 }
@@ -452,7 +481,7 @@ static int parse_message(const xmlNode *node, size_t index, ews_response_message
         } else if (is_element(c, NS_MESSAGES, "MessageText") && message->message_text == NULL) {
             message->message_text = text_of(c, &oom);
         } else if (is_element(c, NS_MESSAGES, "MessageXml")) {
-            message->back_off_ms = back_off_from_message_xml(c, &oom);
+            read_message_xml(c, &message->back_off_ms, &message->inner_response_code, &oom);
         } else if (is_element(c, NS_MESSAGES, "Items")) {
             if (collect_items(c, message) != 0)
                 goto out_of_memory;
@@ -467,6 +496,7 @@ static int parse_message(const xmlNode *node, size_t index, ews_response_message
     }
 
     one_line(message->response_code, SERVER_CODE_MAX_BYTES);
+    one_line(message->inner_response_code, SERVER_CODE_MAX_BYTES);
     one_line(message->message_text, SERVER_TEXT_MAX_BYTES);
     if (message->response_code == NULL || message->response_code[0] == '\0') {
         if (message->response_class != EWS_CLASS_SUCCESS) {
@@ -481,7 +511,7 @@ static int parse_message(const xmlNode *node, size_t index, ews_response_message
         if (message->response_code == NULL)
             goto out_of_memory;
     }
-    message->code = ews_code_from_string(message->response_code);
+    message->code = effective_code(message->response_code, message->inner_response_code);
     return 0;
 
 out_of_memory:
@@ -565,7 +595,8 @@ static int parse_fault(const xmlNode *fault, ews_response *response, char *err, 
         if (is_element(c, NS_ERRORS, "ResponseCode") && detail_code == NULL)
             detail_code = text_of(c, &oom);
         else if (is_element(c, NS_TYPES, "MessageXml") || is_element(c, NS_ERRORS, "MessageXml"))
-            response->fault_back_off_ms = back_off_from_message_xml(c, &oom);
+            read_message_xml(c, &response->fault_back_off_ms, &response->fault_inner_code,
+                             &oom);
     }
     if (oom)
         goto out_of_memory;
@@ -585,8 +616,9 @@ static int parse_fault(const xmlNode *fault, ews_response *response, char *err, 
             goto out_of_memory;
     }
     one_line(response->fault_code, SERVER_CODE_MAX_BYTES);
+    one_line(response->fault_inner_code, SERVER_CODE_MAX_BYTES);
     one_line(response->fault_string, SERVER_TEXT_MAX_BYTES);
-    response->fault_ews_code = ews_code_from_string(response->fault_code);
+    response->fault_ews_code = effective_code(response->fault_code, response->fault_inner_code);
     rc = 0;
     goto done;
 

@@ -30,7 +30,9 @@ typedef struct ews_found_item {
 typedef struct ews_response_message {
     ews_response_class response_class;
     char *response_code;          /* "NoError", "ErrorServerBusy", ... (never NULL) */
-    ews_code code;
+    char *inner_response_code;    /* MessageXml InnerErrorResponseCode, NULL when absent */
+    ews_code code;                /* what it means: inner_response_code's entry when the
+                                     table has one, else response_code's */
     char *message_text;           /* may be NULL */
     int64_t back_off_ms;          /* MessageXml BackOffMilliseconds, -1 when absent */
     size_t n_items;               /* items returned: CreateItem/UpdateItem 0..1, FindItem 0..n */
@@ -39,8 +41,10 @@ typedef struct ews_response_message {
 
 typedef struct ews_response {
     /* A SOAP Fault instead of response messages: fault_code is set (e.g. "ErrorServerBusy",
-     * the part after the prefix), code mapped from it, back_off_ms from the detail. */
+     * the part after the prefix), code mapped from it (or from the detail's
+     * InnerErrorResponseCode, as for messages), back_off_ms from the detail. */
     char *fault_code;
+    char *fault_inner_code;       /* NULL when absent */
     char *fault_string;
     ews_code fault_ews_code;
     int64_t fault_back_off_ms;

@@ -304,21 +304,42 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
-/* Retry-After: delay-seconds or an HTTP date. */
-static int64_t parse_retry_after(const char *value)
+/* Longer than any real hold; a value beyond it is a broken or hostile hint. */
+#define RETRY_AFTER_MAX_SECONDS (7 * 86400)
+
+int64_t http_retry_after_ms(const char *value, time_t now)
 {
-    char *end;
-    while (*value == ' ')
+    char text[128];
+
+    if (!value)
+        return -1;
+    while (*value == ' ' || *value == '\t')
         value++;
-    long long seconds = strtoll(value, &end, 10);
-    if (end != value && seconds >= 0 && seconds < 86400 * 7)
-        return seconds * 1000;
-    struct tm tm = {0};
-    if (strptime(value, "%a, %d %b %Y %H:%M:%S GMT", &tm)) {
-        time_t when = timegm(&tm), now = time(NULL);
-        return when > now ? (int64_t)(when - now) * 1000 : 0;
+    size_t n = strlen(value);
+    while (n > 0 && strchr(" \t\r\n", value[n - 1]))
+        n--;
+    if (n == 0 || n >= sizeof text)
+        return -1;
+    memcpy(text, value, n);
+    text[n] = '\0';
+
+    if (strspn(text, "0123456789") == n) {
+        /* delay-seconds: digits only ("120abc" is not a number of seconds). */
+        if (n > 7)
+            return -1;
+        long seconds = strtol(text, NULL, 10);
+        return seconds < RETRY_AFTER_MAX_SECONDS ? (int64_t)seconds * 1000 : -1;
     }
-    return -1;
+    /* libcurl's date parser knows all three HTTP-date forms and, unlike strptime,
+     * does not depend on the locale's day and month names. */
+    time_t when = curl_getdate(text, &now);
+    if (when == -1)
+        return -1;
+    if (when <= now)
+        return 0;
+    if (when - now >= RETRY_AFTER_MAX_SECONDS)
+        return -1;
+    return (int64_t)(when - now) * 1000;
 }
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
@@ -332,7 +353,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
         memcpy(value, data + sizeof name - 1, n - (sizeof name - 1));
         value[n - (sizeof name - 1)] = '\0';
         value[strcspn(value, "\r\n")] = '\0';
-        t->retry_after_ms = parse_retry_after(value);
+        t->retry_after_ms = http_retry_after_ms(value, time(NULL));
     }
     return n;
 }

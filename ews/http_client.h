@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <systemd/sd-event.h>
 
 typedef struct http_client http_client;
@@ -71,5 +72,11 @@ int http_client_post(http_client *client, const char *url, const char *content_t
     __attribute__((warn_unused_result));
 
 size_t http_client_in_flight(const http_client *client);
+
+/* A Retry-After value (RFC 9110 10.2.3) as milliseconds to wait from now: delay-seconds,
+ * or an HTTP-date (IMF-fixdate and the obsolete RFC 850 and asctime forms), a date
+ * already past being 0. -1 for NULL, anything else, and waits of a week or more, which
+ * no server means. The one parser for HTTP headers and for Graph $batch members. */
+int64_t http_retry_after_ms(const char *value, time_t now);
 
 #endif

@@ -20,8 +20,9 @@
  * Creates are not idempotent, and libcurl silently sends a request again when a
  * reused keep-alive connection dies before any answer — after the server may have
  * acted on it. So every request that carries a create goes on a connection of its
- * own (http_fresh, "Connection: close", never reused), and an event create carries a
- * random transactionId, which Graph uses to drop a repeated create. */
+ * own (http_fresh: CURLOPT_FRESH_CONNECT and FORBID_REUSE, never reused), and an
+ * event create carries the transactionId the queue gave it — the same for every
+ * retry of one create — which Graph uses to drop a repeated create. */
 #include "delivery_graph.h"
 
 #include <ctype.h>
@@ -94,6 +95,7 @@ struct graph_backend {
     char *base_url;            /* without a trailing '/' */
     graph_mailbox *mailboxes;
     graph_call *ready, **ready_tail;
+    bool stopped;              /* nothing more goes on the wire */
     graph_request *requests;
     size_t n_calls;            /* operations not yet answered */
     size_t n_requests;         /* HTTP requests in flight */
@@ -148,12 +150,23 @@ static void enqueue(graph_backend *b, graph_call *call)
     schedule_flush(b);
 }
 
+static void fail_result(graph_call *call, delivery_result r)
+{
+    finish(call, &r);
+}
+
+static void fail_maybe_done(graph_call *call, delivery_outcome outcome, const char *code,
+                            const char *reason, int64_t retry_after_ms, bool outcome_unknown)
+{
+    fail_result(call, (delivery_result){.outcome = outcome, .code = code, .reason = reason,
+                                        .retry_after_ms = retry_after_ms,
+                                        .outcome_unknown = outcome_unknown});
+}
+
 static void fail(graph_call *call, delivery_outcome outcome, const char *code,
                  const char *reason, int64_t retry_after_ms)
 {
-    delivery_result r = {.outcome = outcome, .code = code, .reason = reason,
-                         .retry_after_ms = retry_after_ms};
-    finish(call, &r);
+    fail_maybe_done(call, outcome, code, reason, retry_after_ms, false);
 }
 
 static graph_mailbox *mailbox_get(graph_backend *b, const char *address)
@@ -356,11 +369,18 @@ static void handle_reply(graph_call *call, const graph_reply *rep)
     if (!rep->transfer_ok) {
         snprintf(reason, sizeof reason, "cannot reach Microsoft Graph at %s: %s", b->base_url,
                  rep->error ? rep->error : "transfer failed");
-        fail(call, DELIVERY_TRANSIENT, rep->failure ? rep->failure : "connection", reason,
-             rep->retry_after_ms);
+        fail_maybe_done(call, DELIVERY_TRANSIENT, rep->failure ? rep->failure : "connection",
+                        reason, rep->retry_after_ms,
+                        delivery_outcome_unknown(false, rep->failure, 0));
         return;
     }
     snprintf(code, sizeof code, "HTTP %ld", rep->status);
+    if (delivery_outcome_unknown(true, NULL, rep->status)) {
+        snprintf(reason, sizeof reason, "a gateway in front of Microsoft Graph gave up waiting "
+                 "(HTTP %ld)", rep->status);
+        fail_maybe_done(call, DELIVERY_TRANSIENT, code, reason, rep->retry_after_ms, true);
+        return;
+    }
     gcode[0] = message[0] = '\0';
     if (rep->status >= 400 &&
         graph_json_parse_error(rep->body, rep->body_len, gcode, sizeof gcode, message,
@@ -383,14 +403,28 @@ static void handle_reply(graph_call *call, const graph_reply *rep)
                  "(HTTP 401%s%s%s%s): check the app registration's application permissions "
                  "(Calendars.ReadWrite, Tasks.ReadWrite.All), admin consent and [oauth2] scope",
                  gcode[0] ? " " : "", gcode, message[0] ? ": " : "", message);
-        fail(call, DELIVERY_TRANSIENT, code, reason, rep->retry_after_ms);
+        fail_result(call, (delivery_result){.outcome = DELIVERY_TRANSIENT, .code = code,
+                                            .reason = reason,
+                                            .retry_after_ms = rep->retry_after_ms,
+                                            .auth_failed = true});
         return;
     }
     if ((rep->status == 429 || rep->status == 503) && rep->retry_after_ms > 0) {
-        /* Throttling is per mailbox and application: hold back the mailbox's calls. */
+        /* Throttling is per mailbox and application: hold back the mailbox's calls,
+         * and the worker waits it out without spending an attempt (as for EWS). */
         uint64_t until = now_usec(b) + (uint64_t)rep->retry_after_ms * 1000;
         if (until > box->throttled_until)
             box->throttled_until = until;
+        snprintf(reason, sizeof reason, "Microsoft Graph throttles %s (HTTP %ld%s%s%s); "
+                 "waiting %" PRId64 " ms (Retry-After)",
+                 rep->status == 429 ? box->address : "the service", rep->status,
+                 gcode[0] ? " " : "", gcode, message[0] ? ": " : "", rep->retry_after_ms);
+        fail_result(call, (delivery_result){
+            .outcome = DELIVERY_TRANSIENT, .code = code, .reason = reason,
+            .retry_after_ms = rep->retry_after_ms,
+            .throttle = rep->status == 429 ? DELIVERY_THROTTLE_MAILBOX
+                                           : DELIVERY_THROTTLE_SERVER});
+        return;
     }
     if (rep->status == 404) {
         switch (call->op) {
@@ -545,8 +579,7 @@ static void send_calls(graph_backend *b, graph_call **calls, size_t n, const cha
             goto fail;
     }
     const char *headers[] = {authorization, "Accept: application/json",
-                             "Prefer: " PREFER_HEADER, creates ? "Connection: close" : NULL,
-                             NULL};
+                             "Prefer: " PREFER_HEADER, NULL};
     if (log_debug_enabled()) {
         if (req->batch)
             log_debug("Microsoft Graph: $batch of %zu requests (%zu bytes)", n, len);
@@ -620,7 +653,10 @@ static size_t take_ready(graph_backend *b, graph_call **out)
                 b->ready_tail = p;
             snprintf(reason, sizeof reason, "Microsoft Graph throttles mailbox %s for another "
                      "%" PRId64 " ms (Retry-After)", box->address, wait_ms);
-            fail(call, DELIVERY_TRANSIENT, "throttled", reason, wait_ms);
+            fail_result(call, (delivery_result){.outcome = DELIVERY_TRANSIENT,
+                                                .code = "throttled", .reason = reason,
+                                                .retry_after_ms = wait_ms,
+                                                .throttle = DELIVERY_THROTTLE_MAILBOX});
             p = &b->ready;   /* fail may have queued or removed calls: start over */
             continue;
         }
@@ -642,6 +678,15 @@ static size_t take_ready(graph_backend *b, graph_call **out)
 
 static void flush(graph_backend *b)
 {
+    while (b->stopped && b->ready) {
+        graph_call *call = b->ready;
+        b->ready = call->next;
+        if (!b->ready)
+            b->ready_tail = &b->ready;
+        fail_result(call, (delivery_result){.outcome = DELIVERY_TRANSIENT, .code = "stopping",
+                                            .reason = "followupd is stopping; not sent",
+                                            .retry_after_ms = -1, .not_sent = true});
+    }
     while (b->ready && b->n_requests < MAX_REQUESTS) {
         uint64_t generation = 0;
         if (!oauth2_cached_token(b->oauth, NULL)) {
@@ -848,14 +893,18 @@ static int graph_create(void *impl, const char *mailbox, const ews_item *item,
     if (item->kind == EWS_ITEM_APPOINTMENT) {
         unsigned char random[16];
         char transaction[40];
+        const char *transaction_id = item->transaction_id;
         call->body = graph_json_event(item);
-        if (getrandom(random, sizeof random, 0) != (ssize_t)sizeof random) {
-            call_free(call);
-            return -EIO;
+        if (!transaction_id) {   /* no stable id from the queue: at least not a repeat */
+            if (getrandom(random, sizeof random, 0) != (ssize_t)sizeof random) {
+                call_free(call);
+                return -EIO;
+            }
+            graph_json_uuid(transaction, sizeof transaction, random);
+            transaction_id = transaction;
         }
-        graph_json_uuid(transaction, sizeof transaction, random);
         if (call->body && json_object_object_add(call->body, "transactionId",
-                                                 json_object_new_string(transaction)) < 0) {
+                                                 json_object_new_string(transaction_id)) < 0) {
             call_free(call);
             return -ENOMEM;
         }
@@ -1007,9 +1056,12 @@ static int graph_configure(void *impl, const config *cfg, char *err, size_t errl
         .timeout_seconds = cfg->timeout_seconds,
         .max_response_bytes = GRAPH_RESPONSE_MAX_BYTES,
     };
+    http_settings fresh = settings;
+    /* In libcurl, not by a header: over HTTP/2 a "Connection: close" is dropped. */
+    fresh.fresh_connection_per_request = true;
     char *url = strndup(base, len);
     if (!url || http_client_configure(b->http, &settings) < 0 ||
-        http_client_configure(b->http_fresh, &settings) < 0) {
+        http_client_configure(b->http_fresh, &fresh) < 0) {
         free(url);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -1033,7 +1085,15 @@ static int graph_probe(void *impl, const char *mailbox, delivery_done_fn done, v
     return graph_find(impl, mailbox, EWS_ITEM_APPOINTMENT, 0, done, userdata);
 }
 
+static void graph_stop(void *impl)
+{
+    graph_backend *b = impl;
+    b->stopped = true;
+    flush(b);
+}
+
 const delivery_ops delivery_graph_ops = {
+    .stop = graph_stop,
     .probe = graph_probe,
     .find = graph_find,
     .create = graph_create,

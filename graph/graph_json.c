@@ -1,6 +1,7 @@
 /* graph_json — see graph_json.h. Built with json-c's object API, never by string
  * concatenation; parsed with a depth-limited tokener over a size-capped buffer. */
 #include "graph_json.h"
+#include "http_client.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -79,6 +80,33 @@ static json_object *utc_time(int64_t unix_seconds)
     return obj;
 }
 
+/* A task's dueDateTime: midnight of its due day, in the zone that day is a date in
+ * (SPEC section 3), e.g. {"dateTime": "2030-05-04T00:00:00.0000000", "timeZone":
+ * "W. Europe Standard Time"}; Graph keeps the date as a date in that zone. Without a
+ * day from the caller: the UTC date of start. */
+static json_object *due_date_time(const ews_item *item)
+{
+    char text[40];
+    bool ok = true;
+    int64_t wall = item->has_due_day ? item->due_day_start + item->due_utc_offset
+                                     : item->start;
+    time_t t = (time_t)wall;
+    struct tm tm;
+    bool zoned = item->has_due_day && item->time_zone && *item->time_zone;
+
+    if ((int64_t)t != wall || !gmtime_r(&t, &tm) ||
+        strftime(text, sizeof text, "%Y-%m-%dT00:00:00.0000000", &tm) == 0)
+        return NULL;
+    json_object *obj = json_object_new_object();
+    add(obj, "dateTime", json_object_new_string(text), &ok);
+    add(obj, "timeZone", json_object_new_string(zoned ? item->time_zone : "UTC"), &ok);
+    if (!ok) {
+        json_object_put(obj);
+        return NULL;
+    }
+    return obj;
+}
+
 static json_object *html_body(const char *html)
 {
     bool ok = true;
@@ -142,7 +170,7 @@ json_object *graph_json_task(const ews_item *item, bool with_link)
     add(task, "title", string_or_empty(item->subject), &ok);
     add(task, "body", html_body(item->body_html), &ok);
     add(task, "importance", json_object_new_string(importance_name(item->importance)), &ok);
-    add(task, "dueDateTime", utc_time(item->start), &ok);
+    add(task, "dueDateTime", due_date_time(item), &ok);
     add(task, "isReminderOn", json_object_new_boolean(1), &ok);
     add(task, "reminderDateTime", utc_time(item->start), &ok);
     add(task, "status", json_object_new_string(item->task_completed ? "completed"
@@ -424,6 +452,7 @@ void graph_batch_responses_free(graph_batch_response *responses, size_t n)
     free(responses);
 }
 
+/* A member's Retry-After, read exactly as the HTTP header of a whole answer is. */
 static int64_t header_retry_after(json_object *headers)
 {
     if (!headers || !json_object_is_type(headers, json_type_object))
@@ -431,11 +460,10 @@ static int64_t header_retry_after(json_object *headers)
     json_object_object_foreach(headers, key, value) {
         if (strcasecmp(key, "Retry-After") != 0)
             continue;
-        const char *text = json_object_get_string(value);
-        char *end;
-        long long seconds = text ? strtoll(text, &end, 10) : -1;
-        if (text && end != text && seconds >= 0 && seconds < 86400 * 7)
-            return seconds * 1000;
+        /* Graph sends a string; a bare JSON number means the same. */
+        if (json_object_is_type(value, json_type_string) ||
+            json_object_is_type(value, json_type_int))
+            return http_retry_after_ms(json_object_get_string(value), time(NULL));
     }
     return -1;
 }

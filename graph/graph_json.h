@@ -39,7 +39,8 @@ void graph_json_datetime(char *buf, size_t size, int64_t unix_seconds);
  * serves POST (create) and PATCH (update). NULL when out of memory. */
 json_object *graph_json_event(const ews_item *item);
 
-/* A To Do task: title, HTML body, importance, dueDateTime and reminderDateTime in UTC,
+/* A To Do task: title, HTML body, importance, dueDateTime (midnight of the due day in
+ * item->time_zone, SPEC section 3), reminderDateTime in UTC (the follow-up itself),
  * status; with_link adds the linkedResources entry (webUrl = item->link, externalId =
  * the log's tag), which only a create can carry. NULL when out of memory. */
 json_object *graph_json_task(const ews_item *item, bool with_link);

@@ -8,7 +8,8 @@
 -- Layout:
 --   1. schema_version and the numbered migrations, each applied once (DO blocks);
 --   2. seeded attributes (existing values are never overwritten);
---   3. code: functions, triggers and views, replaced on every run.
+--   3. code: functions, triggers and views, replaced on every run;
+--   4. roles and privileges (the group roles, created when missing; grants).
 
 SET client_min_messages = warning;
 
@@ -215,6 +216,144 @@ END
 $migration$;
 
 -- ---------------------------------------------------------------------------
+-- Migration 3: fenced claims (issue 11). The outbox (outlook_sync) keeps only
+-- what the CRM's trigger writes; the daemon's bookkeeping moves to outlook_queue,
+-- which only followupd's functions write, so a CRM transaction holding a lock on
+-- a log never holds up the daemon. Versions come from one sequence: they only
+-- grow, also across an outbox row that was deleted and made again.
+-- ---------------------------------------------------------------------------
+DO $migration$
+BEGIN
+    IF EXISTS (SELECT 1 FROM contactlog.schema_version WHERE version = 3) THEN
+        RETURN;
+    END IF;
+
+    CREATE SEQUENCE contactlog.outlook_version_seq;
+    PERFORM setval('contactlog.outlook_version_seq',
+                   greatest(1, (SELECT max(version) FROM contactlog.outlook_sync)));
+    CREATE SEQUENCE contactlog.outlook_claim_token_seq;
+
+    CREATE TABLE contactlog.outlook_queue (
+        contact_log_id          bigint PRIMARY KEY,
+        synced_version          bigint NOT NULL DEFAULT 0,
+        inserted_with_follow_up boolean NOT NULL DEFAULT false,
+        attempts                integer NOT NULL DEFAULT 0,
+        next_attempt_at         timestamptz NOT NULL DEFAULT now(),
+        -- no pass before this: a request of an earlier job may still land
+        not_before              timestamptz,
+        last_error              text,
+        last_error_at           timestamptz,
+        failed_version          bigint,      -- parked at this version
+        delivered_at            timestamptz,
+        -- bumped by a fenced-out write: one more pass, content hashes ignored
+        redo                    integer NOT NULL DEFAULT 0,
+        synced_redo             integer NOT NULL DEFAULT 0,
+        claim_token             bigint,
+        claimed_by              text,
+        claimed_until           timestamptz  -- NULL: not claimed
+    );
+    CREATE INDEX outlook_queue_redo_idx ON contactlog.outlook_queue (contact_log_id)
+        WHERE redo > synced_redo;
+    CREATE INDEX outlook_queue_failed_idx ON contactlog.outlook_queue (contact_log_id)
+        WHERE failed_version IS NOT NULL;
+    CREATE INDEX outlook_queue_claimed_idx ON contactlog.outlook_queue (claimed_by)
+        WHERE claimed_until IS NOT NULL;
+
+    INSERT INTO contactlog.outlook_queue
+           (contact_log_id, synced_version, inserted_with_follow_up, attempts,
+            next_attempt_at, last_error, last_error_at, failed_version, delivered_at)
+    SELECT contact_log_id, synced_version, inserted_with_follow_up, attempts,
+           next_attempt_at, last_error, CASE WHEN last_error IS NOT NULL THEN changed_at END,
+           CASE WHEN failed THEN version END, delivered_at
+    FROM contactlog.outlook_sync;
+
+    DROP VIEW IF EXISTS contactlog.followupd_status;
+    DROP INDEX IF EXISTS contactlog.outlook_sync_due_idx;
+    DELETE FROM contactlog.outlook_sync WHERE version <= synced_version;
+    ALTER TABLE contactlog.outlook_sync
+        DROP COLUMN synced_version, DROP COLUMN next_attempt_at, DROP COLUMN attempts,
+        DROP COLUMN claimed_until, DROP COLUMN claimed_by, DROP COLUMN claimed_by_pid,
+        DROP COLUMN last_error, DROP COLUMN failed, DROP COLUMN delivered_at,
+        ADD COLUMN resync_version bigint,
+        ALTER COLUMN version SET DEFAULT nextval('contactlog.outlook_version_seq');
+
+    -- Graph's transactionId for an event create: the same for every retry of one
+    -- create, new for a create made afresh.
+    ALTER TABLE contactlog.outlook_item ADD COLUMN transaction_id text;
+
+    DROP FUNCTION IF EXISTS contactlog.followupd_claim(integer, integer, text);
+    DROP FUNCTION IF EXISTS contactlog.followupd_next_due();
+    DROP FUNCTION IF EXISTS contactlog.followupd_forget_item(bigint, text);
+    DROP FUNCTION IF EXISTS contactlog.followupd_begin_creates(bigint[], text[], text[]);
+    DROP FUNCTION IF EXISTS contactlog.followupd_record_items(bigint[], text[], text[], text[], text[], text[]);
+    DROP FUNCTION IF EXISTS contactlog.followupd_finish_many(bigint[], bigint[]);
+    DROP FUNCTION IF EXISTS contactlog.followupd_retry_later(bigint, bigint, text, integer, boolean);
+    DROP FUNCTION IF EXISTS contactlog.followupd_release(bigint);
+    DROP FUNCTION IF EXISTS contactlog.followupd_defer(bigint, bigint);
+
+    INSERT INTO contactlog.schema_version (version, description)
+    VALUES (3, 'fenced claims: outlook_queue, versions from a sequence');
+END
+$migration$;
+
+-- ---------------------------------------------------------------------------
+-- Migration 4: ownership against a hostile client (issue 14). priority_rank, the
+-- sort index contact_log_status_priority_idx's expression, gets an SQL-standard
+-- body: bound to pg_catalog's "=" when created. The text body was parsed again
+-- with the search_path of whoever wrote a log, so a schema of theirs holding an
+-- "=" of its own would have decided what the shared index stores. Same values:
+-- the index stays valid as it is.
+-- ---------------------------------------------------------------------------
+DO $migration$
+BEGIN
+    IF EXISTS (SELECT 1 FROM contactlog.schema_version WHERE version = 4) THEN
+        RETURN;
+    END IF;
+
+    CREATE OR REPLACE FUNCTION contactlog.priority_rank(priority text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN priority OPERATOR(pg_catalog.=) 'low' THEN 0
+                WHEN priority OPERATOR(pg_catalog.=) 'normal' THEN 1
+                ELSE 2 END;
+
+    INSERT INTO contactlog.schema_version (version, description)
+    VALUES (4, 'ownership against a hostile client: priority_rank bound when created');
+END
+$migration$;
+
+-- ---------------------------------------------------------------------------
+-- Migration 5: one bad row never stops the queue (issue 12). A follow-up of
+-- 'infinity' was accepted by every constraint and made every claim fail. New and
+-- changed rows must now have a finite date; rows that already hold one are left
+-- as they are (NOT VALID) and parked with the reason, so nothing else waits.
+-- ---------------------------------------------------------------------------
+DO $migration$
+BEGIN
+    IF EXISTS (SELECT 1 FROM contactlog.schema_version WHERE version = 5) THEN
+        RETURN;
+    END IF;
+
+    ALTER TABLE contactlog.contact_log ADD CONSTRAINT contact_log_next_contact_at_finite
+        CHECK (next_contact_at IS NULL OR isfinite(next_contact_at)) NOT VALID;
+
+    INSERT INTO contactlog.outlook_queue AS q
+           (contact_log_id, failed_version, last_error, last_error_at, next_attempt_at)
+    SELECT l.id, coalesce(s.version, 0),
+           format('next_contact_at is %s: set a real date and time', l.next_contact_at),
+           now(), now()
+    FROM contactlog.contact_log l
+    LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = l.id
+    WHERE NOT isfinite(l.next_contact_at)
+    ON CONFLICT (contact_log_id) DO UPDATE
+        SET failed_version = excluded.failed_version, last_error = excluded.last_error,
+            last_error_at = now();
+
+    INSERT INTO contactlog.schema_version (version, description)
+    VALUES (5, 'next_contact_at must be finite; existing offenders parked');
+END
+$migration$;
+
+-- ---------------------------------------------------------------------------
 -- Seeded attributes: added when missing, never overwritten.
 -- ---------------------------------------------------------------------------
 INSERT INTO contactlog.attribute (name, value) VALUES
@@ -232,8 +371,10 @@ ON CONFLICT (name) DO NOTHING;
 -- ---------------------------------------------------------------------------
 
 -- A new log is in progress, locked by its creator, unless the INSERT says otherwise.
+-- Like every trigger function here SECURITY DEFINER with a fixed search_path: it
+-- runs the same whoever writes, whatever their search_path (see "Ownership").
 CREATE OR REPLACE FUNCTION contactlog.contact_log_defaults() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         IF NEW.status = 'in_progress' AND NEW.owner_id IS NULL THEN
@@ -271,16 +412,15 @@ BEGIN
 
     log_id := CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END;
 
-    INSERT INTO contactlog.outlook_sync AS s (contact_log_id, inserted_with_follow_up)
-    VALUES (log_id, TG_OP = 'INSERT' AND NEW.next_contact_at IS NOT NULL)
+    -- The version is drawn after the row is locked (in DO UPDATE), so versions
+    -- of one log grow in commit order. A parked log is parked at its version: a
+    -- newer one gives it a fresh start; a back-off (the daemon's) keeps running.
+    INSERT INTO contactlog.outlook_sync AS s (contact_log_id, version, inserted_with_follow_up)
+    VALUES (log_id, nextval('contactlog.outlook_version_seq'),
+            TG_OP = 'INSERT' AND NEW.next_contact_at IS NOT NULL)
     ON CONFLICT (contact_log_id) DO UPDATE
-        SET version         = s.version + 1,
-            changed_at      = now(),
-            -- A new change gives a parked log a fresh start; a log waiting out
-            -- a back-off keeps waiting (the server asked us to).
-            failed          = false,
-            attempts        = CASE WHEN s.failed THEN 0 ELSE s.attempts END,
-            next_attempt_at = CASE WHEN s.failed THEN now() ELSE s.next_attempt_at END;
+        SET version    = nextval('contactlog.outlook_version_seq'),
+            changed_at = now();
 
     PERFORM pg_notify('followupd', log_id::text);
     RETURN NULL;
@@ -304,9 +444,19 @@ WITH defaults (name, default_value, rule) AS (
            ('LinkUrlTemplate',              'https://crm.example.org/contact-logs/{id}', 'link'),
            ('SyncUpdates',                  '1',  'flag')
 ), checked AS (
-    SELECT d.name, d.default_value, a.value,
+    SELECT d.name, d.default_value, a.value, d.rule,
            CASE
                WHEN a.value IS NULL THEN NULL
+               -- DefaultMessageSystem: exactly 'Outlook Mail' (blanks around it
+               -- aside) turns delivery on, anything else off by design. A value
+               -- that differs only in case or spacing is almost certainly a typo:
+               -- it still counts as off (the rule is exact) but is reported.
+               WHEN d.rule = 'text' AND btrim(a.value) <> d.default_value
+                    AND lower(regexp_replace(a.value, '\s+', '', 'g'))
+                        = lower(regexp_replace(d.default_value, '\s+', '', 'g'))
+                   THEN format('differs from %L only in case or spacing: delivery to Exchange '
+                               'is OFF (only exactly %L turns it on)',
+                               d.default_value, d.default_value)
                WHEN d.rule = 'text' THEN NULL
                WHEN d.rule = 'flag' AND a.value NOT IN ('0', '1')
                    THEN 'must be 0 or 1'
@@ -326,28 +476,65 @@ WITH defaults (name, default_value, rule) AS (
 )
 SELECT name,
        value,
-       CASE WHEN value IS NULL OR problem IS NOT NULL THEN default_value
+       CASE WHEN value IS NULL OR (problem IS NOT NULL AND rule <> 'text') THEN default_value
             ELSE btrim(value) END AS effective_value,
        CASE WHEN problem IS NULL THEN NULL
+            WHEN rule = 'text' THEN format('attribute %s = %L %s', name, value, problem)
             ELSE format('attribute %s = %L %s; using the default %L',
                         name, value, problem, default_value) END AS problem
 FROM checked;
 
--- Claims up to batch_size dirty logs for this connection and returns everything
--- needed to reconcile them: the log, its people, and the items already in Outlook.
--- A claim lapses when its lease runs out or its PostgreSQL session ends (the
--- daemon died or lost its connection), so nothing stays stuck behind a dead claim.
+-- ---- The queue (issue 11: fenced claims; docs/architecture.md "Claiming") ----
 --
--- Two statements on purpose. Locking a row FOR UPDATE returns its newest version
--- (committed after this statement's snapshot was taken), while a join in the same
--- statement would still read the log as of the snapshot: a version newer than the
--- data, and an edit marked synced without ever being sent. The second statement
--- takes a new snapshot, so the data is at least as new as the version claimed.
+-- Every function below that writes for a log takes the claim token of the job
+-- that writes and changes nothing when it is not the log's current token. A
+-- refused ("fenced-out") write bumps redo and sets not_before: one more pass,
+-- after anything the stale job sent can have landed, that ignores the recorded
+-- content hashes.
+
+-- When each dirty, unparked log may next be worked on: not before its back-off
+-- (next_attempt_at), its settle time (not_before), or — while claimed — before
+-- its lease has run out plus the settle time (a lapsed job's last request may
+-- still land). A log with an outbox row but no queue row is new: due now.
+CREATE OR REPLACE FUNCTION contactlog.followupd_due(settle_ms integer)
+RETURNS TABLE (contact_log_id bigint, due_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT d.contact_log_id,
+           greatest(d.next_attempt_at, d.not_before,
+                    d.claimed_until + make_interval(secs => settle_ms / 1000.0))
+    FROM (
+        SELECT s.contact_log_id, q.next_attempt_at, q.not_before, q.claimed_until
+        FROM contactlog.outlook_sync s
+        LEFT JOIN contactlog.outlook_queue q ON q.contact_log_id = s.contact_log_id
+        WHERE q.contact_log_id IS NULL
+           OR (s.version > q.synced_version
+               AND (q.failed_version IS NULL OR q.failed_version < s.version))
+           OR q.redo > q.synced_redo
+        UNION
+        SELECT q.contact_log_id, q.next_attempt_at, q.not_before, q.claimed_until
+        FROM contactlog.outlook_queue q
+        WHERE q.redo > q.synced_redo
+    ) d;
+$$;
+
+-- Claims up to batch_size due logs for worker, each with a fresh token, and
+-- returns everything needed to reconcile them: the log, its people, the items
+-- already in Outlook, and whether the pass must ignore content hashes (a resync,
+-- or a redo after a fenced-out write).
+--
+-- Two statements on purpose: the rows are locked by one, the data read by the
+-- next, whose newer snapshot sees the log at least as new as the version claimed
+-- (the outbox row and the log change in one transaction, so one snapshot reads
+-- them consistently).
+-- (Its result columns grow now and then: a new row type needs a new function.)
+DROP FUNCTION IF EXISTS contactlog.followupd_claim(integer, integer, text, integer);
 CREATE OR REPLACE FUNCTION contactlog.followupd_claim(batch_size integer,
                                                       lease_seconds integer,
-                                                      worker text)
+                                                      worker text,
+                                                      settle_ms integer)
 RETURNS TABLE (
-    contact_log_id bigint, version bigint, attempts integer,
+    contact_log_id bigint, claim_token bigint, version bigint, redo integer,
+    forced boolean, attempts integer,
     inserted_with_follow_up boolean, ever_synced boolean,
     log_exists boolean, status text, next_contact_at bigint,
     reason text, contact_name text, priority text,
@@ -356,109 +543,188 @@ RETURNS TABLE (
     appointment_mailbox text, appointment_item_id text,
     appointment_change_key text, appointment_hash text, appointment_pending boolean,
     task_mailbox text, task_item_id text,
-    task_change_key text, task_hash text, task_pending boolean)
+    task_change_key text, task_hash text, task_pending boolean,
+    problem text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
+    settle interval := make_interval(secs => settle_ms / 1000.0);
+    candidate_ids bigint[];
     claimed_ids bigint[];
 BEGIN
+    -- Oldest logs first (ids grow with time), read along the outbox's primary key
+    -- and stopped after batch_size: the cost follows the batch, not the backlog.
+    SELECT array_agg(c.contact_log_id) INTO candidate_ids
+    FROM ((SELECT s.contact_log_id
+           FROM contactlog.outlook_sync s
+           LEFT JOIN contactlog.outlook_queue q ON q.contact_log_id = s.contact_log_id
+           WHERE q.contact_log_id IS NULL
+              OR (s.version > q.synced_version
+                  AND (q.failed_version IS NULL OR q.failed_version < s.version)
+                  AND q.next_attempt_at <= now()
+                  AND (q.not_before IS NULL OR q.not_before <= now())
+                  AND (q.claimed_until IS NULL OR q.claimed_until + settle < now()))
+           ORDER BY s.contact_log_id
+           LIMIT batch_size)
+          UNION
+          (SELECT q.contact_log_id
+           FROM contactlog.outlook_queue q
+           WHERE q.redo > q.synced_redo
+             AND q.next_attempt_at <= now()
+             AND (q.not_before IS NULL OR q.not_before <= now())
+             AND (q.claimed_until IS NULL OR q.claimed_until + settle < now())
+           LIMIT batch_size)) c;
+    IF candidate_ids IS NULL THEN
+        RETURN;
+    END IF;
+
+    INSERT INTO contactlog.outlook_queue (contact_log_id, inserted_with_follow_up)
+    SELECT s.contact_log_id, s.inserted_with_follow_up
+    FROM contactlog.outlook_sync s
+    WHERE s.contact_log_id = ANY (candidate_ids)
+    ON CONFLICT DO NOTHING;
+
     WITH picked AS (
-        SELECT s.contact_log_id
-        FROM contactlog.outlook_sync s
-        WHERE s.version > s.synced_version
-          AND NOT s.failed
-          AND s.next_attempt_at <= now()
-          AND (s.claimed_until IS NULL
-               OR s.claimed_until < now()
-               OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                              WHERE a.pid = s.claimed_by_pid))
-        ORDER BY s.next_attempt_at, s.contact_log_id
-        LIMIT batch_size
+        SELECT q.contact_log_id
+        FROM contactlog.outlook_queue q
+        WHERE q.contact_log_id = ANY (candidate_ids)
+          AND (q.claimed_until IS NULL OR q.claimed_until + settle < now())
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
-        UPDATE contactlog.outlook_sync s
-        SET claimed_until  = now() + make_interval(secs => lease_seconds),
+        UPDATE contactlog.outlook_queue q
+        SET claim_token    = nextval('contactlog.outlook_claim_token_seq'),
             claimed_by     = worker,
-            claimed_by_pid = pg_backend_pid()
+            claimed_until  = now() + make_interval(secs => lease_seconds),
+            -- a parked log is only due again for a newer version: a fresh start
+            attempts       = CASE WHEN q.failed_version IS NOT NULL THEN 0 ELSE q.attempts END,
+            failed_version = NULL
         FROM picked
-        WHERE s.contact_log_id = picked.contact_log_id
-        RETURNING s.contact_log_id
+        WHERE q.contact_log_id = picked.contact_log_id
+        RETURNING q.contact_log_id
     )
     SELECT array_agg(claimed.contact_log_id) INTO claimed_ids FROM claimed;
 
     RETURN QUERY
-    SELECT c.contact_log_id, c.version, c.attempts,
-           c.inserted_with_follow_up, c.synced_version > 0,
+    SELECT q.contact_log_id, q.claim_token, coalesce(s.version, q.synced_version), q.redo,
+           coalesce(s.resync_version > q.synced_version, false) OR q.redo > q.synced_redo,
+           q.attempts,
+           q.inserted_with_follow_up, q.synced_version > 0,
            l.id IS NOT NULL, l.status,
-           floor(extract(epoch FROM l.next_contact_at))::bigint,
+           CASE WHEN isfinite(l.next_contact_at)
+                THEN floor(extract(epoch FROM l.next_contact_at))::bigint END,
            l.reason, l.contact_name, l.priority,
            creator.email, creator.time_zone,
            assignee.display_name, forwardee.display_name,
            ia.mailbox, ia.item_id, ia.change_key, ia.content_hash,
            ia.contact_log_id IS NOT NULL AND ia.item_id IS NULL,
            it.mailbox, it.item_id, it.change_key, it.content_hash,
-           it.contact_log_id IS NOT NULL AND it.item_id IS NULL
-    FROM contactlog.outlook_sync c
-    LEFT JOIN contactlog.contact_log l ON l.id = c.contact_log_id
+           it.contact_log_id IS NOT NULL AND it.item_id IS NULL,
+           -- what this one row cannot do (the log is parked, nothing else waits)
+           CASE WHEN NOT isfinite(l.next_contact_at)
+                THEN format('next_contact_at is %s: set a real date and time',
+                            l.next_contact_at) END
+    FROM contactlog.outlook_queue q
+    LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id
+    LEFT JOIN contactlog.contact_log l ON l.id = q.contact_log_id
     LEFT JOIN contactlog.employee creator ON creator.id = l.created_by
     LEFT JOIN contactlog.employee assignee ON assignee.id = l.assigned_to
     LEFT JOIN contactlog.employee forwardee ON forwardee.id = l.forward_to
     LEFT JOIN contactlog.outlook_item ia
-           ON ia.contact_log_id = c.contact_log_id AND ia.kind = 'appointment'
+           ON ia.contact_log_id = q.contact_log_id AND ia.kind = 'appointment'
     LEFT JOIN contactlog.outlook_item it
-           ON it.contact_log_id = c.contact_log_id AND it.kind = 'task'
-    WHERE c.contact_log_id = ANY (claimed_ids)
-    ORDER BY c.contact_log_id;
+           ON it.contact_log_id = q.contact_log_id AND it.kind = 'task'
+    WHERE q.contact_log_id = ANY (claimed_ids)
+    ORDER BY q.contact_log_id;
 END
 $$;
 
 -- Seconds until the next queued log falls due (0: now), NULL when nothing waits.
--- (greatest() ignores NULL: without the CASE an empty queue would read "due now",
--- and an idle daemon would claim in a tight loop.)
-CREATE OR REPLACE FUNCTION contactlog.followupd_next_due() RETURNS double precision
-LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN due IS NULL THEN NULL
-                ELSE greatest(0, extract(epoch FROM due - now())) END
-    FROM (SELECT min(greatest(s.next_attempt_at,
-                              coalesce(s.claimed_until, s.next_attempt_at))) AS due
-          FROM contactlog.outlook_sync s
-          WHERE s.version > s.synced_version AND NOT s.failed) AS queue;
+CREATE OR REPLACE FUNCTION contactlog.followupd_next_due(settle_ms integer)
+RETURNS double precision LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN count(*) = 0 THEN NULL
+                ELSE greatest(0, extract(epoch FROM min(coalesce(d.due_at, now())) - now()))
+           END
+    FROM contactlog.followupd_due(settle_ms) d;
 $$;
 
-CREATE OR REPLACE FUNCTION contactlog.followupd_forget_item(log_id bigint, item_kind text)
-RETURNS void LANGUAGE sql AS $$
-    DELETE FROM contactlog.outlook_item WHERE contact_log_id = log_id AND kind = item_kind;
+-- The fence every write goes through: locks the queue rows of log_ids (only the
+-- daemon's own short statements ever hold them) and returns, per position, whether
+-- tokens[n] is the log's current claim. For a stale token it records the redo.
+CREATE OR REPLACE FUNCTION contactlog.followupd_fence(log_ids bigint[], tokens bigint[],
+                                                      settle_ms integer)
+RETURNS boolean[] LANGUAGE plpgsql AS $$
+DECLARE
+    accepted boolean[];
+BEGIN
+    WITH locked AS (
+        SELECT q.contact_log_id, q.claim_token
+        FROM contactlog.outlook_queue q
+        WHERE q.contact_log_id = ANY (log_ids)
+        FOR UPDATE
+    )
+    SELECT array_agg(coalesce(l.claim_token = u.token, false) ORDER BY u.n) INTO accepted
+    FROM unnest(log_ids, tokens) WITH ORDINALITY AS u(log_id, token, n)
+    LEFT JOIN locked l ON l.contact_log_id = u.log_id;
+
+    IF false = ANY (accepted) THEN   -- rare: a job that lost its claim
+        UPDATE contactlog.outlook_queue q
+        SET redo = q.redo + 1,
+            not_before = greatest(q.not_before,
+                                  now() + make_interval(secs => settle_ms / 1000.0))
+        FROM unnest(log_ids, accepted) AS u(log_id, ok)
+        WHERE q.contact_log_id = u.log_id AND NOT u.ok;
+    END IF;
+    RETURN coalesce(accepted, '{}');
+END
 $$;
 
--- The writes every log makes, for many logs in one round trip each: the daemon
--- collects what its jobs want to record during one turn of its loop and sends
--- arrays. followupd_begin_creates records that a create is about to be sent (if
--- its answer is lost, the next pass looks the item up instead of creating a second
--- one); followupd_finish_many marks a log as matching Outlook as of the version
--- claimed (a change committed meanwhile has a higher version, so the log stays
--- dirty and is simply picked up again).
-DROP FUNCTION IF EXISTS contactlog.followupd_begin_create(bigint, text, text);
-DROP FUNCTION IF EXISTS contactlog.followupd_record_item(bigint, text, text, text, text, text);
-DROP FUNCTION IF EXISTS contactlog.followupd_finish(bigint, bigint);
-CREATE OR REPLACE FUNCTION contactlog.followupd_begin_creates(log_ids bigint[],
+-- A create is about to be sent: record an item row without id, so a lost answer
+-- leads to a lookup, never to a second create. Returns, per position, whether
+-- the claim still holds (send only then) and the create's Graph transactionId
+-- (kept across retries of one create, new for a create made afresh).
+CREATE OR REPLACE FUNCTION contactlog.followupd_begin_creates(log_ids bigint[], tokens bigint[],
                                                               item_kinds text[],
-                                                              target_mailboxes text[])
-RETURNS void LANGUAGE sql AS $$
-    INSERT INTO contactlog.outlook_item AS i (contact_log_id, kind, mailbox, create_started_at)
-    SELECT DISTINCT ON (u.log_id, u.kind) u.log_id, u.kind, u.mailbox, now()
-    FROM unnest(log_ids, item_kinds, target_mailboxes) AS u(log_id, kind, mailbox)
+                                                              target_mailboxes text[],
+                                                              settle_ms integer)
+RETURNS TABLE (accepted boolean, transaction_id text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    ok boolean[] := contactlog.followupd_fence(log_ids, tokens, settle_ms);
+BEGIN
+    INSERT INTO contactlog.outlook_item AS i
+           (contact_log_id, kind, mailbox, create_started_at, transaction_id)
+    SELECT DISTINCT ON (u.log_id, u.kind) u.log_id, u.kind, u.mailbox, now(),
+           format('followupd-%s-%s-%s', u.log_id, u.kind, u.token)
+    FROM unnest(log_ids, tokens, item_kinds, target_mailboxes) WITH ORDINALITY
+         AS u(log_id, token, kind, mailbox, n)
+    WHERE ok[u.n]
     ON CONFLICT (contact_log_id, kind) DO UPDATE
-        SET mailbox = excluded.mailbox, create_started_at = now(), updated_at = now()
+        SET mailbox = excluded.mailbox, create_started_at = now(), updated_at = now(),
+            transaction_id = coalesce(i.transaction_id, excluded.transaction_id)
         WHERE i.item_id IS NULL;
+
+    RETURN QUERY
+    SELECT ok[u.n], CASE WHEN ok[u.n] THEN i.transaction_id END
+    FROM unnest(log_ids, item_kinds) WITH ORDINALITY AS u(log_id, kind, n)
+    LEFT JOIN contactlog.outlook_item i ON i.contact_log_id = u.log_id AND i.kind = u.kind
+    ORDER BY u.n;
+END
 $$;
 
-CREATE OR REPLACE FUNCTION contactlog.followupd_record_items(log_ids bigint[],
+-- What Outlook holds now for a log and kind (after a create, update or adopted
+-- lookup). A NULL content hash means "content unknown": the next pass updates.
+CREATE OR REPLACE FUNCTION contactlog.followupd_record_items(log_ids bigint[], tokens bigint[],
                                                              item_kinds text[],
                                                              target_mailboxes text[],
                                                              new_item_ids text[],
                                                              new_change_keys text[],
-                                                             new_content_hashes text[])
-RETURNS void LANGUAGE sql AS $$
+                                                             new_content_hashes text[],
+                                                             settle_ms integer)
+RETURNS SETOF boolean LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean[] := contactlog.followupd_fence(log_ids, tokens, settle_ms);
+BEGIN
     INSERT INTO contactlog.outlook_item AS i
            (contact_log_id, kind, mailbox, item_id, change_key, content_hash)
     SELECT DISTINCT ON (u.log_id, u.kind) u.log_id, u.kind, u.mailbox, u.item_id,
@@ -466,84 +732,231 @@ RETURNS void LANGUAGE sql AS $$
     FROM unnest(log_ids, item_kinds, target_mailboxes, new_item_ids, new_change_keys,
                 new_content_hashes) WITH ORDINALITY
          AS u(log_id, kind, mailbox, item_id, change_key, content_hash, n)
+    WHERE ok[u.n]
     ORDER BY u.log_id, u.kind, u.n DESC
     ON CONFLICT (contact_log_id, kind) DO UPDATE
         SET mailbox = excluded.mailbox, item_id = excluded.item_id,
             change_key = excluded.change_key, content_hash = excluded.content_hash,
             updated_at = now();
+    RETURN QUERY SELECT unnest(ok);
+END
 $$;
 
-CREATE OR REPLACE FUNCTION contactlog.followupd_finish_many(log_ids bigint[],
-                                                            claimed_versions bigint[])
-RETURNS void LANGUAGE sql AS $$
-    UPDATE contactlog.outlook_sync s
-    SET synced_version = greatest(s.synced_version, u.version),
-        attempts = 0, last_error = NULL, delivered_at = now(),
-        claimed_until = NULL, claimed_by = NULL, claimed_by_pid = NULL
-    FROM unnest(log_ids, claimed_versions) AS u(log_id, version)
-    WHERE s.contact_log_id = u.log_id;
+-- The item is gone from Outlook (deleted by us, or not found by a lookup).
+CREATE OR REPLACE FUNCTION contactlog.followupd_forget_items(log_ids bigint[], tokens bigint[],
+                                                             item_kinds text[],
+                                                             settle_ms integer)
+RETURNS SETOF boolean LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean[] := contactlog.followupd_fence(log_ids, tokens, settle_ms);
+BEGIN
+    DELETE FROM contactlog.outlook_item i
+    USING unnest(log_ids, item_kinds) WITH ORDINALITY AS u(log_id, kind, n)
+    WHERE ok[u.n] AND i.contact_log_id = u.log_id AND i.kind = u.kind;
+    RETURN QUERY SELECT unnest(ok);
+END
+$$;
+
+-- A pass is over: Outlook matches the log as of the version (and redo) claimed.
+-- A change committed meanwhile has a higher version, so the log stays dirty and
+-- is simply picked up again. Synced outbox rows go (never waiting for a CRM
+-- transaction: a locked one is left for a later pass), so the outbox holds the
+-- backlog, not the history.
+CREATE OR REPLACE FUNCTION contactlog.followupd_finish(log_ids bigint[], tokens bigint[],
+                                                       claimed_versions bigint[],
+                                                       claimed_redos integer[],
+                                                       settle_ms integer)
+RETURNS SETOF boolean LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean[] := contactlog.followupd_fence(log_ids, tokens, settle_ms);
+BEGIN
+    UPDATE contactlog.outlook_queue q
+    SET synced_version = greatest(q.synced_version, u.version),
+        synced_redo = greatest(q.synced_redo, u.redo),
+        attempts = 0, last_error = NULL, last_error_at = NULL, delivered_at = now(),
+        claimed_until = NULL, claimed_by = NULL
+    FROM unnest(log_ids, claimed_versions, claimed_redos) WITH ORDINALITY
+         AS u(log_id, version, redo, n)
+    WHERE ok[u.n] AND q.contact_log_id = u.log_id;
+
     DELETE FROM contactlog.outlook_sync s
-    USING unnest(log_ids) AS u(log_id)
-    WHERE s.contact_log_id = u.log_id
-      AND s.version <= s.synced_version
-      AND NOT EXISTS (SELECT 1 FROM contactlog.contact_log l WHERE l.id = u.log_id)
-      AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_item i WHERE i.contact_log_id = u.log_id);
+    WHERE s.contact_log_id IN (
+        SELECT s2.contact_log_id
+        FROM contactlog.outlook_sync s2
+        JOIN contactlog.outlook_queue q ON q.contact_log_id = s2.contact_log_id
+        WHERE s2.contact_log_id = ANY (log_ids) AND s2.version <= q.synced_version
+        FOR UPDATE OF s2 SKIP LOCKED);
+
+    -- A deleted log whose items are gone leaves nothing behind.
+    IF EXISTS (SELECT 1 FROM unnest(log_ids) AS u(log_id)
+               WHERE NOT EXISTS (SELECT 1 FROM contactlog.contact_log l WHERE l.id = u.log_id)) THEN
+        DELETE FROM contactlog.outlook_queue q
+        WHERE q.contact_log_id = ANY (log_ids)
+          AND q.claimed_until IS NULL AND q.redo <= q.synced_redo
+          AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_sync s
+                          WHERE s.contact_log_id = q.contact_log_id)
+          AND NOT EXISTS (SELECT 1 FROM contactlog.contact_log l WHERE l.id = q.contact_log_id)
+          AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_item i
+                          WHERE i.contact_log_id = q.contact_log_id);
+    END IF;
+    RETURN QUERY SELECT unnest(ok);
+END
 $$;
 
--- Try again after delay_ms; park the log as failed when attempts run out or the
--- error is permanent. Returns true when parked.
-CREATE OR REPLACE FUNCTION contactlog.followupd_retry_later(log_id bigint, delay_ms bigint,
-                                                            error text, max_attempts integer,
-                                                            permanent boolean)
-RETURNS boolean LANGUAGE sql AS $$
-    UPDATE contactlog.outlook_sync
-    SET attempts = attempts + 1,
-        last_error = error,
-        failed = permanent OR attempts + 1 >= max_attempts,
-        next_attempt_at = now() + make_interval(secs => delay_ms / 1000.0),
-        claimed_until = NULL, claimed_by = NULL, claimed_by_pid = NULL
-    WHERE contact_log_id = log_id
-    RETURNING failed;
+-- Not yet: try again after delay_ms; park the log (at the version claimed) when
+-- its attempts run out or the error is permanent. Returns (accepted, parked).
+CREATE OR REPLACE FUNCTION contactlog.followupd_retry_later(log_ids bigint[], tokens bigint[],
+                                                            claimed_versions bigint[],
+                                                            claimed_redos integer[],
+                                                            delays_ms bigint[], errors text[],
+                                                            permanents boolean[],
+                                                            max_attempts integer,
+                                                            settle_ms integer)
+RETURNS TABLE (accepted boolean, parked boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    ok boolean[] := contactlog.followupd_fence(log_ids, tokens, settle_ms);
+BEGIN
+    RETURN QUERY
+    WITH input AS (
+        SELECT u.*, q.attempts + 1 AS tries,
+               u.permanent OR q.attempts + 1 >= max_attempts AS park
+        FROM unnest(log_ids, claimed_versions, claimed_redos, delays_ms, errors, permanents)
+             WITH ORDINALITY AS u(log_id, version, redo, delay_ms, error, permanent, n)
+        JOIN contactlog.outlook_queue q ON q.contact_log_id = u.log_id
+        WHERE ok[u.n]
+    ), done AS (
+        UPDATE contactlog.outlook_queue q
+        SET attempts = i.tries, last_error = i.error, last_error_at = now(),
+            failed_version = CASE WHEN i.park THEN i.version END,
+            synced_redo = CASE WHEN i.park THEN greatest(q.synced_redo, i.redo)
+                               ELSE q.synced_redo END,
+            next_attempt_at = CASE WHEN i.park THEN now()
+                                   ELSE now() + make_interval(secs => i.delay_ms / 1000.0) END,
+            claimed_until = NULL, claimed_by = NULL
+        FROM input i
+        WHERE q.contact_log_id = i.log_id
+        RETURNING q.contact_log_id, i.park
+    )
+    SELECT ok[u.n], coalesce(d.park, false)
+    FROM unnest(log_ids) WITH ORDINALITY AS u(log_id, n)
+    LEFT JOIN done d ON d.contact_log_id = u.log_id AND ok[u.n]
+    ORDER BY u.n;
+END
 $$;
 
--- Gives back claims without touching attempts (the daemon is stopping).
-CREATE OR REPLACE FUNCTION contactlog.followupd_release(log_id bigint) RETURNS void
-LANGUAGE sql AS $$
-    UPDATE contactlog.outlook_sync
-    SET claimed_until = NULL, claimed_by = NULL, claimed_by_pid = NULL
-    WHERE contact_log_id = log_id AND claimed_by_pid = pg_backend_pid();
+-- Gives a claim back without counting an attempt, not to be worked on before
+-- delay_ms: its mailbox (or the whole server) asked us to wait (the reason is kept
+-- as the last error), the daemon is stopping (delay 0), or the log is already being
+-- worked on here.
+DROP FUNCTION IF EXISTS contactlog.followupd_release(bigint[], bigint[], bigint[], integer);
+CREATE OR REPLACE FUNCTION contactlog.followupd_release(log_ids bigint[], tokens bigint[],
+                                                        delays_ms bigint[], errors text[],
+                                                        settle_ms integer)
+RETURNS SETOF boolean LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean[] := contactlog.followupd_fence(log_ids, tokens, settle_ms);
+BEGIN
+    UPDATE contactlog.outlook_queue q
+    SET next_attempt_at = greatest(q.next_attempt_at,
+                                   now() + make_interval(secs => u.delay_ms / 1000.0)),
+        last_error = coalesce(u.error, q.last_error),
+        last_error_at = CASE WHEN u.error IS NULL THEN q.last_error_at ELSE now() END,
+        claimed_until = NULL, claimed_by = NULL
+    FROM unnest(log_ids, delays_ms, errors) WITH ORDINALITY AS u(log_id, delay_ms, error, n)
+    WHERE ok[u.n] AND q.contact_log_id = u.log_id;
+    RETURN QUERY SELECT unnest(ok);
+END
 $$;
 
--- Puts a claimed log back without counting an attempt: its mailbox (or the whole
--- server) asked us to wait, and this log never got as far as asking.
-CREATE OR REPLACE FUNCTION contactlog.followupd_defer(log_id bigint, delay_ms bigint)
-RETURNS void LANGUAGE sql AS $$
-    UPDATE contactlog.outlook_sync
-    SET next_attempt_at = greatest(next_attempt_at,
-                                   now() + make_interval(secs => delay_ms / 1000.0)),
-        claimed_until = NULL, claimed_by = NULL, claimed_by_pid = NULL
-    WHERE contact_log_id = log_id;
+-- The heartbeat: renews the leases of the jobs alive in the daemon, in one
+-- statement. Returns, per position, whether the claim is still this job's (a lost
+-- one is fenced like any stale write).
+CREATE OR REPLACE FUNCTION contactlog.followupd_renew(log_ids bigint[], tokens bigint[],
+                                                      lease_seconds integer,
+                                                      settle_ms integer)
+RETURNS SETOF boolean LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean[] := contactlog.followupd_fence(log_ids, tokens, settle_ms);
+BEGIN
+    UPDATE contactlog.outlook_queue q
+    SET claimed_until = now() + make_interval(secs => lease_seconds)
+    FROM unnest(log_ids) WITH ORDINALITY AS u(log_id, n)
+    WHERE ok[u.n] AND q.contact_log_id = u.log_id;
+    RETURN QUERY SELECT unnest(ok);
+END
 $$;
 
--- followupctl retry: parked logs (all, or one) go back into the queue.
-CREATE OR REPLACE FUNCTION contactlog.followupd_requeue_failed(log_id bigint DEFAULT NULL)
+-- Workers that hold claims, for a daemon starting on the same host to find the
+-- claims of an earlier process that is gone.
+CREATE OR REPLACE FUNCTION contactlog.followupd_claimants(worker_prefix text)
+RETURNS SETOF text LANGUAGE sql STABLE AS $$
+    SELECT DISTINCT q.claimed_by FROM contactlog.outlook_queue q
+    WHERE q.claimed_until IS NOT NULL
+      AND left(q.claimed_by, length(worker_prefix)) = worker_prefix;
+$$;
+
+-- The claims of a process that is gone lapse now (and become claimable after the
+-- settle time, when nothing it sent can land any more).
+CREATE OR REPLACE FUNCTION contactlog.followupd_take_over(workers text[])
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
 BEGIN
-    UPDATE contactlog.outlook_sync
-    SET failed = false, attempts = 0, next_attempt_at = now(),
-        version = greatest(version, synced_version + 1)
-    WHERE failed AND (log_id IS NULL OR contact_log_id = log_id);
+    UPDATE contactlog.outlook_queue q
+    SET claimed_until = least(q.claimed_until, now())
+    WHERE q.claimed_until IS NOT NULL AND q.claimed_by = ANY (workers);
     GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        PERFORM pg_notify('followupd', coalesce(log_id::text, ''));
-    END IF;
     RETURN n;
 END
 $$;
 
--- followupctl resync: make Outlook match the log again, even if we believe it does.
+-- A new version of a log in the outbox (for followupctl: retry, resync). Waits
+-- for a CRM transaction that holds the row, as the CRM's own edits do.
+CREATE OR REPLACE FUNCTION contactlog.followupd_bump(log_id bigint, resync boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v bigint := nextval('contactlog.outlook_version_seq');
+BEGIN
+    INSERT INTO contactlog.outlook_sync AS s (contact_log_id, version, resync_version)
+    VALUES (log_id, v, CASE WHEN resync THEN v END)
+    ON CONFLICT (contact_log_id) DO UPDATE
+        SET version = nextval('contactlog.outlook_version_seq'),
+            resync_version = CASE WHEN resync THEN currval('contactlog.outlook_version_seq')
+                                  ELSE s.resync_version END,
+            changed_at = now();
+    PERFORM pg_notify('followupd', log_id::text);
+END
+$$;
+
+-- followupctl retry: parked logs (all, or one) go back into the queue: a newer
+-- version is not parked, and its first claim starts its attempts afresh.
+CREATE OR REPLACE FUNCTION contactlog.followupd_requeue_failed(log_id bigint DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    parked bigint;
+    n integer := 0;
+BEGIN
+    FOR parked IN
+        SELECT q.contact_log_id FROM contactlog.outlook_queue q
+        LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id
+        WHERE q.failed_version IS NOT NULL
+          AND q.failed_version >= coalesce(s.version, q.failed_version)
+          AND (followupd_requeue_failed.log_id IS NULL
+               OR q.contact_log_id = followupd_requeue_failed.log_id)
+        ORDER BY q.contact_log_id
+    LOOP
+        PERFORM contactlog.followupd_bump(parked, false);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- followupctl resync: make Outlook match the log again, even if we believe it
+-- does. The resync is a version of its own: a pass running now finishes an older
+-- version, so the forced pass still comes after it.
 CREATE OR REPLACE FUNCTION contactlog.followupd_resync(log_id bigint) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -551,88 +964,219 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_item WHERE contact_log_id = log_id) THEN
         RETURN false;
     END IF;
-    -- Forgetting the hash forces an update of every item that exists.
-    UPDATE contactlog.outlook_item SET content_hash = NULL WHERE contact_log_id = log_id;
-    INSERT INTO contactlog.outlook_sync AS s (contact_log_id, version, synced_version)
-    VALUES (log_id, 1, 0)
-    ON CONFLICT (contact_log_id) DO UPDATE
-        SET version = greatest(s.version, s.synced_version) + 1, failed = false,
-            attempts = 0, next_attempt_at = now(), changed_at = now();
-    PERFORM pg_notify('followupd', log_id::text);
+    PERFORM contactlog.followupd_bump(log_id, true);
     RETURN true;
 END
 $$;
 
--- Queue figures for followupctl status and sd_notify STATUS=.
-CREATE OR REPLACE VIEW contactlog.followupd_status AS
-SELECT count(*) FILTER (WHERE version > synced_version AND NOT failed)          AS pending,
-       count(*) FILTER (WHERE version > synced_version AND NOT failed
-                        AND claimed_until > now())                              AS in_flight,
-       count(*) FILTER (WHERE failed)                                           AS failed,
-       (SELECT count(*) FROM contactlog.outlook_item WHERE item_id IS NOT NULL) AS delivered,
-       extract(epoch FROM now() - min(changed_at)
-               FILTER (WHERE version > synced_version AND NOT failed))::bigint  AS oldest_pending_seconds,
-       (SELECT last_error FROM contactlog.outlook_sync
-        WHERE last_error IS NOT NULL ORDER BY changed_at DESC LIMIT 1)          AS last_error
-FROM contactlog.outlook_sync;
+-- followupctl flush: logs waiting out a retry back-off (all, or one) are due now
+-- (postfix's postqueue -f). Parked logs are not touched (that is retry), nor
+-- claimed ones; a hold the server asked for (BackOffMilliseconds, Retry-After) is
+-- kept in the daemon's memory and still honoured. Returns how many logs.
+CREATE OR REPLACE FUNCTION contactlog.followupd_flush(log_id bigint DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE contactlog.outlook_queue q
+    SET next_attempt_at = now()
+    WHERE q.next_attempt_at > now()
+      AND q.claimed_until IS NULL
+      AND (followupd_flush.log_id IS NULL OR q.contact_log_id = followupd_flush.log_id)
+      AND (q.redo > q.synced_redo
+           OR EXISTS (SELECT 1 FROM contactlog.outlook_sync s
+                      WHERE s.contact_log_id = q.contact_log_id
+                        AND s.version > q.synced_version))
+      -- not parked (as in followupd_log_state: a newer version is not parked)
+      AND (q.failed_version IS NULL
+           OR q.failed_version < coalesce((SELECT s.version FROM contactlog.outlook_sync s
+                                           WHERE s.contact_log_id = q.contact_log_id),
+                                          q.failed_version));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM pg_notify('followupd', coalesce(log_id::text, 'flush'));
+    END IF;
+    RETURN n;
+END
+$$;
 
--- ---- Ownership and the read side (issue 5) ----------------------------------
+-- Each log's place in the queue, for followupctl, monitoring and tests.
+CREATE OR REPLACE VIEW contactlog.followupd_log_state AS
+SELECT coalesce(q.contact_log_id, s.contact_log_id) AS contact_log_id,
+       coalesce(s.version, q.synced_version) AS version,
+       coalesce(q.synced_version, 0) AS synced_version,
+       coalesce(q.failed_version IS NOT NULL
+                AND q.failed_version >= coalesce(s.version, q.failed_version), false) AS failed,
+       (coalesce(s.version, 0) > coalesce(q.synced_version, 0)
+        OR coalesce(q.redo > q.synced_redo, false)) AS dirty,
+       coalesce(q.attempts, 0) AS attempts,
+       q.last_error, q.last_error_at, q.next_attempt_at, q.not_before,
+       q.claimed_by, q.claimed_until, q.delivered_at, s.changed_at
+FROM contactlog.outlook_queue q
+FULL JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id;
+
+-- The queue's depth for sd_notify STATUS= (every few seconds): read from the
+-- outbox, which holds the backlog only, and from partial indexes of the daemon's
+-- table; its cost follows the backlog, never the history.
+CREATE OR REPLACE VIEW contactlog.followupd_queue_depth AS
+SELECT (SELECT count(*)
+        FROM contactlog.outlook_sync s
+        LEFT JOIN contactlog.outlook_queue q ON q.contact_log_id = s.contact_log_id
+        WHERE q.contact_log_id IS NULL
+           OR (s.version > q.synced_version
+               AND (q.failed_version IS NULL OR q.failed_version < s.version)))
+     + (SELECT count(*)
+        FROM contactlog.outlook_queue q
+        WHERE q.redo > q.synced_redo
+          AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_sync s
+                          WHERE s.contact_log_id = q.contact_log_id
+                            AND s.version > q.synced_version))                AS pending,
+       (SELECT count(*)
+        FROM contactlog.outlook_queue q
+        LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id
+        WHERE q.failed_version IS NOT NULL
+          AND q.failed_version >= coalesce(s.version, q.failed_version))       AS failed;
+
+-- Queue figures for followupctl status.
+CREATE OR REPLACE VIEW contactlog.followupd_status AS
+SELECT d.pending,
+       (SELECT count(*) FROM contactlog.outlook_queue
+        WHERE claimed_until > now())                                            AS in_flight,
+       d.failed,
+       (SELECT count(*) FROM contactlog.outlook_item WHERE item_id IS NOT NULL) AS delivered,
+       (SELECT extract(epoch FROM now() - min(s.changed_at))::bigint
+        FROM contactlog.outlook_sync s
+        LEFT JOIN contactlog.outlook_queue q ON q.contact_log_id = s.contact_log_id
+        WHERE q.contact_log_id IS NULL
+           OR (s.version > q.synced_version
+               AND (q.failed_version IS NULL OR q.failed_version < s.version))) AS oldest_pending_seconds,
+       (SELECT last_error FROM contactlog.outlook_queue
+        WHERE last_error IS NOT NULL ORDER BY last_error_at DESC NULLS LAST LIMIT 1) AS last_error
+FROM contactlog.followupd_queue_depth d;
+
+-- followupctl failed: the parked logs (postfix's mailq), each with the mailbox
+-- its items are (or would be) in and why it was parked.
+CREATE OR REPLACE VIEW contactlog.followupd_failed AS
+SELECT st.contact_log_id,
+       coalesce((SELECT min(i.mailbox) FROM contactlog.outlook_item i
+                 WHERE i.contact_log_id = st.contact_log_id), e.email) AS mailbox,
+       st.attempts,
+       st.last_error AS reason,
+       st.last_error_at AS failed_at
+FROM contactlog.followupd_log_state st
+LEFT JOIN contactlog.contact_log l ON l.id = st.contact_log_id
+LEFT JOIN contactlog.employee e ON e.id = l.created_by
+WHERE st.failed;
+
+-- followupctl mailboxes: per mailbox (the creator's email, or where a log's items
+-- are), which staff members' Outlook is not being served and why. A throttling
+-- hold is in the daemon's memory only, so it is not here.
+CREATE OR REPLACE VIEW contactlog.followupd_mailboxes AS
+WITH logs AS (
+    SELECT coalesce((SELECT min(i.mailbox) FROM contactlog.outlook_item i
+                     WHERE i.contact_log_id = st.contact_log_id), e.email) AS mailbox,
+           st.dirty, st.failed, st.delivered_at, st.last_error, st.last_error_at
+    FROM contactlog.followupd_log_state st
+    LEFT JOIN contactlog.contact_log l ON l.id = st.contact_log_id
+    LEFT JOIN contactlog.employee e ON e.id = l.created_by
+), per_log AS (
+    SELECT mailbox,
+           count(*) FILTER (WHERE dirty AND NOT failed) AS pending,
+           count(*) FILTER (WHERE failed) AS failed,
+           max(delivered_at) AS last_success,
+           (array_agg(last_error ORDER BY last_error_at DESC NULLS LAST)
+                FILTER (WHERE last_error IS NOT NULL))[1] AS last_error,
+           max(last_error_at) FILTER (WHERE last_error IS NOT NULL) AS last_error_at
+    FROM logs
+    WHERE mailbox IS NOT NULL
+    GROUP BY mailbox
+), items AS (
+    SELECT mailbox, count(*) AS items_held
+    FROM contactlog.outlook_item
+    WHERE item_id IS NOT NULL
+    GROUP BY mailbox
+)
+SELECT coalesce(p.mailbox, i.mailbox) AS mailbox,
+       coalesce(i.items_held, 0) AS items_held,
+       coalesce(p.pending, 0) AS pending,
+       coalesce(p.failed, 0) AS failed,
+       p.last_success, p.last_error, p.last_error_at
+FROM per_log p
+FULL JOIN items i ON i.mailbox = p.mailbox;
+
+-- ---- Ownership and the read side (issues 5 and 14) ---------------------------
 --
--- Who may change a log (SPEC §2 "Ownership"). The acting employee is
--- current_setting('contactlog.actor'), set per transaction with
--- SET LOCAL contactlog.actor = '<employee id>'. Empty or unset means maintenance
--- or followupd itself: no ownership check.
+-- Who may change a log (SPEC §2 "Ownership"). Who is acting is decided here, from
+-- the session, never taken on trust from a caller who could name someone else:
+--
+--  * a login that is a member of contactlog_staff acts as the active employee
+--    whose login equals session_user; naming anyone else (actor_id, or
+--    contactlog.actor) is refused (42501);
+--  * a login that is a member of contactlog_app (a trusted front end) names the
+--    employee per transaction: SET LOCAL contactlog.actor = '<id>' or actor_id;
+--    naming nobody is refused (42501) for any change;
+--  * any other session (schema owner, superuser, or a role an operator granted
+--    table privileges to directly) is maintenance: a named actor is checked,
+--    none means no ownership check.
+--
+-- session_user, not current_user: inside these SECURITY DEFINER functions
+-- current_user is their owner, while session_user stays the login (SET ROLE does
+-- not change it; SET SESSION AUTHORIZATION needs a superuser).
 --
 --  * contactlog.take / surrender / assign / complete check the rules themselves,
---    on the log row locked FOR UPDATE, and then change it "as maintenance": each
---    has the clause SET contactlog.actor = '', which empties the setting while the
---    function runs and restores the caller's value when it returns or fails. So
---    they work whether or not the caller set an actor, and the setting cannot leak.
---  * Every other UPDATE or DELETE of a log with an actor set goes through the
---    trigger contact_log_ownership: only the owner of an in-progress log may
---    change or delete it; a completed log only an administrator. Refusals are
---    SQLSTATE 42501 and name the owner; a refused statement changes nothing.
+--    on the log row locked FOR UPDATE, and change it with their owner's
+--    privileges. Staff and app roles cannot change status, owner_id or
+--    created_by in any other way (column privileges, "Roles and privileges").
+--  * Every other INSERT, UPDATE or DELETE of a log goes through the trigger
+--    contact_log_ownership: only the owner of an in-progress log may change or
+--    delete it, a completed log only an administrator; staff create logs only as
+--    themselves. Refusals are SQLSTATE 42501 and name the owner; a refused
+--    statement changes nothing. The trigger's WHEN clause skips statements run
+--    with maintenance privileges (current_user, evaluated where the statement
+--    runs): the four functions' own UPDATEs and the schema owner's maintenance.
 --
--- These rules keep well-behaved front ends from overwriting each other's work; a
--- session that may run arbitrary SQL can also clear contactlog.actor. Keeping
--- people out for real takes roles (revoke UPDATE, grant EXECUTE on the functions).
+-- Every function here is SECURITY DEFINER with search_path fixed to pg_catalog,
+-- contactlog, pg_temp (pg_temp last: a caller's temporary objects never shadow
+-- ours or the built-ins), and EXECUTE only for the roles that need it.
+
+-- True when role_name has the privileges of the owner of contactlog.contact_log
+-- (or is a superuser): its statements are maintenance, not checked by
+-- contact_log_ownership. An SQL-standard body: bound when created, so no
+-- caller's search_path changes what it calls. Executable by everyone (the
+-- trigger's WHEN clause runs with the writer's privileges).
+CREATE OR REPLACE FUNCTION contactlog.is_maintenance_role(role_name name) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN (SELECT r.rolsuper OR pg_catalog.pg_has_role(role_name, c.relowner, 'USAGE')
+        FROM pg_catalog.pg_roles r, pg_catalog.pg_class c
+        WHERE r.rolname = role_name AND c.oid = 'contactlog.contact_log'::pg_catalog.regclass);
+
+-- How this session acts: 'staff', 'app', 'maintenance' (superuser or the owner's
+-- privileges) or 'other' (a role outside the model; treated like maintenance).
+-- A superuser counts as a member of every role, so it is asked first.
+CREATE OR REPLACE FUNCTION contactlog.session_kind() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
+    SELECT CASE
+               WHEN r.rolsuper THEN 'maintenance'
+               WHEN pg_has_role(session_user, 'contactlog_staff', 'MEMBER') THEN 'staff'
+               WHEN pg_has_role(session_user, 'contactlog_app', 'MEMBER') THEN 'app'
+               WHEN contactlog.is_maintenance_role(session_user) THEN 'maintenance'
+               ELSE 'other'
+           END
+    FROM pg_roles r
+    WHERE r.rolname = session_user;
+$$;
 
 -- "Alice Archer (alice)", for messages.
 CREATE OR REPLACE FUNCTION contactlog.employee_label(employee_id bigint) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
     SELECT coalesce((SELECT format('%s (%s)', e.display_name, e.login)
                      FROM contactlog.employee e WHERE e.id = employee_id),
                     format('employee %s', employee_id));
 $$;
 
--- The employee acting, who must exist and be active.
-CREATE OR REPLACE FUNCTION contactlog.acting_employee(actor_id bigint)
-RETURNS contactlog.employee
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    actor contactlog.employee;
-BEGIN
-    IF actor_id IS NULL THEN
-        RAISE EXCEPTION 'the acting employee (actor_id) must not be NULL'
-            USING ERRCODE = '22023';
-    END IF;
-    SELECT * INTO actor FROM contactlog.employee e WHERE e.id = actor_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'acting employee % does not exist', actor_id
-            USING ERRCODE = 'P0002';
-    END IF;
-    IF NOT actor.active THEN
-        RAISE EXCEPTION 'employee % is inactive and may not change contact logs',
-                        contactlog.employee_label(actor.id)
-            USING ERRCODE = '42501';
-    END IF;
-    RETURN actor;
-END
-$$;
-
 -- contactlog.actor as an employee id; NULL when unset or empty.
-CREATE OR REPLACE FUNCTION contactlog.current_actor() RETURNS bigint
-LANGUAGE plpgsql STABLE AS $$
+CREATE OR REPLACE FUNCTION contactlog.actor_setting() RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 DECLARE
     raw constant text := nullif(btrim(current_setting('contactlog.actor', true)), '');
 BEGIN
@@ -648,12 +1192,90 @@ BEGIN
 END
 $$;
 
+-- The acting employee's id for this session (the table above), given the
+-- actor_id a caller passed (NULL: none). NULL only for maintenance naming nobody.
+-- Front ends may call it: "who am I acting as".
+DROP FUNCTION IF EXISTS contactlog.current_actor();
+CREATE OR REPLACE FUNCTION contactlog.current_actor(actor_id bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
+DECLARE
+    kind    constant text := contactlog.session_kind();
+    setting constant bigint := contactlog.actor_setting();
+    me      bigint;
+    named   bigint;
+BEGIN
+    IF kind = 'staff' THEN
+        SELECT e.id INTO me FROM contactlog.employee e WHERE e.login = session_user;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'login % is not an employee and may not change contact logs',
+                            quote_ident(session_user)
+                USING ERRCODE = '42501',
+                      HINT = 'A member of contactlog_staff acts as the employee whose login '
+                             'equals its database login.';
+        END IF;
+        named := CASE WHEN actor_id <> me THEN actor_id WHEN setting <> me THEN setting END;
+        IF named IS NOT NULL THEN
+            RAISE EXCEPTION 'login % acts as % and may not act as %', quote_ident(session_user),
+                            contactlog.employee_label(me), contactlog.employee_label(named)
+                USING ERRCODE = '42501',
+                      DETAIL = 'A member of contactlog_staff always acts as itself.',
+                      HINT = 'Leave actor_id NULL and contactlog.actor unset.';
+        END IF;
+        RETURN me;
+    END IF;
+    IF kind = 'app' THEN
+        IF actor_id IS NOT NULL AND setting IS NOT NULL AND actor_id <> setting THEN
+            RAISE EXCEPTION 'actor_id % and contactlog.actor % name different employees',
+                            actor_id, setting
+                USING ERRCODE = '42501';
+        END IF;
+        IF coalesce(actor_id, setting) IS NULL THEN
+            RAISE EXCEPTION 'no acting employee named: login % may not change contact logs '
+                            'without one', quote_ident(session_user)
+                USING ERRCODE = '42501',
+                      DETAIL = 'A member of contactlog_app names the employee acting in each '
+                               'transaction.',
+                      HINT = 'SET LOCAL contactlog.actor = ''<employee id>'', or pass actor_id.';
+        END IF;
+    END IF;
+    RETURN coalesce(actor_id, setting);
+END
+$$;
+
+-- The employee acting (current_actor), who must exist and be active.
+CREATE OR REPLACE FUNCTION contactlog.acting_employee(actor_id bigint)
+RETURNS contactlog.employee
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
+DECLARE
+    resolved constant bigint := contactlog.current_actor(actor_id);
+    actor    contactlog.employee;
+BEGIN
+    IF resolved IS NULL THEN
+        RAISE EXCEPTION 'the acting employee (actor_id) must not be NULL'
+            USING ERRCODE = '22023',
+                  HINT = 'Pass actor_id or SET LOCAL contactlog.actor = ''<employee id>''.';
+    END IF;
+    SELECT * INTO actor FROM contactlog.employee e WHERE e.id = resolved;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'acting employee % does not exist', resolved
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF NOT actor.active THEN
+        RAISE EXCEPTION 'employee % is inactive and may not change contact logs',
+                        contactlog.employee_label(actor.id)
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN actor;
+END
+$$;
+
 -- Raises the refusal (42501) for actor doing action ("change", "take", ...) to
 -- target, naming who holds it.
 CREATE OR REPLACE FUNCTION contactlog.refuse(target contactlog.contact_log,
                                              actor contactlog.employee, action text)
 RETURNS void
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 BEGIN
     IF target.status = 'in_progress' THEN
         RAISE EXCEPTION 'contact log % is locked by %', target.id,
@@ -680,7 +1302,7 @@ $$;
 -- queue here; the second sees the first one's committed result and is refused or
 -- allowed by it (READ COMMITTED; above that it gets a serialization failure).
 CREATE OR REPLACE FUNCTION contactlog.lock_log(log_id bigint) RETURNS contactlog.contact_log
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 DECLARE
     target contactlog.contact_log;
 BEGIN
@@ -697,9 +1319,13 @@ $$;
 
 -- Anyone takes an open log; an administrator also a log locked by someone else
 -- (forced takeover). Taking one's own log again changes nothing.
-CREATE OR REPLACE FUNCTION contactlog.take(log_id bigint, actor_id bigint)
+--
+-- Until issue 14 the four functions carried SET contactlog.actor = '' (so the
+-- ownership trigger let their own UPDATE through); CREATE OR REPLACE drops that
+-- clause: the trigger now skips them by privilege (its WHEN clause).
+CREATE OR REPLACE FUNCTION contactlog.take(log_id bigint, actor_id bigint DEFAULT NULL)
 RETURNS contactlog.contact_log
-LANGUAGE plpgsql SET contactlog.actor = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 DECLARE
     actor  constant contactlog.employee := contactlog.acting_employee(actor_id);
     target contactlog.contact_log := contactlog.lock_log(log_id);
@@ -719,9 +1345,9 @@ END
 $$;
 
 -- The owner gives the log back: open, no owner.
-CREATE OR REPLACE FUNCTION contactlog.surrender(log_id bigint, actor_id bigint)
+CREATE OR REPLACE FUNCTION contactlog.surrender(log_id bigint, actor_id bigint DEFAULT NULL)
 RETURNS contactlog.contact_log
-LANGUAGE plpgsql SET contactlog.actor = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 DECLARE
     actor  constant contactlog.employee := contactlog.acting_employee(actor_id);
     target contactlog.contact_log := contactlog.lock_log(log_id);
@@ -738,10 +1364,10 @@ $$;
 
 -- The owner, anyone on an open log, or an administrator (on any log, a completed
 -- one included) hands the log to assignee_id: in progress, owned by and assigned
--- to the assignee, who must be active.
+-- to the assignee, who must be active. actor_id may be NULL (the session's actor).
 CREATE OR REPLACE FUNCTION contactlog.assign(log_id bigint, actor_id bigint, assignee_id bigint)
 RETURNS contactlog.contact_log
-LANGUAGE plpgsql SET contactlog.actor = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 DECLARE
     actor    constant contactlog.employee := contactlog.acting_employee(actor_id);
     assignee contactlog.employee;
@@ -774,9 +1400,9 @@ END
 $$;
 
 -- The owner finishes the log: completed, no owner.
-CREATE OR REPLACE FUNCTION contactlog.complete(log_id bigint, actor_id bigint)
+CREATE OR REPLACE FUNCTION contactlog.complete(log_id bigint, actor_id bigint DEFAULT NULL)
 RETURNS contactlog.contact_log
-LANGUAGE plpgsql SET contactlog.actor = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 DECLARE
     actor  constant contactlog.employee := contactlog.acting_employee(actor_id);
     target contactlog.contact_log := contactlog.lock_log(log_id);
@@ -791,34 +1417,57 @@ BEGIN
 END
 $$;
 
--- Owner-only edits. With contactlog.actor set, an UPDATE or a DELETE of a log is
--- refused (42501) unless the actor owns the log (in progress), or the log is
--- completed and the actor is an administrator. A DELETE is a change like any
--- other: a non-owner may not delete a log either. No actor, no check.
+-- Direct writes of logs by anyone but maintenance (the trigger's WHEN clause):
+--  * INSERT: a staff login creates logs only as itself (created_by, and owner_id
+--    when in progress); an app session must name an actor;
+--  * UPDATE, DELETE: only the owner of an in-progress log, or an administrator on
+--    a completed log; an open log nobody (take it first). A DELETE is a change
+--    like any other.
+-- Staff and app sessions always have an actor (or are refused by current_actor);
+-- a role outside the model (kind 'other') is checked only when it names one, as
+-- before issue 14.
 CREATE OR REPLACE FUNCTION contactlog.contact_log_check_owner() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 DECLARE
-    actor_id constant bigint := contactlog.current_actor();
-    actor    contactlog.employee;
+    kind  constant text := contactlog.session_kind();
+    actor contactlog.employee;
 BEGIN
-    IF actor_id IS NOT NULL THEN
-        actor := contactlog.acting_employee(actor_id);
-        IF NOT (CASE OLD.status
-                    WHEN 'in_progress' THEN OLD.owner_id = actor.id
-                    WHEN 'completed'   THEN actor.role = 'admin'
-                    ELSE false
-                END) THEN
-            PERFORM contactlog.refuse(OLD, actor, lower(TG_OP));
+    IF kind IN ('maintenance', 'other') AND contactlog.actor_setting() IS NULL THEN
+        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    END IF;
+    actor := contactlog.acting_employee(NULL);
+    IF TG_OP = 'INSERT' THEN
+        IF kind = 'staff' AND (NEW.created_by IS DISTINCT FROM actor.id
+                               OR NEW.owner_id IS DISTINCT FROM actor.id AND NEW.owner_id IS NOT NULL) THEN
+            RAISE EXCEPTION '% may not create a contact log as %', contactlog.employee_label(actor.id),
+                            contactlog.employee_label(CASE WHEN NEW.created_by IS DISTINCT FROM actor.id
+                                                           THEN NEW.created_by ELSE NEW.owner_id END)
+                USING ERRCODE = '42501',
+                      HINT = 'A member of contactlog_staff creates logs with created_by and '
+                             'owner_id set to itself (or owner_id left out).';
         END IF;
+        RETURN NEW;
+    END IF;
+    IF NOT (CASE OLD.status
+                WHEN 'in_progress' THEN OLD.owner_id = actor.id
+                WHEN 'completed'   THEN actor.role = 'admin'
+                ELSE false
+            END) THEN
+        PERFORM contactlog.refuse(OLD, actor, lower(TG_OP));
     END IF;
     RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 END
 $$;
 
+-- After contact_log_defaults (triggers fire in name order), so a new log's
+-- owner is already filled in. IS NOT TRUE: should the test ever yield NULL, the
+-- check runs (fails closed).
 DROP TRIGGER IF EXISTS contact_log_ownership ON contactlog.contact_log;
 CREATE TRIGGER contact_log_ownership
-    BEFORE UPDATE OR DELETE ON contactlog.contact_log
-    FOR EACH ROW EXECUTE FUNCTION contactlog.contact_log_check_owner();
+    BEFORE INSERT OR UPDATE OR DELETE ON contactlog.contact_log
+    FOR EACH ROW
+    WHEN (contactlog.is_maintenance_role(current_user) IS NOT TRUE)
+    EXECUTE FUNCTION contactlog.contact_log_check_owner();
 
 -- ---- Counting logs (contactlog.contact_log_tally, see migration 2) ----
 
@@ -830,7 +1479,7 @@ CREATE TRIGGER contact_log_ownership
 CREATE OR REPLACE FUNCTION contactlog.contact_log_tally_add(k_status text, k_owner_id bigint,
                                                             k_follow_up boolean, delta bigint)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 BEGIN
     IF delta = 0 THEN
         RETURN;
@@ -879,7 +1528,7 @@ $$;
 -- the statement's transition tables (a bulk load of a million logs is a few
 -- hundred keys). An UPDATE that changes no key (notes, reason...) writes nothing.
 CREATE OR REPLACE FUNCTION contactlog.contact_log_tally_track() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 DECLARE
     k record;
 BEGIN
@@ -912,7 +1561,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION contactlog.contact_log_tally_clear() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
 BEGIN
     DELETE FROM contactlog.contact_log_tally;
     RETURN NULL;
@@ -1089,7 +1738,7 @@ CREATE OR REPLACE FUNCTION contactlog.list_logs(status text DEFAULT NULL,
                                                 page integer DEFAULT 1,
                                                 page_size integer DEFAULT 10)
 RETURNS SETOF contactlog.log_list_row
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp
 SET jit = off   -- compiling a page query costs more than running it (up to 100+ ms)
 AS $fn$
 #variable_conflict use_column
@@ -1237,5 +1886,186 @@ BEGIN
     END LOOP;
 END
 $fn$;
+
+-- ---------------------------------------------------------------------------
+-- Roles and privileges (issue 14, SPEC §2 "Ownership"). Last, so it covers every
+-- function and view defined above, whoever added them.
+--
+--   contactlog_staff   people logging in with their own role: read logs and the
+--                      read side, insert logs as themselves, change them through
+--                      the rules (functions, owner-only UPDATE/DELETE)
+--   contactlog_app     a trusted front end that names the person per transaction:
+--                      the same privileges, any actor it names
+--   contactlog_admin   may change contactlog.attribute (followupctl attr)
+--   contactlog_daemon  followupd: its queue functions and the reads delivery
+--                      needs; no privilege on any table, so it cannot change a log
+--
+-- Only what the installer grants to these four roles and revokes from PUBLIC is
+-- touched here: privileges an operator granted to other roles stay as they are
+-- (a warning names those that let a role write followupd's bookkeeping).
+-- ---------------------------------------------------------------------------
+
+-- The group roles, created when missing (roles belong to the cluster, so another
+-- database's installer may have made them already). NOLOGIN: logins are the
+-- operator's, made members with GRANT contactlog_staff TO alice.
+DO $roles$
+DECLARE
+    role_name text;
+BEGIN
+    FOREACH role_name IN ARRAY ARRAY['contactlog_staff', 'contactlog_app',
+                                     'contactlog_admin', 'contactlog_daemon'] LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = role_name);
+        BEGIN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+        EXCEPTION
+            WHEN duplicate_object THEN
+                NULL;   -- an installer of another database was quicker
+            WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'role % does not exist, and % may not create roles',
+                                role_name, current_user
+                    USING ERRCODE = '42501',
+                          HINT = format('Let a superuser run CREATE ROLE %I NOLOGIN (or give %I '
+                                        'CREATEROLE), then run the installer again.',
+                                        role_name, current_user);
+        END;
+    END LOOP;
+END
+$roles$;
+
+GRANT USAGE ON SCHEMA contactlog
+    TO contactlog_staff, contactlog_app, contactlog_admin, contactlog_daemon;
+
+-- Functions: PostgreSQL lets PUBLIC execute every new function. Only the ones
+-- meant to be called keep that or are granted on: the rules and the read side
+-- to staff and app, followupd's to the daemon. Trigger functions and helpers are
+-- run by the functions' owner. Two stay executable by everyone: priority_rank
+-- (an index expression, evaluated by whoever writes a log) and
+-- is_maintenance_role (the ownership trigger's WHEN clause, likewise).
+REVOKE EXECUTE ON FUNCTION
+    contactlog.session_kind(),
+    contactlog.employee_label(bigint),
+    contactlog.actor_setting(),
+    contactlog.current_actor(bigint),
+    contactlog.acting_employee(bigint),
+    contactlog.refuse(contactlog.contact_log, contactlog.employee, text),
+    contactlog.lock_log(bigint),
+    contactlog.take(bigint, bigint),
+    contactlog.surrender(bigint, bigint),
+    contactlog.assign(bigint, bigint, bigint),
+    contactlog.complete(bigint, bigint),
+    contactlog.contact_log_defaults(),
+    contactlog.contact_log_check_owner(),
+    contactlog.contact_log_tally_add(text, bigint, boolean, bigint),
+    contactlog.contact_log_tally_track(),
+    contactlog.contact_log_tally_clear(),
+    contactlog.recount_logs(),
+    contactlog.like_escape(text),
+    contactlog.list_logs_source(boolean, integer, text, text, text, boolean),
+    contactlog.list_logs_sql(text, text, text),
+    contactlog.list_logs(text, text, text, boolean, integer, integer)
+FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    contactlog.current_actor(bigint),
+    contactlog.take(bigint, bigint),
+    contactlog.surrender(bigint, bigint),
+    contactlog.assign(bigint, bigint, bigint),
+    contactlog.complete(bigint, bigint),
+    contactlog.list_logs(text, text, text, boolean, integer, integer)
+TO contactlog_staff, contactlog_app;
+
+-- Staff and app: read the logs, the people and the read side; write logs through
+-- the rules. Column privileges keep status, owner_id and created_by (and ids and
+-- times) out of plain UPDATEs: locks move only through take, surrender, assign
+-- and complete, and a log never changes creator (whose mailbox its items are in).
+-- No privilege on employee beyond reading (an employee's role makes an admin),
+-- on attribute, or on followupd's tables.
+GRANT SELECT ON contactlog.contact_log, contactlog.employee,
+                contactlog.open_follow_ups, contactlog.summary
+    TO contactlog_staff, contactlog_app;
+GRANT INSERT (created_by, contact_name, notes, status, owner_id, priority, assigned_to,
+              forward_to, reason, next_contact_at)
+    ON contactlog.contact_log TO contactlog_staff, contactlog_app;
+GRANT UPDATE (contact_name, notes, priority, assigned_to, forward_to, reason, next_contact_at)
+    ON contactlog.contact_log TO contactlog_staff, contactlog_app;
+GRANT DELETE ON contactlog.contact_log TO contactlog_staff, contactlog_app;
+
+-- Administrators of the attributes; they read them as followupd does, too.
+GRANT SELECT, INSERT, UPDATE, DELETE ON contactlog.attribute TO contactlog_admin;
+GRANT SELECT ON contactlog.effective_attribute TO contactlog_admin, contactlog_daemon;
+
+-- followupd (and followupctl with its configuration): every followupd_* function
+-- and view, whatever the queue code above defines, plus the outbox trigger. The
+-- functions run as their owner with a fixed search_path (pg_temp last), so the
+-- daemon's role needs no privilege on any table; the outbox trigger runs as its
+-- owner for every writer of a log, so no writer needs one on outlook_sync.
+DO $privileges$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN
+        SELECT format('%I.%I(%s)', n.nspname, p.proname,
+                      pg_catalog.pg_get_function_identity_arguments(p.oid)) AS signature,
+               p.proname LIKE 'followupd\_%' AS for_daemon
+        FROM pg_catalog.pg_proc p
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'contactlog' AND p.prokind = 'f'
+          AND (p.proname LIKE 'followupd\_%' OR p.proname = 'outlook_mark_dirty')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER '
+                       'SET search_path = pg_catalog, contactlog, pg_temp', f.signature);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f.signature);
+        IF f.for_daemon THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO contactlog_daemon', f.signature);
+        END IF;
+    END LOOP;
+    FOR f IN
+        SELECT format('%I.%I', n.nspname, c.relname) AS name
+        FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'contactlog' AND c.relkind IN ('v', 'm')
+          AND c.relname LIKE 'followupd\_%'
+    LOOP
+        EXECUTE format('GRANT SELECT ON %s TO contactlog_daemon', f.name);
+    END LOOP;
+END
+$privileges$;
+
+-- Grants made by hand before (the operator guide used to ask for UPDATE on
+-- outlook_sync for the CRM's role) would still let a role write followupd's
+-- bookkeeping or the attributes behind the model's back. They are the
+-- operator's, so they are named, not revoked.
+DO $legacy$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN
+        SELECT format('%I.%I', n.nspname, c.relname) AS relation,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                    ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee,
+               string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type) AS privileges
+        FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+        WHERE n.nspname = 'contactlog'
+          AND c.relkind IN ('r', 'p', 'S')
+          AND (c.relname LIKE 'outlook\_%' OR c.relname IN ('attribute', 'contact_log_tally',
+                                                             'schema_version'))
+          AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'USAGE')
+          AND a.grantee <> c.relowner
+          AND NOT (c.relname = 'attribute'
+                   AND a.grantee = (SELECT r.oid FROM pg_catalog.pg_roles r
+                                    WHERE r.rolname = 'contactlog_admin'))
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+    LOOP
+        RAISE WARNING 'role % may % on %, granted outside followupd''s installer; left as it is',
+                      g.grantee, g.privileges, g.relation
+            USING HINT = format('Unless that is meant: REVOKE %s ON %s FROM %s; '
+                                '(followupd''s functions write its tables; see the operator guide, '
+                                'section 2).', g.privileges, g.relation, g.grantee);
+    END LOOP;
+END
+$legacy$;
 
 COMMIT;

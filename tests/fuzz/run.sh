@@ -75,7 +75,7 @@ sources_for() {
     case $1 in
         ews_response) echo "ews/ews_response.c ews/ews_errors.c ews/ews_item.c" ;;
         config) echo "daemon/config.c" ;;
-        item_content) echo "daemon/item_content.c ews/ews_request.c ews/ews_item.c" ;;
+        item_content) echo "daemon/item_content.c daemon/timezone.c ews/ews_request.c ews/ews_item.c" ;;
         *) return 1 ;;
     esac
 }

@@ -45,11 +45,33 @@ WRAPPER = shlex.split(os.environ.get("FOLLOWUPD_WRAPPER", ""))
 SLOW = 10 if WRAPPER else 1
 
 
+# The daemon (and followupctl with its configuration) connects as this login, a
+# member of contactlog_daemon only, as the operator guide sets it up (SPEC §2):
+# not a superuser, no privilege on any table. Test helpers (Database) stay
+# superuser: they play the CRM and maintenance.
+DAEMON_LOGIN = "followupd_test"
+
+
+def daemon_conninfo(cluster):
+    """conninfo of DAEMON_LOGIN on cluster, made there when missing (tests may start
+    their own cluster); a member of contactlog_daemon once the schema is installed."""
+    cluster.psql("-c", f"""DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DAEMON_LOGIN}') THEN
+            CREATE ROLE {DAEMON_LOGIN} LOGIN;
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'contactlog_daemon') THEN
+            GRANT contactlog_daemon TO {DAEMON_LOGIN};
+        END IF;
+    END $$""")
+    return cluster.conninfo_as(DAEMON_LOGIN)
+
+
 @pytest.fixture(scope="session")
 def pg():
     cluster = PgCluster().start()
     try:
         cluster.psql("-f", INSTALL_SQL)
+        daemon_conninfo(cluster)
         yield cluster
     except BaseException:
         sys.stderr.write("---- postgres log ----\n" + cluster.log())
@@ -205,7 +227,7 @@ class Database:
     def synced(self, log_id):
         """True once followupd has finished a pass over the log's latest version
         (or dropped its bookkeeping after a delete)."""
-        row = self.query("SELECT version <= synced_version, failed FROM contactlog.outlook_sync "
+        row = self.query("SELECT NOT dirty, failed FROM contactlog.followupd_log_state "
                          "WHERE contact_log_id = %s", log_id)
         return not row or row[0][0] or row[0][1]
 
@@ -223,7 +245,8 @@ class Database:
 def db(pg, sim):
     d = Database(pg)
     d.query("TRUNCATE contactlog.contact_log, contactlog.employee, contactlog.attribute, "
-            "contactlog.outlook_sync, contactlog.outlook_item RESTART IDENTITY CASCADE")
+            "contactlog.outlook_sync, contactlog.outlook_queue, contactlog.outlook_item "
+            "RESTART IDENTITY CASCADE")
     pg.psql("-f", INSTALL_SQL)   # re-seeds the attributes with their defaults
     sim.reset()
     yield d
@@ -301,14 +324,14 @@ class Daemon:
     def write_config(self, pg, sim, extra=""):
         if getattr(sim, "backend", "ews") == "graph":
             with open(self.config_path, "w") as f:
-                f.write(f"[database]\nconninfo = {pg.conninfo}\n\n"
+                f.write(f"[database]\nconninfo = {daemon_conninfo(pg)}\n\n"
                         f"[exchange]\napi = graph\ntimeout = 5\n\n"
                         f"[graph]\nbase_url = {sim.url}\n\n"
                         f"[oauth2]\ntoken_url = {sim.token_url}\nclient_id = {GRAPH_CLIENT_ID}\n"
                         f"client_secret_file = {self.client_secret_file}\n{extra}\n")
             return
         with open(self.config_path, "w") as f:
-            f.write(f"[database]\nconninfo = {pg.conninfo}\n\n"
+            f.write(f"[database]\nconninfo = {daemon_conninfo(pg)}\n\n"
                     f"[exchange]\nurl = {sim.url}\nauth = basic\nusername = {EWS_USER}\n"
                     f"password_file = {self.password_file}\ntimeout = 5\n{extra}\n")
 

@@ -85,7 +85,11 @@ class PgCluster:
 
     @property
     def conninfo(self):
-        return f"host=127.0.0.1 port={self.port} dbname={self.dbname} user={self.superuser}"
+        return self.conninfo_as(self.superuser)
+
+    def conninfo_as(self, user):
+        """The same database as another role (trust authentication: no password)."""
+        return f"host=127.0.0.1 port={self.port} dbname={self.dbname} user={user}"
 
     def psql(self, *args, input=None):
         return subprocess.run([os.path.join(self.bindir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",

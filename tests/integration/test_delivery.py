@@ -136,9 +136,9 @@ def test_logs_saved_while_stopped_arrive_after_start(db, sim, daemon_factory, pe
 def test_creator_without_email_is_parked_with_reason(db, sim, daemon, people):
     nomail = db.employee("nomail", "No Mail", None)
     log_id = db.log(nomail)
-    wait_for(lambda: db.value("SELECT failed FROM contactlog.outlook_sync "
+    wait_for(lambda: db.value("SELECT failed FROM contactlog.followupd_log_state "
                               "WHERE contact_log_id = %s", log_id), what="the log to be parked")
-    assert "no email" in db.value("SELECT last_error FROM contactlog.outlook_sync "
+    assert "no email" in db.value("SELECT last_error FROM contactlog.followupd_log_state "
                                   "WHERE contact_log_id = %s", log_id)
     assert sim.mailboxes() == {} or all(not v for v in sim.mailboxes().values())
 

@@ -14,7 +14,7 @@ from pgcluster import wait_for
 
 BACKENDS = ["graph"]
 PROPERTY_KEY = "6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86/FollowupdContactLog"
-FAST_RETRY = "[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\nmax_attempts = 100\n"
+FAST_RETRY = "[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\nmax_attempts = 100\nsettle_ms = 300\n"
 MAILBOX = "alice@example.org"
 
 
@@ -33,7 +33,7 @@ def items_of(sim, log_id, kind, mailbox=MAILBOX):
 
 
 def sync_row(db, log_id):
-    return db.query("SELECT attempts, failed, last_error FROM contactlog.outlook_sync "
+    return db.query("SELECT attempts, failed, last_error FROM contactlog.followupd_log_state "
                     "WHERE contact_log_id = %s", log_id)
 
 
@@ -70,16 +70,19 @@ def test_expired_token_is_renewed_and_the_request_sent_again(db, sim, daemon, al
 
 
 def test_token_refused_twice_is_transient_with_a_clear_reason(db, sim, daemon_factory, alice):
-    daemon_factory("[delivery]\nbackoff_initial_ms = 1500\nbackoff_max_ms = 1500\n")
+    """A fresh token refused too is a state of the back end (SPEC §6): STATUS= and the
+    journal say why; the log is neither charged nor parked, and goes once it works."""
+    d = daemon_factory("[delivery]\nbackoff_initial_ms = 1500\nbackoff_max_ms = 1500\n")
     sim.fault(mode="expire_token", count=2)
     log_id = db.log(alice)
-    wait_for(lambda: sync_row(db, log_id) and sync_row(db, log_id)[0][2],
-             what="the refused token to be recorded")
-    attempts, failed, last_error = sync_row(db, log_id)[0]
-    assert not failed
-    assert "refused a freshly fetched access token" in last_error
-    assert "Tasks.ReadWrite.All" in last_error
-    db.wait_synced(log_id)
+    d.notify.wait_for("waiting for Exchange to accept the service account", timeout=10)
+    status = [m for m in d.notify.poll() if "accept the service account" in m][0]
+    assert "refused a freshly fetched access token" in status
+    assert "Tasks.ReadWrite.All" in status
+    assert "refused a freshly fetched access token" in d.output()
+    db.wait_synced(log_id, timeout=20)
+    attempts, failed, _ = sync_row(db, log_id)[0]
+    assert not failed and attempts == 0
     assert len(items_of(sim, log_id, "appointment")) == 1
 
 

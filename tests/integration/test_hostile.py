@@ -31,7 +31,7 @@ NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
 NS_E = "http://schemas.microsoft.com/exchange/services/2006/errors"
 PROPERTY_KEY = "6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86/FollowupdContactLog"
 MAILBOX = "alice@example.org"
-FAST = "[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\n"
+FAST = "[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 200\nsettle_ms = 300\n"
 DEFAULT_LINK = "https://crm.example.org/contact-logs/{id}"
 RSS_LIMIT_KB = 64 * 1024
 SCHEMA_CHECKED = bool(os.environ.get("FOLLOWUPD_EWS_SCHEMA"))
@@ -83,18 +83,22 @@ def errors(db):
         LANGUAGE plpgsql AS $$
         BEGIN
             -- followupd_retry_later() is what counts an attempt and sets the error.
-            IF NEW.attempts > OLD.attempts OR NEW.failed AND NOT OLD.failed THEN
+            -- (a throttled log keeps its attempts but records why it waits)
+            IF NEW.attempts > OLD.attempts
+               OR NEW.failed_version IS NOT NULL AND OLD.failed_version IS NULL
+               OR NEW.last_error IS NOT NULL
+                  AND NEW.last_error_at IS DISTINCT FROM OLD.last_error_at THEN
                 INSERT INTO public.hostile_error_history (contact_log_id, last_error, failed)
-                VALUES (NEW.contact_log_id, NEW.last_error, NEW.failed);
+                VALUES (NEW.contact_log_id, NEW.last_error, NEW.failed_version IS NOT NULL);
             END IF;
             RETURN NEW;
         END $$;
-        DROP TRIGGER IF EXISTS hostile_keep_error ON contactlog.outlook_sync;
-        CREATE TRIGGER hostile_keep_error AFTER UPDATE ON contactlog.outlook_sync
+        DROP TRIGGER IF EXISTS hostile_keep_error ON contactlog.outlook_queue;
+        CREATE TRIGGER hostile_keep_error AFTER UPDATE ON contactlog.outlook_queue
             FOR EACH ROW EXECUTE FUNCTION public.hostile_keep_error();
     """)
     yield ErrorHistory(db)
-    db.query("DROP TRIGGER IF EXISTS hostile_keep_error ON contactlog.outlook_sync; "
+    db.query("DROP TRIGGER IF EXISTS hostile_keep_error ON contactlog.outlook_queue; "
              "DROP FUNCTION IF EXISTS public.hostile_keep_error(); "
              "DROP TABLE IF EXISTS public.hostile_error_history;")
 
@@ -144,7 +148,7 @@ def assert_clean_output(daemon):
 
 
 def sync_row(db, log_id):
-    return db.query("SELECT failed, last_error, attempts FROM contactlog.outlook_sync "
+    return db.query("SELECT failed, last_error, attempts FROM contactlog.followupd_log_state "
                     "WHERE contact_log_id = %s", log_id)[0]
 
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from conftest import (Daemon, Database, EWS_PASSWORD, FOLLOWUPCTL, GRAPH_CLIENT_ID,
+from conftest import (DAEMON_LOGIN, Daemon, Database, EWS_PASSWORD, FOLLOWUPCTL, GRAPH_CLIENT_ID,
                       GRAPH_CLIENT_SECRET, Simulator, run_ctl)
 from pgcluster import PgCluster, free_port, wait_for
 
@@ -38,7 +38,7 @@ def test_status_json_and_text(db, sim, daemon, alice):
     status = json.loads(result.stdout)
     assert status["pending"] == 0 and status["failed"] == 0 and status["delivered"] == 1
     text = run_ctl(daemon.config_path, "status")
-    assert text.returncode == 0 and "delivered items:     1" in text.stdout
+    assert text.returncode == 0 and "items in Outlook:    1" in text.stdout
 
 
 def test_status_reports_attribute_problems(db, daemon):
@@ -47,25 +47,44 @@ def test_status_reports_attribute_problems(db, daemon):
     assert any("AddToTasks" in p for p in status["attribute_problems"])
 
 
-def test_attr_list_show_set_and_refuse(db, daemon):
+def admin_config(pg, daemon, tmp_path):
+    """The daemon's configuration, connecting as a member of contactlog_admin (the
+    operator guide's "configuration for administration")."""
+    pg.psql("-c", "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles "
+                  "WHERE rolname = 'followupd_admin_test') THEN "
+                  "CREATE ROLE followupd_admin_test LOGIN IN ROLE contactlog_admin; END IF; END $$")
+    with open(daemon.config_path) as f:
+        text = f.read()
+    path = tmp_path / "admin.conf"
+    path.write_text(text.replace(pg.conninfo_as(DAEMON_LOGIN), pg.conninfo_as("followupd_admin_test")))
+    return str(path)
+
+
+def test_attr_list_show_set_and_refuse(pg, db, daemon, tmp_path):
     listing = run_ctl(daemon.config_path, "attr")
     assert listing.returncode == 0
     for name in ("AddToCalendar", "AddToTasks", "LinkUrlTemplate", "SyncUpdates"):
         assert name in listing.stdout
     shown = run_ctl(daemon.config_path, "attr", "AppointmentDurationInMinutes")
     assert shown.returncode == 0 and shown.stdout.strip() == "30"
-    changed = run_ctl(daemon.config_path, "attr", "AppointmentDurationInMinutes", "45")
+    # The daemon's role may not write attributes, and followupctl says which role may.
+    denied = run_ctl(daemon.config_path, "attr", "AppointmentDurationInMinutes", "45")
+    assert denied.returncode == 1
+    assert "permission denied" in denied.stderr and "contactlog_admin" in denied.stderr
+    assert DAEMON_LOGIN in denied.stderr
+    admin = admin_config(pg, daemon, tmp_path)
+    changed = run_ctl(admin, "attr", "AppointmentDurationInMinutes", "45")
     assert changed.returncode == 0, changed.stderr
     assert db.value("SELECT value FROM contactlog.attribute "
                     "WHERE name = 'AppointmentDurationInMinutes'") == "45"
     for name, bad in (("AddToCalendar", "yes"), ("AppointmentDurationInMinutes", "-5"),
                       ("LinkUrlTemplate", "https://crm/no-placeholder")):
-        refused = run_ctl(daemon.config_path, "attr", name, bad)
+        refused = run_ctl(admin, "attr", name, bad)
         assert refused.returncode == 1, (name, bad)
         assert name in refused.stderr
     # A refused value is never stored.
     assert db.value("SELECT value FROM contactlog.attribute WHERE name = 'AddToCalendar'") == "1"
-    unknown = run_ctl(daemon.config_path, "attr", "NoSuchThing", "1")
+    unknown = run_ctl(admin, "attr", "NoSuchThing", "1")
     assert unknown.returncode == 1 and "unknown attribute" in unknown.stderr
 
 
@@ -213,8 +232,8 @@ def test_ews_oauth2_token_fetched_cached_and_refreshed_on_401(pg, db, tmp_path, 
     d = Daemon(str(tmp_path), pg, sim)
     try:
         with open(d.config_path, "w") as f:
-            f.write(f"[database]\nconninfo = {pg.conninfo}\n\n[exchange]\nurl = {sim.url}\n"
-                    f"auth = oauth2\ntimeout = 5\n\n[oauth2]\n"
+            f.write(f"[database]\nconninfo = {pg.conninfo_as(DAEMON_LOGIN)}\n\n"
+                    f"[exchange]\nurl = {sim.url}\nauth = oauth2\ntimeout = 5\n\n[oauth2]\n"
                     f"token_url = {sim.base}/tenant/oauth2/v2.0/token\n"
                     f"client_id = {GRAPH_CLIENT_ID}\n"
                     f"client_secret_file = {d.client_secret_file}\n")
@@ -264,7 +283,7 @@ def tls_sim(tmp_path):
 
 def tls_config(pg, tls_sim, daemon, extra):
     with open(daemon.config_path, "w") as f:
-        f.write(f"[database]\nconninfo = {pg.conninfo}\n\n[exchange]\nurl = {tls_sim.url}\n"
+        f.write(f"[database]\nconninfo = {pg.conninfo_as(DAEMON_LOGIN)}\n\n[exchange]\nurl = {tls_sim.url}\n"
                 f"auth = basic\nusername = svc-followupd\n"
                 f"password_file = {daemon.password_file}\ntimeout = 5\n{extra}\n")
     return daemon.config_path

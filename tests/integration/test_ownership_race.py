@@ -6,6 +6,13 @@ caller waits for the first and then decides on what the first committed. The
 tests make the overlap certain instead of hoping for it: session A acts inside an
 open transaction, session B's call runs in a thread, and the test waits until
 PostgreSQL reports B blocked by A (pg_blocking_pids) before A commits.
+
+The sessions log in as the roles of SPEC §2 (issue 14): each person with their own
+login, a member of contactlog_staff, acting as themselves; the busy day as a
+trusted front end (contactlog_app) naming the actor per transaction. None is a
+superuser, so the rules hold as they would against a real client. The end of the
+file covers the roles themselves: the daemon's login, and migrate leaving an
+operator's grants alone.
 """
 import random
 import threading
@@ -13,24 +20,44 @@ import threading
 import psycopg2
 import pytest
 
+from conftest import DAEMON_LOGIN, INSTALL_SQL
 from pgcluster import wait_for
+
+APP_LOGIN = "crm_app_test"
+
+
+def ensure_login(pg, login, group):
+    """A login role in group (roles belong to the cluster: made once, kept)."""
+    pg.psql("-c", f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{login}') "
+                  f"THEN CREATE ROLE {login} LOGIN IN ROLE {group}; END IF; END $$")
 
 
 @pytest.fixture
-def people(db):
+def staff_login(pg, db):
+    """Makes an employee with a database login of the same name (contactlog_staff)."""
+    def make(login, name, email=None, role="staff"):
+        ensure_login(pg, login, "contactlog_staff")
+        return db.employee(login, name, email, role=role)
+    return make
+
+
+@pytest.fixture
+def people(staff_login):
     return {
-        "alice": db.employee("alice", "Alice Archer", "alice@example.org"),
-        "bob": db.employee("bob", "Bob Baker", "bob@example.org"),
-        "dora": db.employee("dora", "Dora Admin", "dora@example.org", role="admin"),
+        "alice": staff_login("alice", "Alice Archer", "alice@example.org"),
+        "bob": staff_login("bob", "Bob Baker", "bob@example.org"),
+        "dora": staff_login("dora", "Dora Admin", "dora@example.org", role="admin"),
     }
 
 
 @pytest.fixture
 def connect(pg):
+    """connect(login): a connection as that login; APP_LOGIN is the front end's."""
+    ensure_login(pg, APP_LOGIN, "contactlog_app")
     opened = []
 
-    def make(autocommit=False):
-        conn = psycopg2.connect(pg.conninfo)
+    def make(login, autocommit=False):
+        conn = psycopg2.connect(pg.conninfo_as(login))
         conn.autocommit = autocommit
         opened.append(conn)
         return conn
@@ -85,12 +112,12 @@ def state(db, log_id):
 
 def test_two_takes_of_an_open_log_one_wins(db, people, connect):
     log_id = open_log(db, people["alice"])
-    a, b = connect(), connect(autocommit=True)
+    a, b = connect("alice"), connect("bob", autocommit=True)
 
     with a.cursor() as cur:   # A takes the log and keeps its transaction open
-        cur.execute("SELECT (contactlog.take(%s, %s)).owner_id", (log_id, people["alice"]))
+        cur.execute("SELECT (contactlog.take(%s)).owner_id", (log_id,))
         assert cur.fetchone()[0] == people["alice"]
-    call = Call(b, "SELECT (contactlog.take(%s, %s)).owner_id", log_id, people["bob"])
+    call = Call(b, "SELECT (contactlog.take(%s)).owner_id", log_id)
     call.start()
     wait_blocked(db, call, a.get_backend_pid())
     a.commit()
@@ -104,11 +131,11 @@ def test_two_takes_of_an_open_log_one_wins(db, people, connect):
 
 def test_first_taker_rolls_back_then_the_second_wins(db, people, connect):
     log_id = open_log(db, people["alice"])
-    a, b = connect(), connect(autocommit=True)
+    a, b = connect("alice"), connect("bob", autocommit=True)
 
     with a.cursor() as cur:
-        cur.execute("SELECT contactlog.take(%s, %s)", (log_id, people["alice"]))
-    call = Call(b, "SELECT (contactlog.take(%s, %s)).owner_id", log_id, people["bob"])
+        cur.execute("SELECT contactlog.take(%s)", (log_id,))
+    call = Call(b, "SELECT (contactlog.take(%s)).owner_id", log_id)
     call.start()
     wait_blocked(db, call, a.get_backend_pid())
     a.rollback()
@@ -121,11 +148,11 @@ def test_first_taker_rolls_back_then_the_second_wins(db, people, connect):
 
 def test_admin_takes_over_after_the_owner_commits(db, people, connect):
     log_id = open_log(db, people["alice"])
-    a, b = connect(), connect(autocommit=True)
+    a, b = connect("alice"), connect("dora", autocommit=True)
 
     with a.cursor() as cur:
-        cur.execute("SELECT contactlog.take(%s, %s)", (log_id, people["alice"]))
-    call = Call(b, "SELECT (contactlog.take(%s, %s)).owner_id", log_id, people["dora"])
+        cur.execute("SELECT contactlog.take(%s)", (log_id,))
+    call = Call(b, "SELECT (contactlog.take(%s)).owner_id", log_id)
     call.start()
     wait_blocked(db, call, a.get_backend_pid())
     a.commit()
@@ -137,14 +164,14 @@ def test_admin_takes_over_after_the_owner_commits(db, people, connect):
 
 def test_repeatable_read_loser_gets_a_serialization_failure(db, people, connect):
     log_id = open_log(db, people["alice"])
-    a, b = connect(), connect()
+    a, b = connect("alice"), connect("bob")
     b.set_session(isolation_level="REPEATABLE READ")
 
     with b.cursor() as cur:   # B's snapshot predates A's take
         cur.execute("SELECT 1")
     with a.cursor() as cur:
-        cur.execute("SELECT contactlog.take(%s, %s)", (log_id, people["alice"]))
-    call = Call(b, "SELECT contactlog.take(%s, %s)", log_id, people["bob"])
+        cur.execute("SELECT contactlog.take(%s)", (log_id,))
+    call = Call(b, "SELECT contactlog.take(%s)", log_id)
     call.start()
     wait_blocked(db, call, a.get_backend_pid())
     a.commit()
@@ -155,13 +182,14 @@ def test_repeatable_read_loser_gets_a_serialization_failure(db, people, connect)
 
 
 def test_update_waiting_for_a_surrender_is_refused(db, people, connect):
-    """A plain UPDATE with an actor set is checked against the row as committed by
-    the session it waited for, not the one it first saw."""
+    """A plain UPDATE is checked against the row as committed by the session it
+    waited for, not the one it first saw: bob's front end (naming bob) edits while
+    bob, logged in himself, surrenders the log."""
     log_id = db.log(people["bob"])   # in progress, bob's
-    a, b = connect(), connect()
+    a, b = connect("bob"), connect(APP_LOGIN)
 
     with a.cursor() as cur:
-        cur.execute("SELECT contactlog.surrender(%s, %s)", (log_id, people["bob"]))
+        cur.execute("SELECT contactlog.surrender(%s)", (log_id,))
     with b.cursor() as cur:
         cur.execute("SET LOCAL contactlog.actor = %s", (str(people["bob"]),))
     call = Call(b, "UPDATE contactlog.contact_log SET reason = 'late edit' WHERE id = %s", log_id)
@@ -175,15 +203,15 @@ def test_update_waiting_for_a_surrender_is_refused(db, people, connect):
     assert db.value("SELECT reason FROM contactlog.contact_log WHERE id = %s", log_id) != "late edit"
 
 
-def test_simultaneous_takes_exactly_one_wins(db, people, connect):
+def test_simultaneous_takes_exactly_one_wins(db, people, connect, staff_login):
     """No forced overlap here: both start together many times; never two winners."""
-    others = [db.employee(f"u{i}", f"User {i}", None) for i in range(2)]
+    others = {f"u{i}": staff_login(f"u{i}", f"User {i}") for i in range(2)}
     for _ in range(20):
         log_id = open_log(db, people["alice"])
         start = threading.Barrier(2)
-        calls = [Call(connect(autocommit=True), "SELECT (contactlog.take(%s, %s)).owner_id",
-                      log_id, who, barrier=start)
-                 for who in others]
+        calls = [Call(connect(login, autocommit=True), "SELECT (contactlog.take(%s)).owner_id",
+                      log_id, barrier=start)
+                 for login in others]
         for call in calls:
             call.start()
         for call in calls:
@@ -207,7 +235,7 @@ def test_counting_never_makes_writers_wait(db, people, connect):
 
     # Round 1 creates the count rows, round 2 finds them and locks them.
     for n in (1, 2):
-        a, b = connect(), connect()
+        a, b = connect("alice"), connect("alice")
         for conn in (a, b):
             with conn.cursor() as cur:
                 cur.execute("SET LOCAL statement_timeout = '5s'")   # a wait would fail, not hang
@@ -256,7 +284,7 @@ def test_busy_day_keeps_the_counts_exact(db, people, connect):
 
     def worker(seed):
         rnd = random.Random(seed)
-        conn = connect()
+        conn = connect(APP_LOGIN)
         for _ in range(150):
             actor = rnd.choice(staff)
             args = {"log": rnd.choice(log_ids), "actor": actor, "other": rnd.choice(staff)}
@@ -292,3 +320,66 @@ def test_busy_day_keeps_the_counts_exact(db, people, connect):
                  "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
     assert db.value("SELECT DISTINCT total_count FROM contactlog.list_logs(status => 'in_progress')") in \
         (None, db.value("SELECT count(*) FROM contactlog.contact_log WHERE status = 'in_progress'"))
+
+
+# ---- the roles (issue 14) -----------------------------------------------------------
+
+def test_the_daemon_delivers_as_a_member_of_contactlog_daemon_only(db, sim, daemon, people):
+    """The daemon's login is a member of contactlog_daemon and nothing else, not a
+    superuser, and has no privilege to write any table; delivery works all the same."""
+    assert db.query("SELECT r.rolsuper, ARRAY(SELECT g.rolname FROM pg_auth_members m "
+                    "JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid) "
+                    "FROM pg_roles r WHERE r.rolname = %s", DAEMON_LOGIN) == \
+        [(False, ["contactlog_daemon"])]
+    assert db.value("SELECT count(*) FROM pg_class c CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', "
+                    "'DELETE', 'TRUNCATE']) p WHERE c.relnamespace = 'contactlog'::regnamespace "
+                    "AND c.relkind = 'r' AND has_table_privilege(%s, c.oid, p)", DAEMON_LOGIN) == 0
+    log_id = db.log(people["alice"])
+    db.wait_synced(log_id)
+    assert len(sim.mailbox("alice@example.org")) == 1
+    assert db.value("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                    DAEMON_LOGIN) >= 1, "the daemon is connected as its login"
+
+
+def test_migrate_keeps_grants_an_operator_made(pg, db):
+    """Re-running the installer touches no privilege granted to other roles; one
+    that lets a role write followupd's bookkeeping is named in a warning."""
+    ensure_login(pg, "crm_legacy_test", "contactlog_staff")
+    pg.psql("-c", "GRANT UPDATE ON contactlog.outlook_sync TO crm_legacy_test; "
+                  "GRANT SELECT ON contactlog.attribute TO crm_legacy_test")
+    try:
+        result = pg.psql("-f", INSTALL_SQL)
+        assert "role crm_legacy_test may UPDATE on contactlog.outlook_sync" in result.stderr
+        assert db.query("SELECT has_table_privilege('crm_legacy_test', 'contactlog.outlook_sync', "
+                        "'UPDATE'), has_table_privilege('crm_legacy_test', 'contactlog.attribute', "
+                        "'SELECT')") == [(True, True)]
+    finally:
+        pg.psql("-c", "REVOKE ALL ON contactlog.outlook_sync, contactlog.attribute "
+                      "FROM crm_legacy_test")
+
+
+def test_a_staff_login_cannot_act_for_someone_else(db, people, connect):
+    """Over a real connection: naming another employee, by argument or setting, is
+    refused, and so is editing someone else's log; nothing changes."""
+    log_id = db.log(people["bob"])   # in progress, bob's
+    conn = connect("alice", autocommit=True)
+
+    def refusal(sql, *args):
+        with conn.cursor() as cur:
+            with pytest.raises(psycopg2.Error) as refused:
+                cur.execute(sql, args)
+        assert refused.value.pgcode == "42501"
+        return refused.value.diag.message_primary
+
+    impersonation = "login alice acts as Alice Archer (alice) and may not act as Dora Admin (dora)"
+    assert refusal("SELECT contactlog.take(%s, %s)", log_id, people["dora"]) == impersonation
+    with conn.cursor() as cur:
+        cur.execute("SET contactlog.actor = %s", (str(people["dora"]),))
+    assert refusal("SELECT contactlog.take(%s)", log_id) == impersonation
+    with conn.cursor() as cur:
+        cur.execute("RESET contactlog.actor")
+    assert refusal("UPDATE contactlog.contact_log SET reason = 'mine' WHERE id = %s", log_id) == \
+        f"contact log {log_id} is locked by Bob Baker (bob)"
+    assert refusal("UPDATE contactlog.contact_log SET owner_id = %s WHERE id = %s",
+                   people["alice"], log_id) == "permission denied for table contact_log"
+    assert state(db, log_id) == ("in_progress", people["bob"])

@@ -11,7 +11,7 @@ import pytest
 from conftest import Daemon, Database, INSTALL_SQL
 from pgcluster import PgCluster, wait_for
 
-FAST_RETRY = "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nmax_attempts = 1000\n"
+FAST_RETRY = "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nmax_attempts = 1000\nsettle_ms = 300\n"
 PROPERTY_KEY = "6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86/FollowupdContactLog"
 
 
@@ -136,10 +136,10 @@ def test_permanent_error_parks_with_reason_and_retry_requeues(db, sim, daemon_fa
     d = daemon_factory(FAST_RETRY)
     sim.fault(mode="response_code", code="ErrorNonExistentMailbox", count=1)
     log_id = db.log(alice)
-    wait_for(lambda: db.value("SELECT failed FROM contactlog.outlook_sync "
+    wait_for(lambda: db.value("SELECT failed FROM contactlog.followupd_log_state "
                               "WHERE contact_log_id = %s", log_id), what="the log parked")
     assert "ErrorNonExistentMailbox" in db.value(
-        "SELECT last_error FROM contactlog.outlook_sync WHERE contact_log_id = %s", log_id)
+        "SELECT last_error FROM contactlog.followupd_log_state WHERE contact_log_id = %s", log_id)
     assert len(requests_of(sim, "CreateItem")) == 1, "a permanent error must not be retried"
     status = run_ctl(d.config_path, "status", "--json")
     assert status.returncode == 0 and '"failed": 1' in status.stdout
@@ -154,10 +154,10 @@ def test_max_attempts_parks_the_log(db, sim, daemon_factory):
     daemon_factory("[delivery]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\nmax_attempts = 3\n")
     sim.fault(mode="http_status", status=500, count=-1)
     log_id = db.log(alice)
-    wait_for(lambda: db.value("SELECT failed FROM contactlog.outlook_sync "
+    wait_for(lambda: db.value("SELECT failed FROM contactlog.followupd_log_state "
                               "WHERE contact_log_id = %s", log_id), what="the log parked")
     sim.call("DELETE", "/_sim/faults")
-    assert db.value("SELECT attempts FROM contactlog.outlook_sync WHERE contact_log_id = %s",
+    assert db.value("SELECT attempts FROM contactlog.followupd_log_state WHERE contact_log_id = %s",
                     log_id) == 3
     # One create, then lookups (the create's outcome was unknown): three in all.
     assert len(sim.requests()) == 3

@@ -34,10 +34,10 @@ def test_one_bad_item_does_not_fail_its_batch_mates(db, sim, daemon_factory):
     batched = [r for r in sim.requests() if r["op"] == "CreateItem"]
     assert len(batched) < 11
     assert len(sim.mailbox("alice@example.org")) == 10
-    failed, error = db.query("SELECT failed, last_error FROM contactlog.outlook_sync "
+    failed, error = db.query("SELECT failed, last_error FROM contactlog.followupd_log_state "
                              "WHERE contact_log_id = %s", bad)[0]
     assert failed and "ErrorQuotaExceeded" in error
-    assert db.value("SELECT count(*) FROM contactlog.outlook_sync WHERE failed") == 1
+    assert db.value("SELECT count(*) FROM contactlog.followupd_log_state WHERE failed") == 1
 
 
 def test_two_daemons_share_one_database_without_double_delivery(db, sim, pg, tmp_path):

@@ -12,22 +12,46 @@ Python 3 standard library plus Debian's python3-lxml only. Run with /usr/bin/pyt
   /usr/bin/python3 tests/sim/ews_sim.py --port 0 --port-file FILE [--users alice:secret,svc:pw]
       [--schema-dir DIR | --no-schema] [--latency-ms N] [--known-mailboxes a@x,b@y]
       [--tls-cert CERT --tls-key KEY] [--verbose]
+      [--auth basic | --auth negotiate --keytab FILE [--principal NAME]
+       | --auth ntlm --ntlm-users FILE [--ntlm-acceptor samba|gss-ntlmssp]]
 
-Control API (JSON, no authentication):
+--auth negotiate and ntlm (Windows authentication as IIS does it, checked by MIT
+Kerberos' GSSAPI, Samba's ntlm_auth or gss-ntlmssp: see "Windows authentication" below)
+need python3-gssapi (negotiate, gss-ntlmssp), winbind (samba) or gss-ntlmssp.
+
+Control API (JSON, no authentication; the part shared with graph_sim.py lives in
+sim_control.py, which documents it in full):
   GET    /_sim/mailboxes            {"mailbox": [items...]} (every mailbox addressed so far)
   GET    /_sim/mailboxes/<addr>     [items] of one mailbox (address case-insensitive)
   GET    /_sim/deleted              {"mailbox": [deleted items]}
   GET    /_sim/items/<id>           one live item; DELETE removes it ("user deleted it")
-  GET    /_sim/requests[?op=X][&body=1]   request log, oldest first
+  PATCH  /_sim/items/<id>           {"subject", "start", "end"} of an appointment, {"subject",
+                                    "status", "due_date"} of a task, as /_sim/mailboxes shows
+                                    them: a person's edit in Outlook (new ChangeKey,
+                                    edited_count + 1; updated_count counts UpdateItem only);
+                                    answers the item
+  POST   /_sim/items/<id>/move      new ItemId, all else kept (the old id joins the item's
+                                    "previous_ids"); the old id then gets ErrorItemNotFound;
+                                    answers {"id": "<new id>"}
+  GET    /_sim/requests[?op=X][&body=1]   request log, oldest first; each entry has
+                                    "connection" ("ip:port") and "connection_seq" (requests
+                                    the TCP connection carried before: 0 = fresh)
   GET    /_sim/errors               rejected-request reasons (schema, XML, Content-Type)
   GET    /_sim/stats                {"CreateItem": n, ...}
-  POST   /_sim/reset                forget items, requests, errors and faults
+  POST   /_sim/reset                forget items, requests, errors, faults and settings
   POST   /_sim/reject-subjects      {"contains", "code"}: such items fail alone in CreateItem
   POST   /_sim/revoke-tokens        every OAuth2 bearer token issued so far stops working
   POST   /_sim/faults               queue {"mode", "count", "ops", "mailboxes", ...} or a list of them
   GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
+  GET    /_sim/settings             {"ignore_connection_close": false, "lookup_lag_ms": 0}
+  POST   /_sim/settings             change some: "ignore_connection_close": true keeps a
+                                    connection open despite "Connection: close" (as HTTP/2);
+                                    "lookup_lag_ms": N hides items younger than N ms from
+                                    FindItem with a Restriction (search lag)
 Fault modes: drop_after_perform, drop_before_perform, http_status, server_busy,
-server_busy_fault, response_code, delay, raw (see EwsRequestHandler.answer).
+server_busy_fault, response_code, delay, raw (see EwsRequestHandler.answer). delay: "ms";
+"when": "before_perform" performs late (default: performs, then answers late);
+"answer": "drop" closes the connection after the delay instead of answering.
 """
 
 from __future__ import annotations
@@ -42,20 +66,28 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, urlsplit
 
 from lxml import etree
+
+# sim_control.py sits beside this file. Run as a script, this folder is sys.path[0]
+# already (unless PYTHONSAFEPATH is set); imported from elsewhere, it may not be.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+import sim_control  # noqa: E402
+from sim_control import (ControlHandlerMixin, ControlStore, LoopbackServer,  # noqa: E402
+                         after_perform, check_edit, delay_before_perform, normalise_mailbox)
 
 # ---------------------------------------------------------------------------
 # Namespaces and small XML helpers
@@ -280,13 +312,16 @@ def read_field(elem) -> dict:
         status = {0.0: "NotStarted", 100.0: "Completed"}.get(percent, "InProgress")
         return {"percent_complete": percent, "status": status}
     if name == "Status":
-        status = text.strip()
-        percent = {"NotStarted": 0.0, "Completed": 100.0}.get(status)
-        return {"status": status} if percent is None else {"status": status,
-                                                           "percent_complete": percent}
+        return status_fields(text.strip())
     if name in FIELD_KEYS:
         return {FIELD_KEYS[name]: text.strip()}
     return {}
+
+
+def status_fields(status: str) -> dict:
+    percent = {"NotStarted": 0.0, "Completed": 100.0}.get(status)
+    return {"status": status} if percent is None else {"status": status,
+                                                       "percent_complete": percent}
 
 
 def reset_field(item: dict, name: str) -> None:
@@ -587,69 +622,16 @@ class SoapRequest:
     fallback_mailbox: str        # whose mailbox "calendar" means when none is addressed
 
 
-def normalise_mailbox(address: str | None) -> str | None:
-    address = (address or "").strip().lower()
-    return address or None
+class Store(ControlStore):
+    """Items, deleted items, request log, validation errors, queued faults and settings
+    (sim_control.ControlStore). One lock guards all of it; operations run entirely under
+    it, so each request is atomic."""
 
+    def reset_own(self) -> None:
+        self.rejections = {}         # subject text -> ResponseCode for CreateItem
 
-class Store:
-    """Items, deleted items, request log, validation errors and queued faults.
-    One lock guards all of it; operations run entirely under it, so each request is atomic."""
-
-    def __init__(self):
-        self.lock = threading.RLock()
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.items = {}              # id -> item
-            self.deleted = {}            # mailbox -> [items]
-            self.mailboxes_seen = set()
-            self.requests = []
-            self.errors = []
-            self.faults = []
-            self.rejections = {}         # subject text -> ResponseCode for CreateItem
-            self.next_item_seq = 1
-            self.next_request_seq = 1
-
-    # -- request log -------------------------------------------------------
-    def log_request(self, record: dict) -> dict:
-        with self.lock:
-            record["seq"] = self.next_request_seq
-            self.next_request_seq += 1
-            self.requests.append(record)
-            return record
-
-    def update_request(self, record: dict, **changes) -> None:
-        with self.lock:
-            record.update(changes)
-
-    def add_error(self, message: str) -> None:
-        with self.lock:
-            self.errors.append(message)
-
-    # -- faults ------------------------------------------------------------
-    def take_fault(self, op: str, mailbox: str | None = None) -> dict | None:
-        """First queued fault whose ops (and mailboxes) filter matches; consumes one of
-        its count."""
-        with self.lock:
-            for index, fault in enumerate(self.faults):
-                if fault["ops"] and op not in fault["ops"]:
-                    continue
-                if fault["mailboxes"] and (mailbox or "").lower() not in fault["mailboxes"]:
-                    continue
-                if fault["count"] > 0:
-                    fault["count"] -= 1
-                    if fault["count"] == 0:
-                        del self.faults[index]
-                return dict(fault)
-            return None
-
-    # -- items -------------------------------------------------------------
     def mailbox_items(self, mailbox: str, folder: str | None = None) -> list:
-        found = [i for i in self.items.values()
-                 if i["mailbox"] == mailbox and (folder is None or i["folder"] == folder)]
-        return sorted(found, key=lambda i: i["created_seq"])
+        return self.items_where(mailbox, "folder", folder)
 
     def lookup(self, item_id: str | None, mailbox: str | None) -> dict | None:
         """An item by id; with an addressed mailbox, only an item of that mailbox."""
@@ -658,10 +640,21 @@ class Store:
             return None
         return item
 
-    def snapshot_mailboxes(self) -> dict:
+    def new_id_for(self, item: dict) -> str:
+        return new_item_id()
+
+    def edit_item(self, item_id: str, fields) -> dict:
+        """A person's edit in Outlook: the fields change, and so does the ChangeKey."""
         with self.lock:
-            names = self.mailboxes_seen | {i["mailbox"] for i in self.items.values()}
-            return {name: copy.deepcopy(self.mailbox_items(name)) for name in sorted(names)}
+            item = self.items[item_id]
+            edited = copy.deepcopy(item)
+            for name, value in check_edit(item, fields).items():
+                edited.update(status_fields(value) if name == "status" else {name: value})
+            edited["change_key"] = new_change_key()
+            edited["edited_count"] = edited.get("edited_count", 0) + 1
+            edited["edited_time"] = time.time()
+            self.items[item_id] = edited
+            return edited
 
 
 class Operations:
@@ -813,6 +806,9 @@ class Operations:
         def find(folder_elem, messages):
             mailbox, folder = self._resolve_folder(folder_elem, request)
             candidates = self.store.mailbox_items(mailbox, folder)
+            if restriction:
+                # Exchange Online's search index lags behind writes (lookup_lag_ms).
+                candidates = [i for i in candidates if self.store.searchable(i)]
             try:
                 matches = [i for i in candidates
                            if not restriction or restriction_matches(restriction[0], i)]
@@ -929,26 +925,356 @@ FAULT_MODES = {"drop_after_perform", "drop_before_perform", "http_status", "serv
 
 def check_fault(spec) -> dict:
     """Validates one POST /_sim/faults entry; returns it normalised (raises ValueError)."""
-    if not isinstance(spec, dict):
-        raise ValueError("a fault must be a JSON object")
-    fault = dict(spec)
-    if fault.get("mode") not in FAULT_MODES:
-        raise ValueError(f"mode must be one of {sorted(FAULT_MODES)}")
-    fault["count"] = fault.get("count", 1)
-    if not isinstance(fault["count"], int) or (fault["count"] < 1 and fault["count"] != -1):
-        raise ValueError("count must be a positive integer or -1")
-    fault["ops"] = fault.get("ops") or []
-    if not isinstance(fault["ops"], list) or not all(isinstance(o, str) for o in fault["ops"]):
-        raise ValueError("ops must be a list of operation names")
-    fault["mailboxes"] = [m.lower() for m in fault.get("mailboxes") or []]
-    for number in ("status", "retry_after", "back_off_ms", "ms"):
-        if number in fault and not isinstance(fault[number], (int, float)):
-            raise ValueError(f"{number} must be a number")
+    fault = sim_control.check_fault(spec, FAULT_MODES,
+                                    ("status", "retry_after", "back_off_ms", "ms"))
     if fault["mode"] == "response_code" and not isinstance(fault.get("code"), str):
         raise ValueError("response_code needs a string 'code'")
     if "body_b64" in fault:
         base64.b64decode(fault["body_b64"], validate=True)
     return fault
+
+
+# ---------------------------------------------------------------------------
+# Windows authentication: Negotiate (Kerberos through SPNEGO) and NTLM
+# ---------------------------------------------------------------------------
+# What IIS does in front of EWS with Windows authentication on: a request without
+# credentials gets 401 and "WWW-Authenticate: Negotiate" (or "NTLM"); the client answers
+# with a token in "Authorization". Kerberos needs one round trip; NTLM needs two on the
+# same connection (NEGOTIATE -> 401 with a CHALLENGE -> AUTHENTICATE with the request).
+# A connection that has authenticated stays authenticated for the requests it carries
+# after (IIS's default for NTLM, and for Kerberos with authPersistNonNTLM), so a client
+# may send later requests on it without "Authorization".
+#
+# The simulator checks no token itself; real implementations do:
+#   negotiate  MIT Kerberos' GSSAPI acceptor (python3-gssapi) with the service's keytab
+#              (--keytab; --principal, else any key in it), SPNEGO or raw Kerberos tokens.
+#   ntlm       --ntlm-acceptor samba (default): Samba's NTLMSSP server, i.e. `ntlm_auth
+#              --helper-protocol=squid-2.5-ntlmssp` (Debian package winbind) checking the
+#              one account of --ntlm-users against its password, NTLMv2 only;
+#              --ntlm-acceptor gss-ntlmssp: gss-ntlmssp (Debian package gss-ntlmssp, which
+#              scripts/setup does not install: its /etc/gss/mech.d entry puts it into every
+#              GSSAPI user on the machine) behind the GSSAPI acceptor, reading
+#              --ntlm-users as NTLM_USER_FILE.
+#              gss-ntlmssp 1.2 is stricter than MS-NLMP about two optional fields that
+#              libcurl (like other clients) leaves out: it refuses a NEGOTIATE_MESSAGE
+#              without the 8-byte Version ("Failed to decode data") and an
+#              AUTHENTICATE_MESSAGE whose payload starts right after its 64-byte header,
+#              before the Version and MIC fields. Windows and Samba accept both. For this
+#              acceptor only, the simulator inserts those two fields empty and moves the
+#              payload offsets (ntlm_with_empty_version*): no byte that is checked changes,
+#              and a message that claims a MIC (MsvAvFlags) is passed on untouched.
+# --ntlm-users FILE: lines DOMAIN:user:password (gss-ntlmssp's user file format).
+# Each SOAP request's log entry says what happened: auth_result "accepted", "persisted"
+# (the connection had authenticated before), "challenged" (401 asking for a token or
+# carrying the NTLM CHALLENGE) or "refused" (401; auth_error says why, in the acceptor's
+# words), auth_user (the authenticated name: "svc@REALM", "DOMAIN\\user"), auth_mech
+# (Negotiate: the mechanism's OID) and ntlm_response ("NTLMv2" or "NTLMv1").
+
+SPNEGO_OID = "1.3.6.1.5.5.2"
+KRB5_OID = "1.2.840.113554.1.2.2"
+NTLMSSP_OID = "1.3.6.1.4.1.311.2.2.10"
+NTLMSSP_SIGNATURE = b"NTLMSSP\0"
+NTLM_NEGOTIATE, NTLM_CHALLENGE, NTLM_AUTHENTICATE = 1, 2, 3
+NTLM_AUTH_HEADER = 64            # AUTHENTICATE_MESSAGE up to NegotiateFlags
+NTLM_AUTH_FULL_HEADER = 88       # ... plus Version (8) and MIC (16)
+NTLM_NEG_FULL_HEADER = 40        # NEGOTIATE_MESSAGE with its Version
+NTLM_AUTH_FIELDS = (12, 20, 28, 36, 44, 52)   # Lm, Nt, Domain, User, Workstation, SessionKey
+MSV_AV_FLAGS, MSV_AV_EOL = 6, 0
+MSV_AV_FLAG_MIC = 0x2
+
+
+class AuthRefused(Exception):
+    """The acceptor refused the token; the text says why, in its own words."""
+
+
+@dataclass
+class AuthStep:
+    result: str                      # "accepted" or "challenged"
+    user: str | None = None          # accepted: the authenticated name
+    token: bytes | None = None       # to send back in WWW-Authenticate, if any
+    mech: str | None = None
+    ntlm_response: str | None = None
+
+
+@dataclass
+class AuthVerdict:
+    accepted: bool
+    user: str | None
+    scheme: str | None
+    result: str | None               # accepted, persisted, challenged, refused (None: no auth)
+    error: str | None = None
+    headers: list = dataclasses.field(default_factory=list)   # for the 401, or the answer when accepted
+    mech: str | None = None
+    ntlm_response: str | None = None
+
+
+def ntlm_message_type(token: bytes) -> int:
+    if len(token) < 12 or not token.startswith(NTLMSSP_SIGNATURE):
+        raise AuthRefused("not an NTLMSSP message")
+    return int.from_bytes(token[8:12], "little")
+
+
+def ntlm_fields(token: bytes) -> list:
+    """(length, offset) of each payload field of an AUTHENTICATE_MESSAGE."""
+    if len(token) < NTLM_AUTH_HEADER:
+        raise AuthRefused("AUTHENTICATE_MESSAGE shorter than its header")
+    return [(int.from_bytes(token[at:at + 2], "little"),
+             int.from_bytes(token[at + 4:at + 8], "little")) for at in NTLM_AUTH_FIELDS]
+
+
+def ntlm_field(token: bytes, index: int) -> bytes:
+    length, offset = ntlm_fields(token)[index]
+    if offset + length > len(token):
+        raise AuthRefused("AUTHENTICATE_MESSAGE field beyond its end")
+    return token[offset:offset + length]
+
+
+def ntlm_response_kind(token: bytes) -> str:
+    """NTLMv2 (an NTProofStr and a client blob) or NTLMv1 (24 bytes) in an AUTHENTICATE."""
+    return "NTLMv2" if len(ntlm_field(token, 1)) > 24 else "NTLMv1"
+
+
+def ntlm_claims_mic(token: bytes) -> bool:
+    """True when the NTLMv2 client blob's AV pairs say a MIC is present (MsvAvFlags 0x2)."""
+    nt = ntlm_field(token, 1)
+    at = 16 + 28                      # NTProofStr, then the blob's fixed part
+    while at + 4 <= len(nt):
+        av_id = int.from_bytes(nt[at:at + 2], "little")
+        av_len = int.from_bytes(nt[at + 2:at + 4], "little")
+        if av_id == MSV_AV_EOL:
+            return False
+        if av_id == MSV_AV_FLAGS and av_len >= 4:
+            return bool(int.from_bytes(nt[at + 4:at + 8], "little") & MSV_AV_FLAG_MIC)
+        at += 4 + av_len
+    return False
+
+
+def ntlm_with_empty_version(token: bytes) -> bytes:
+    """A NEGOTIATE_MESSAGE with the (optional) Version field present, zero when absent.
+    Its payload fields point at absolute offsets, so zeros at the end move nothing."""
+    if len(token) >= NTLM_NEG_FULL_HEADER:
+        return token
+    return token + b"\0" * (NTLM_NEG_FULL_HEADER - len(token))
+
+
+def ntlm_with_empty_version_and_mic(token: bytes) -> bytes:
+    """An AUTHENTICATE_MESSAGE whose payload starts after Version and MIC: the missing
+    ones are inserted as zeros and every field's offset moves by as much."""
+    fields = ntlm_fields(token)
+    start = min([offset for length, offset in fields if length] or [len(token)])
+    if start >= NTLM_AUTH_FULL_HEADER or start < NTLM_AUTH_HEADER or ntlm_claims_mic(token):
+        return token
+    shift = NTLM_AUTH_FULL_HEADER - start
+    header = bytearray(token[:start])
+    for (length, offset), at in zip(fields, NTLM_AUTH_FIELDS):
+        if length:
+            header[at + 4:at + 8] = (offset + shift).to_bytes(4, "little")
+    return bytes(header) + b"\0" * shift + token[start:]
+
+
+def read_ntlm_users(path: str) -> list:
+    """--ntlm-users: (domain, user, password) per line DOMAIN:user:password."""
+    users = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            domain, sep1, rest = line.partition(":")
+            user, sep2, password = rest.partition(":")
+            if not (sep1 and sep2 and user):
+                raise ValueError(f"{path}:{number}: expected DOMAIN:user:password")
+            users.append((domain, user, password))
+    if not users:
+        raise ValueError(f"{path}: no account")
+    return users
+
+
+def gss_error_text(exc) -> str:
+    """A GSSError's text: the major status, then the mechanism's own words."""
+    return " ".join(str(exc).split())
+
+
+class NegotiateAcceptor:
+    """Kerberos through SPNEGO (or raw Kerberos), checked by MIT's GSSAPI with a keytab."""
+    scheme = "Negotiate"
+
+    def __init__(self, keytab: str, principal: str | None = None):
+        import gssapi   # python3-gssapi: only needed for this mode
+        self.gssapi = gssapi
+        if not os.path.isfile(keytab):
+            raise ValueError(f"keytab {keytab} does not exist")
+        name = gssapi.Name(principal, gssapi.NameType.kerberos_principal) \
+            if principal else None
+        mechs = [gssapi.OID.from_int_seq(SPNEGO_OID), gssapi.OID.from_int_seq(KRB5_OID)]
+        try:
+            self.creds = gssapi.Credentials(name=name, usage="accept", mechs=mechs,
+                                            store={"keytab": keytab})
+        except gssapi.exceptions.GSSError as exc:
+            raise ValueError(f"cannot use keytab {keytab}: {gss_error_text(exc)}") from exc
+
+    def step(self, context, token: bytes):
+        """(context to keep for a further leg, or None; AuthStep); raises AuthRefused."""
+        gssapi = self.gssapi
+        if context is None:
+            context = gssapi.SecurityContext(creds=self.creds, usage="accept")
+        try:
+            out = context.step(token)
+            # python-gssapi keeps an error that came with a token (SPNEGO's reject) and
+            # raises it on the next use of the context: here.
+            if not context.complete:
+                return context, AuthStep("challenged", token=out)
+            return None, AuthStep("accepted", user=str(context.initiator_name), token=out,
+                                  mech=context.mech.dotted_form)
+        except gssapi.exceptions.GSSError as exc:
+            raise AuthRefused(gss_error_text(exc)) from exc
+
+    def discard(self, context) -> None:
+        pass
+
+
+class GssNtlmsspAcceptor:
+    """NTLM checked by gss-ntlmssp behind MIT's GSSAPI, against NTLM_USER_FILE."""
+    scheme = "NTLM"
+
+    def __init__(self, users_file: str):
+        read_ntlm_users(users_file)            # a bad file fails at start, not per request
+        os.environ["NTLM_USER_FILE"] = os.path.abspath(users_file)
+        import gssapi
+        self.gssapi = gssapi
+        try:
+            self.creds = gssapi.Credentials(usage="accept",
+                                            mechs=[gssapi.OID.from_int_seq(NTLMSSP_OID)])
+        except gssapi.exceptions.GSSError as exc:
+            raise ValueError("gss-ntlmssp is not available (Debian package gss-ntlmssp): "
+                             f"{gss_error_text(exc)}") from exc
+
+    def step(self, context, token: bytes):
+        gssapi = self.gssapi
+        kind = ntlm_message_type(token)
+        try:
+            if kind == NTLM_NEGOTIATE:
+                context = gssapi.SecurityContext(creds=self.creds, usage="accept")
+                out = context.step(ntlm_with_empty_version(token))
+                return context, AuthStep("challenged", token=out)
+            if kind != NTLM_AUTHENTICATE:
+                raise AuthRefused(f"unexpected NTLM message type {kind}")
+            if context is None:
+                raise AuthRefused("AUTHENTICATE_MESSAGE without a NEGOTIATE_MESSAGE on "
+                                  "this connection")
+            response = ntlm_response_kind(token)
+            context.step(ntlm_with_empty_version_and_mic(token))
+        except gssapi.exceptions.GSSError as exc:
+            raise AuthRefused(gss_error_text(exc)) from exc
+        if not context.complete:
+            raise AuthRefused("gss-ntlmssp wants another leg after AUTHENTICATE")
+        # gss-ntlmssp counts the terminating NUL in the displayed name.
+        return None, AuthStep("accepted", user=str(context.initiator_name).rstrip("\0"),
+                              mech=NTLMSSP_OID, ntlm_response=response)
+
+    def discard(self, context) -> None:
+        pass
+
+
+class SambaNtlmAcceptor:
+    """NTLM checked by Samba's NTLMSSP server: ntlm_auth's squid-2.5-ntlmssp helper
+    protocol (YR NEGOTIATE -> TT CHALLENGE; KK AUTHENTICATE -> AF DOMAIN\\user | NA why),
+    one helper process per handshake, checking the password of the one account given."""
+    scheme = "NTLM"
+
+    def __init__(self, users_file: str):
+        users = read_ntlm_users(users_file)
+        if len(users) != 1:
+            raise ValueError("--ntlm-acceptor samba checks one account: give one line")
+        self.domain, self.user, self.password = users[0]
+        self.ntlm_auth = shutil.which("ntlm_auth") or "/usr/bin/ntlm_auth"
+        if not os.access(self.ntlm_auth, os.X_OK):
+            raise ValueError("ntlm_auth not found (Debian package winbind)")
+        # Its own smb.conf and state folders: nothing of the system's is read or written.
+        self.workdir = tempfile.mkdtemp(prefix="ews_sim-samba-")
+        self.smb_conf = os.path.join(self.workdir, "smb.conf")
+        with open(self.smb_conf, "w") as f:
+            f.write("[global]\n"
+                    f"  workgroup = {self.domain or 'EXAMPLE'}\n"
+                    "  netbios name = EWS-SIM\n"
+                    "  ntlm auth = ntlmv2-only\n"
+                    "  lanman auth = no\n" +
+                    "".join(f"  {name} = {self.workdir}\n" for name in (
+                        "state directory", "cache directory", "lock directory",
+                        "private dir", "pid directory", "ncalrpc dir")))
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _start_helper(self):
+        # The password goes to ntlm_auth on its command line, as Samba's own tests do:
+        # a test account's, on loopback.
+        return subprocess.Popen(
+            [self.ntlm_auth, f"--configfile={self.smb_conf}",
+             "--helper-protocol=squid-2.5-ntlmssp", f"--password={self.password}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sys.stderr,
+            text=True, env=dict(os.environ, LC_ALL="C"))
+
+    @staticmethod
+    def _ask(helper, line: str) -> str:
+        try:
+            helper.stdin.write(line + "\n")
+            helper.stdin.flush()
+            reply = helper.stdout.readline().strip()
+        except (BrokenPipeError, OSError):
+            reply = ""
+        if not reply:
+            raise AuthRefused(f"ntlm_auth ended (status {helper.poll()})")
+        return reply
+
+    def step(self, context, token: bytes):
+        kind = ntlm_message_type(token)
+        encoded = base64.b64encode(token).decode()
+        if kind == NTLM_NEGOTIATE:
+            self.discard(context)
+            helper = self._start_helper()
+            reply = self._ask(helper, "YR " + encoded)
+            if not reply.startswith("TT "):
+                self.discard(helper)
+                raise AuthRefused(f"ntlm_auth: {reply}")
+            return helper, AuthStep("challenged", token=base64.b64decode(reply[3:]))
+        if kind != NTLM_AUTHENTICATE:
+            raise AuthRefused(f"unexpected NTLM message type {kind}")
+        if context is None:
+            raise AuthRefused("AUTHENTICATE_MESSAGE without a NEGOTIATE_MESSAGE on this "
+                              "connection")
+        try:
+            response = ntlm_response_kind(token)
+            reply = self._ask(context, "KK " + encoded)
+        finally:
+            self.discard(context)
+        if reply.startswith("NA "):
+            raise AuthRefused(f"ntlm_auth: {reply[3:]}")
+        if not reply.startswith("AF "):
+            raise AuthRefused(f"ntlm_auth: {reply}")
+        name = reply[3:]
+        domain, _, user = name.rpartition("\\")
+        if user.lower() != self.user.lower() or \
+                (domain and self.domain and domain.lower() != self.domain.lower()):
+            # ntlm_auth's local check knows one password, not who may use it.
+            raise AuthRefused(f"{name} is not the account in --ntlm-users")
+        return None, AuthStep("accepted", user=name, mech=NTLMSSP_OID,
+                              ntlm_response=response)
+
+    def discard(self, context) -> None:
+        if context is None:
+            return
+        try:
+            context.stdin.close()
+        except OSError:
+            pass
+        try:
+            context.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            context.kill()
+            context.wait()
+        context.stdout.close()
+
 
 
 # ---------------------------------------------------------------------------
@@ -964,24 +1290,18 @@ class SimConfig:
     validator: SchemaValidator | None = None
     oauth_clients: dict | None = None     # client_id -> secret: OAuth2 bearer tokens accepted
     tokens: set = dataclasses.field(default_factory=set)   # bearer tokens issued and valid
+    # --auth negotiate | ntlm: checks Windows authentication tokens (None: basic/users)
+    acceptor: object | None = None
 
 
-class SimServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class SimServer(LoopbackServer):
     def __init__(self, port: int, config: SimConfig, ssl_context=None):
         self.config = config
+        self.verbose = config.verbose
         self.store = Store()
         self.operations = Operations(self.store)
         self.ssl_context = ssl_context
         super().__init__(("127.0.0.1", port), EwsRequestHandler)
-
-    def server_bind(self):
-        # HTTPServer.server_bind would do a reverse DNS lookup (getfqdn); skip it.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
     def finish_request(self, request, client_address):
         # Runs in the connection's own thread, so a slow TLS handshake blocks nobody.
@@ -1000,12 +1320,8 @@ class SimServer(ThreadingHTTPServer):
         finally:
             tls.close()
 
-    def handle_error(self, request, client_address):
-        if self.config.verbose:
-            super().handle_error(request, client_address)
 
-
-class EwsRequestHandler(BaseHTTPRequestHandler):
+class EwsRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
     # Headers and body leave in separate writes: without this, Nagle's algorithm and
     # delayed ACKs add ~40 ms to every answer on a kept-alive connection.
     disable_nagle_algorithm = True
@@ -1028,6 +1344,9 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
         self.route()
 
     def do_PUT(self):
+        self.route()
+
+    def do_PATCH(self):
         self.route()
 
     def route(self):
@@ -1095,6 +1414,10 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers:
             self.send_header(name, value)
+        # The last leg of Negotiate (mutual authentication) rides on the answer.
+        for name, value in getattr(self, "auth_reply_headers", None) or ():
+            self.send_header(name, value)
+        self.auth_reply_headers = []
         self.end_headers()
         self.wfile.write(body)
 
@@ -1111,6 +1434,51 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
             pass
 
     # -- authentication --------------------------------------------------------
+    auth_context = None       # per connection: a Negotiate/NTLM handshake under way
+    connection_user = None    # per connection: who authenticated on it (IIS keeps it)
+
+    def finish(self):
+        acceptor = self.server.config.acceptor
+        if acceptor is not None and self.auth_context is not None:
+            acceptor.discard(self.auth_context)
+            self.auth_context = None
+        super().finish()
+
+    def authenticate_windows(self) -> AuthVerdict:
+        """Negotiate or NTLM, as IIS does it (see "Windows authentication" above)."""
+        acceptor = self.server.config.acceptor
+        challenge = [("WWW-Authenticate", acceptor.scheme)]
+        header = self.headers.get("Authorization", "")
+        scheme, _, credentials = header.strip().partition(" ")
+        if not header:
+            if self.connection_user is not None:
+                return AuthVerdict(True, self.connection_user, None, "persisted")
+            return AuthVerdict(False, None, None, "challenged", headers=challenge)
+        if scheme.lower() != acceptor.scheme.lower():
+            return AuthVerdict(False, None, scheme, "refused", headers=challenge,
+                               error=f"{scheme} is not accepted, only {acceptor.scheme}")
+        # New credentials on the connection: whoever logged on before does not count.
+        self.connection_user = None
+        try:
+            token = base64.b64decode(credentials.strip(), validate=True)
+            if not token:
+                raise AuthRefused(f"{acceptor.scheme} without a token")
+            self.auth_context, step = acceptor.step(self.auth_context, token)
+        except (binascii.Error, AuthRefused) as exc:
+            if self.auth_context is not None:
+                acceptor.discard(self.auth_context)
+                self.auth_context = None
+            error = str(exc) if isinstance(exc, AuthRefused) else "token is not base64"
+            return AuthVerdict(False, None, scheme, "refused", error, challenge)
+        reply = [("WWW-Authenticate", f"{acceptor.scheme} "
+                  f"{base64.b64encode(step.token).decode()}")] if step.token else []
+        if step.result != "accepted":
+            return AuthVerdict(False, None, scheme, "challenged", headers=reply or challenge,
+                               mech=step.mech)
+        self.connection_user = step.user
+        return AuthVerdict(True, step.user, scheme, "accepted", headers=reply, mech=step.mech,
+                           ntlm_response=step.ntlm_response)
+
     def authenticate(self):
         """(accepted, user name sent, scheme sent)."""
         header = self.headers.get("Authorization", "")
@@ -1136,22 +1504,35 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
     # -- SOAP --------------------------------------------------------------------
     def handle_soap(self, body: bytes) -> None:
         config, store = self.server.config, self.server.store
-        record = store.log_request({
+        record = self.log_new_request({
             "seq": None, "time": time.time(), "op": None, "mailbox": None,
             "anchor_mailbox": self.headers.get("X-AnchorMailbox"), "impersonation": False,
             "valid": None, "error": None, "auth_user": None, "auth_scheme": None,
+            "auth_result": None, "auth_error": None, "auth_mech": None, "ntlm_response": None,
             "content_type": self.headers.get("Content-Type"), "http_status": None,
             "fault": None, "server_version": None, "path": self.path,
             "schema_checked": config.validator is not None,
             "body": body.decode("utf-8", "replace"),
         })
-        accepted, user, scheme = self.authenticate()
-        store.update_request(record, auth_user=user, auth_scheme=scheme)
+        self.auth_reply_headers = []
+        if config.acceptor is not None:
+            verdict = self.authenticate_windows()
+            store.update_request(record, auth_user=verdict.user, auth_scheme=verdict.scheme,
+                                 auth_result=verdict.result, auth_error=verdict.error,
+                                 auth_mech=verdict.mech, ntlm_response=verdict.ntlm_response)
+            accepted, challenge = verdict.accepted, verdict.headers
+            if accepted:
+                self.auth_reply_headers = verdict.headers   # Negotiate's mutual auth token
+        else:
+            accepted, user, scheme = self.authenticate()
+            store.update_request(record, auth_user=user, auth_scheme=scheme,
+                                 auth_result=None if config.users is None else
+                                 "accepted" if accepted else "refused")
+            challenge = [("WWW-Authenticate", 'Basic realm="EWS"')]
         if not accepted:
             # Exchange refuses before reading the body: valid stays null.
             store.update_request(record, http_status=401)
-            self.send_bytes(401, b"", "text/plain",
-                            [("WWW-Authenticate", 'Basic realm="EWS"')])
+            self.send_bytes(401, b"", "text/plain", challenge)
             return
 
         try:
@@ -1254,11 +1635,10 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
             return
 
         # "delay" sleeps after performing by default: the slow answer of a done operation,
-        # which is what makes a client's timeout-and-retry risk duplicates.
-        delay = fault.get("ms", 0) / 1000 if mode == "delay" else 0
-        delay_before = fault.get("when") == "before_perform" if mode == "delay" else False
-        if delay_before:
-            time.sleep(delay)
+        # which is what makes a client's timeout-and-retry risk duplicates. With "when":
+        # "before_perform" the operation itself happens late; with "answer": "drop" the
+        # connection closes after the delay instead of answering. The sleep holds no lock.
+        delay_before_perform(fault)
         mailbox = record["mailbox"]
         if config.known_mailboxes is not None and mailbox and \
                 mailbox not in config.known_mailboxes:
@@ -1267,11 +1647,9 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
             fallback = normalise_mailbox(record["auth_user"]) or "default"
             response = self.server.operations.perform(
                 SoapRequest(op_elem, op, mailbox, fallback))
-        if mode == "drop_after_perform":
+        if after_perform(fault):
             self.drop_connection()
             return
-        if delay and not delay_before:
-            time.sleep(delay)
         self.send_soap(200, response, record)
 
     def send_soap(self, status: int, body: bytes, record: dict | None = None,
@@ -1282,68 +1660,33 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
             self.server.store.update_request(record, http_status=status)
         self.send_bytes(status, body, content_type, headers)
 
-    # -- control API -------------------------------------------------------------
-    def handle_control(self, path: str, body: bytes) -> None:
-        """JSON test hooks (no authentication); listed in the module docstring."""
-        store = self.server.store
-        query = parse_qs(urlsplit(self.path).query)
-        method = self.command
+    # -- control API (the shared part is sim_control.ControlHandlerMixin) -------------
+    def check_fault_spec(self, spec) -> dict:
+        return check_fault(spec)
 
-        if method == "GET" and path == "/_sim/mailboxes":
-            return self.send_json(200, store.snapshot_mailboxes())
-        if method == "GET" and path.startswith("/_sim/mailboxes/"):
-            mailbox = normalise_mailbox(unquote(path[len("/_sim/mailboxes/"):]))
-            with store.lock:
-                return self.send_json(200, copy.deepcopy(store.mailbox_items(mailbox)))
-        if path.startswith("/_sim/items/"):
-            return self.handle_control_item(method, unquote(path[len("/_sim/items/"):]))
-        if method == "GET" and path == "/_sim/deleted":
-            with store.lock:
-                return self.send_json(200, copy.deepcopy(store.deleted))
-        if method == "GET" and path == "/_sim/requests":
-            with_body = query.get("body", ["0"])[0] not in ("0", "")
-            op_filter = query.get("op", [None])[0]
-            with store.lock:
-                requests = [dict(r) for r in store.requests
-                            if op_filter is None or r["op"] == op_filter]
-            if not with_body:
-                for r in requests:
-                    r.pop("body", None)
-            return self.send_json(200, requests)
+    def handle_control_extra(self, method: str, path: str, body: bytes) -> bool:
+        store = self.server.store
         if method == "POST" and path == "/_sim/reject-subjects":
             # {"contains": "...", "code": "ErrorQuotaExceeded"}: creates of items whose
             # subject contains the text fail with that code, one by one.
             spec = json.loads(body or b"{}")
             with store.lock:
                 store.rejections[spec["contains"]] = spec.get("code", "ErrorQuotaExceeded")
-            return self.send_json(200, {"rejecting": spec["contains"]})
+            self.send_json(200, {"rejecting": spec["contains"]})
+            return True
         if method == "POST" and path == "/_sim/revoke-tokens":
             with store.lock:
                 self.server.config.tokens.clear()
-            return self.send_json(200, {"revoked": True})
-        if method == "GET" and path == "/_sim/errors":
-            with store.lock:
-                return self.send_json(200, list(store.errors))
-        if method == "GET" and path == "/_sim/stats":
-            counts = {}
-            with store.lock:
-                for r in store.requests:
-                    op = r["op"] or "unknown"
-                    counts[op] = counts.get(op, 0) + 1
-            return self.send_json(200, counts)
-        if method == "POST" and path == "/_sim/reset":
-            store.reset()
-            return self.send_json(200, {"reset": True})
-        if path == "/_sim/faults":
-            return self.handle_control_faults(method, body)
-        self.send_json(404, {"error": f"no control endpoint {method} {path}"})
+            self.send_json(200, {"revoked": True})
+            return True
+        return False
 
     def handle_token(self, body: bytes) -> None:
         """OAuth2 client credentials (Entra ID's token endpoint, as far as we use it)."""
         config = self.server.config
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         clients = config.oauth_clients or {}
-        record = self.server.store.log_request({
+        record = self.log_new_request({
             "seq": None, "time": time.time(), "op": "Token", "mailbox": None,
             "anchor_mailbox": None, "impersonation": False, "valid": True, "error": None,
             "auth_user": form.get("client_id"), "auth_scheme": None,
@@ -1362,57 +1705,13 @@ class EwsRequestHandler(BaseHTTPRequestHandler):
         self.send_json(200, {"token_type": "Bearer", "expires_in": 3600,
                              "access_token": token})
 
-    def handle_control_item(self, method: str, item_id: str) -> None:
-        """GET or DELETE one item, e.g. to play a user deleting it in Outlook."""
-        store = self.server.store
-        with store.lock:
-            item = store.items.get(item_id)
-            if item is None:
-                return self.send_json(404, {"error": "no such item"})
-            if method == "DELETE":
-                del store.items[item_id]
-                return self.send_json(200, item)
-            if method == "GET":
-                return self.send_json(200, copy.deepcopy(item))
-        self.send_json(405, {"error": "GET or DELETE"})
-
-    def handle_control_faults(self, method: str, body: bytes) -> None:
-        store = self.server.store
-        if method == "DELETE":
-            with store.lock:
-                cleared = len(store.faults)
-                store.faults.clear()
-            return self.send_json(200, {"cleared": cleared})
-        if method == "GET":
-            with store.lock:
-                return self.send_json(200, copy.deepcopy(store.faults))
-        if method != "POST":
-            return self.send_json(405, {"error": "GET, POST or DELETE"})
-        try:
-            spec = json.loads(body or b"null")
-            faults = [check_fault(f) for f in (spec if isinstance(spec, list) else [spec])]
-        except (ValueError, binascii.Error) as exc:
-            return self.send_json(400, {"error": str(exc)})
-        with store.lock:
-            store.faults.extend(faults)
-            queued = copy.deepcopy(store.faults)
-        self.send_json(200, {"queued": len(faults), "faults": queued})
-
 
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 
 def parse_users(text: str | None) -> dict | None:
-    if not text:
-        return None
-    users = {}
-    for pair in text.split(","):
-        name, sep, password = pair.partition(":")
-        if not sep or not name:
-            raise argparse.ArgumentTypeError(f"expected name:password, got {pair!r}")
-        users[name] = password
-    return users
+    return sim_control.parse_pairs(text, "name:password") if text else None
 
 
 def parse_args(argv):
@@ -1422,6 +1721,18 @@ def parse_args(argv):
     parser.add_argument("--port-file", help="write the bound port here (atomically)")
     parser.add_argument("--users", type=parse_users,
                         help="require HTTP Basic auth: name:password[,name:password...]")
+    parser.add_argument("--auth", choices=("basic", "negotiate", "ntlm"), default="basic",
+                        help="what EWS requests must authenticate with (default basic: "
+                             "--users, or nothing without it)")
+    parser.add_argument("--keytab", help="--auth negotiate: the service's keytab")
+    parser.add_argument("--principal",
+                        help="--auth negotiate: accept tickets for this principal only "
+                             "(e.g. HTTP/mail.example.org@EXAMPLE.ORG; default: any key "
+                             "in the keytab)")
+    parser.add_argument("--ntlm-users",
+                        help="--auth ntlm: accounts, one DOMAIN:user:password a line")
+    parser.add_argument("--ntlm-acceptor", choices=("samba", "gss-ntlmssp"), default="samba",
+                        help="--auth ntlm: Samba's ntlm_auth (default) or gss-ntlmssp")
     parser.add_argument("--schema-dir", default=os.environ.get("FOLLOWUPD_EWS_SCHEMA"),
                         help="EWS schema folder (default: $FOLLOWUPD_EWS_SCHEMA)")
     parser.add_argument("--no-schema", action="store_true", help="skip schema validation")
@@ -1438,16 +1749,29 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if args.auth != "basic" and args.users is not None:
+        parser.error("--users is for --auth basic")
+    if args.auth == "negotiate" and not args.keytab:
+        parser.error("--auth negotiate needs --keytab")
+    if args.auth == "ntlm" and not args.ntlm_users:
+        parser.error("--auth ntlm needs --ntlm-users")
     return args
 
 
-def write_port_file(path: str, port: int) -> None:
-    """Temp file + rename, so a waiting test never reads a half-written number."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ews_sim_port.", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{port}\n")
-    os.replace(tmp, path)
+def make_acceptor(args):
+    """The Negotiate or NTLM acceptor for --auth, None for basic (exits on a bad setup)."""
+    try:
+        if args.auth == "negotiate":
+            return NegotiateAcceptor(args.keytab, args.principal)
+        if args.auth == "ntlm" and args.ntlm_acceptor == "gss-ntlmssp":
+            return GssNtlmsspAcceptor(args.ntlm_users)
+        if args.auth == "ntlm":
+            return SambaNtlmAcceptor(args.ntlm_users)
+    except ImportError as exc:
+        sys.exit(f"ews_sim: --auth {args.auth} needs python3-gssapi: {exc}")
+    except (OSError, ValueError) as exc:
+        sys.exit(f"ews_sim: --auth {args.auth}: {exc}")
+    return None
 
 
 def main(argv=None) -> int:
@@ -1457,32 +1781,22 @@ def main(argv=None) -> int:
     if args.known_mailboxes is not None:
         known = {normalise_mailbox(a) for a in args.known_mailboxes.split(",") if a.strip()}
     config = SimConfig(users=args.users, known_mailboxes=known, latency_ms=args.latency_ms,
-                       verbose=args.verbose, validator=validator, oauth_clients=args.oauth_client)
+                       verbose=args.verbose, validator=validator, oauth_clients=args.oauth_client,
+                       acceptor=make_acceptor(args))
     ssl_context = None
     if args.tls_cert:
         ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
 
     server = SimServer(args.port, config, ssl_context)
-    port = server.server_address[1]
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    # serve_forever in a thread: shutdown() must be called from another thread than it.
-    threading.Thread(target=server.serve_forever, name="ews_sim", daemon=True).start()
-
-    if args.port_file:
-        write_port_file(args.port_file, port)
-    else:
-        print(port, flush=True)
-    if args.verbose:
-        scheme = "https" if ssl_context else "http"
-        print(f"ews_sim: listening on {scheme}://127.0.0.1:{port}/EWS/Exchange.asmx",
-              file=sys.stderr, flush=True)
-    stop.wait()
-    server.shutdown()
-    server.server_close()
-    return 0
+    scheme = "https" if ssl_context else "http"
+    banner = (f"ews_sim: listening on {scheme}://127.0.0.1:{server.server_address[1]}"
+              f"/EWS/Exchange.asmx") if args.verbose else None
+    try:
+        return sim_control.serve_until_signalled(server, "ews_sim", args.port_file, banner)
+    finally:
+        if hasattr(config.acceptor, "close"):
+            config.acceptor.close()
 
 
 if __name__ == "__main__":

@@ -26,25 +26,53 @@ Graph (below /v1.0):
   GET|PATCH|DELETE /users/{m}/todo/lists/{l}/tasks/{id}      GetTask|PatchTask|DeleteTask
   POST   /$batch                                             Batch (at most 20 members)
 
-Control API (JSON, no authentication), shaped like ews_sim's:
+Control API (JSON, no authentication), the same as ews_sim's (shared code and full
+description in sim_control.py):
   GET    /_sim/mailboxes            {"mailbox": [items...]}; item fields as ews_sim's where
                                     they overlap (kind, subject, body, body_type, importance,
                                     start, end, reminder_*, legacy_free_busy, due_date,
-                                    status, extended_properties, updated_count, ...)
+                                    status, extended_properties, updated_count, ...), plus
+                                    transaction_id (events) and due_time_zone (tasks: the
+                                    dueDateTime's timeZone; due_date is its dateTime without
+                                    fractional seconds, with "Z" only when the zone is UTC)
   GET    /_sim/mailboxes/<addr>     [items]
   GET    /_sim/deleted              {"mailbox": [deleted items]}
   GET    /_sim/items/<id>           one item; DELETE removes it ("user deleted it")
+  PATCH  /_sim/items/<id>           {"subject", "start", "end"} of an event, {"subject",
+                                    "status", "due_date", "due_time_zone"} of a task, as
+                                    /_sim/mailboxes shows them: a person's edit in Outlook
+                                    (new @odata.etag and lastModifiedDateTime, edited_count
+                                    + 1; updated_count counts PATCH calls to Graph only);
+                                    answers the item
+  POST   /_sim/items/<id>/move      new id (same format), all else kept (the old id joins
+                                    "previous_ids"); the old id then gets 404; answers
+                                    {"id": "<new id>"}
   DELETE /_sim/lists/<addr>         the default To Do list is replaced by a new, empty one
-  GET    /_sim/requests[?op=X][&body=1]   request log, oldest first (batch members too)
+  GET    /_sim/requests[?op=X][&body=1]   request log, oldest first (batch members too);
+                                    each entry has "connection" ("ip:port") and
+                                    "connection_seq" (requests the TCP connection carried
+                                    before: 0 = fresh; batch members: their $batch's);
+                                    a CreateEvent answered with an existing event of the
+                                    same transactionId has "deduplicated": true
   GET    /_sim/errors               rejected-request reasons
   GET    /_sim/stats                {"CreateEvent": n, ...}
-  POST   /_sim/reset                forget items, lists, tokens, requests, errors, faults
-  POST   /_sim/faults               queue {"mode", "count", "ops", ...} or a list of them
+  POST   /_sim/reset                forget items, lists, tokens, requests, errors, faults,
+                                    settings
+  POST   /_sim/faults               queue {"mode", "count", "ops", "mailboxes", ...} or a list
   GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
+  GET    /_sim/settings             {"ignore_connection_close": false, "lookup_lag_ms": 0}
+  POST   /_sim/settings             change some: "ignore_connection_close": true keeps a
+                                    connection open despite "Connection: close" and never
+                                    answers "Connection: close" (as HTTP/2);
+                                    "lookup_lag_ms": N hides events and tasks younger than
+                                    N ms from $filter lookups (search lag; transactionId
+                                    de-duplication still sees them)
 Fault modes: drop_after_perform, drop_before_perform, http_status (status, retry_after,
 code, message), expire_token (the next call with a valid token gets 401 and the token
-is revoked), delay (ms), raw (status, body, content_type, headers). In a $batch, a
-member's fault answers that member only (drop_* drop the whole batch connection);
+is revoked), delay (ms; "when": "before_perform" performs late, default performs then
+answers late; "answer": "drop" closes the connection after the delay instead of
+answering), raw (status, body, content_type, headers). In a $batch, a member's fault
+answers that member only (drop_* and "answer": "drop" drop the whole batch connection);
 "in_batch": true makes a fault apply to $batch members only.
 """
 
@@ -53,19 +81,26 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import functools
 import hmac
 import json
 import os
 import re
-import signal
 import sys
-import tempfile
-import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+import zoneinfo
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+# sim_control.py sits beside this file. Run as a script, this folder is sys.path[0]
+# already (unless PYTHONSAFEPATH is set); imported from elsewhere, it may not be.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+import sim_control  # noqa: E402
+from sim_control import (ControlHandlerMixin, ControlStore, LoopbackServer,  # noqa: E402
+                         after_perform, check_edit, delay_before_perform, normalise_mailbox)
 
 API_ROOT = "/v1.0"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -103,11 +138,6 @@ def new_id(prefix: bytes) -> str:
     return base64.b64encode(prefix + os.urandom(45) + b"\x00").decode()
 
 
-def normalise_mailbox(address: str | None) -> str | None:
-    address = (address or "").strip().lower()
-    return address or None
-
-
 def graph_error(status: int, code: str, message: str):
     return status, {"error": {"code": code, "message": message,
                               "innerError": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -131,10 +161,42 @@ def utc_text(value, what: str) -> str:
     return text.split(".")[0] + "Z"
 
 
-def graph_time(text: str | None):
+# Windows time-zone ids ("W. Europe Standard Time", "UTC", "UTC-11", "Russia Time Zone 3")
+# and IANA names are what Graph accepts in a dateTimeTimeZone.
+WINDOWS_ZONE_RE = re.compile(r"^(UTC([+-]\d{2})?|Russia Time Zone \d{1,2}|"
+                             r"[A-Z][A-Za-z0-9 .()&'+-]* Standard Time)$")
+
+
+@functools.lru_cache(maxsize=1)
+def iana_zones() -> frozenset:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def zoned_text(value, what: str) -> tuple:
+    """(text, zone) from a dateTimeTimeZone in any zone Graph accepts: text is the
+    dateTime without fractional seconds, with "Z" only when the zone is UTC (so a UTC
+    value reads exactly as utc_text gives it)."""
+    if not isinstance(value, dict) or set(value) - {"dateTime", "timeZone"}:
+        raise BadRequest(f"{what} must be a dateTimeTimeZone object")
+    text, zone = value.get("dateTime"), value.get("timeZone")
+    if not isinstance(text, str) or not DATETIME_RE.match(text):
+        raise BadRequest(f"{what}.dateTime {text!r} is not an ISO 8601 date and time")
+    if not isinstance(zone, str) or not (WINDOWS_ZONE_RE.match(zone) or zone in iana_zones()):
+        raise BadRequest(f"{what}.timeZone {zone!r} is not a time zone Graph knows")
+    return text.split(".")[0] + ("Z" if zone == "UTC" else ""), zone
+
+
+def graph_time(text: str | None, zone: str | None = "UTC"):
     if not text:
         return None
-    return {"dateTime": text.rstrip("Z") + ".0000000", "timeZone": "UTC"}
+    return {"dateTime": text.rstrip("Z") + ".0000000", "timeZone": zone or "UTC"}
+
+
+def graph_timestamp(seconds: float) -> str:
+    """createdDateTime / lastModifiedDateTime: UTC with seven fractional digits and "Z"."""
+    whole = int(seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + \
+        f".{int((seconds - whole) * 1e7):07d}Z"
 
 
 def read_body(value, what="body"):
@@ -161,20 +223,29 @@ def check_bool(value, what: str) -> bool:
     return value
 
 
-def apply_event(item: dict, body: dict) -> None:
-    """Validates an event body (create or PATCH) and applies it to item."""
+def check_properties(body, allowed: set, graph_type: str) -> None:
+    """A JSON object naming only properties the Graph type has."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    unknown = set(body) - EVENT_FIELDS
+    unknown = set(body) - allowed
     if unknown:
         raise BadRequest(f"Could not find a property named '{sorted(unknown)[0]}' on type "
-                         "'microsoft.graph.event'.")
+                         f"'microsoft.graph.{graph_type}'.")
+
+
+def check_title(value, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 255:
+        raise BadRequest(f"{what} must be a string of at most 255 characters")
+    return value
+
+
+def apply_event(item: dict, body: dict) -> None:
+    """Validates an event body (create or PATCH) and applies it to item."""
+    check_properties(body, EVENT_FIELDS, "event")
     changes = {}
     for name, value in body.items():
         if name == "subject":
-            if not isinstance(value, str) or len(value) > 255:
-                raise BadRequest("subject must be a string of at most 255 characters")
-            changes["subject"] = value
+            changes["subject"] = check_title(value, name)
         elif name == "body":
             changes.update(read_body(value))
         elif name in ("start", "end"):
@@ -228,24 +299,17 @@ def apply_event(item: dict, body: dict) -> None:
 
 
 def apply_task(item: dict, body: dict, creating: bool) -> None:
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    unknown = set(body) - TASK_FIELDS
-    if unknown:
-        raise BadRequest(f"Could not find a property named '{sorted(unknown)[0]}' on type "
-                         "'microsoft.graph.todoTask'.")
+    check_properties(body, TASK_FIELDS, "todoTask")
     changes = {}
     for name, value in body.items():
         if name == "title":
-            if not isinstance(value, str) or len(value) > 255:
-                raise BadRequest("title must be a string of at most 255 characters")
-            changes["subject"] = value
+            changes["subject"] = check_title(value, name)
         elif name == "body":
             changes.update(read_body(value))
         elif name == "importance":
             changes["importance"] = check_enum(value, IMPORTANCE, name)
         elif name == "dueDateTime":
-            changes["due_date"] = utc_text(value, name)
+            changes["due_date"], changes["due_time_zone"] = zoned_text(value, name)
         elif name == "reminderDateTime":
             changes["reminder_due_by"] = utc_text(value, name)
         elif name == "startDateTime":
@@ -283,6 +347,16 @@ def apply_task(item: dict, body: dict, creating: bool) -> None:
             item["status"], 50.0)
 
 
+def with_times(out: dict, item: dict, select) -> dict:
+    """Adds createdDateTime and lastModifiedDateTime; keeps only what $select names."""
+    out["createdDateTime"] = graph_timestamp(item["created_time"])
+    out["lastModifiedDateTime"] = graph_timestamp(item.get("modified_time")
+                                                  or item["created_time"])
+    if select:
+        out = {k: v for k, v in out.items() if k in select or k in ("id", "@odata.etag")}
+    return out
+
+
 def event_json(item: dict, select=None) -> dict:
     out = {
         "@odata.etag": f'W/"{item["change_key"]}"', "id": item["id"],
@@ -298,9 +372,7 @@ def event_json(item: dict, select=None) -> dict:
         "showAs": {v: k for k, v in SHOW_AS.items()}.get(item["legacy_free_busy"], "busy"),
         "attendees": item["attendees"],
     }
-    if select:
-        out = {k: v for k, v in out.items() if k in select or k in ("id", "@odata.etag")}
-    return out
+    return with_times(out, item, select)
 
 
 def task_json(item: dict, select=None) -> dict:
@@ -312,20 +384,26 @@ def task_json(item: dict, select=None) -> dict:
         "importance": (item["importance"] or "Normal").lower(),
         "status": {v: k for k, v in TASK_STATUS.items()}.get(item["status"], "notStarted"),
         "isReminderOn": item["reminder_is_set"],
-        "dueDateTime": graph_time(item["due_date"]),
+        "dueDateTime": graph_time(item["due_date"], item.get("due_time_zone")),
         "reminderDateTime": graph_time(item["reminder_due_by"]),
         "linkedResources": item["linked_resources"],
     }
-    if select:
-        out = {k: v for k, v in out.items() if k in select or k in ("id", "@odata.etag")}
-    return out
+    return with_times(out, item, select)
+
+
+def new_change_key() -> str:
+    return base64.b64encode(os.urandom(12)).decode()
+
+
+def new_item_id(kind: str) -> str:
+    return new_id(b"\x00\x00\x1b\x00sim" if kind == "appointment" else b"\x00\x00\x1b\x00task")
 
 
 def new_item(kind: str, mailbox: str, seq: int, list_id=None) -> dict:
     appointment = kind == "appointment"
     return {
-        "id": new_id(b"\x00\x00\x1b\x00sim" if appointment else b"\x00\x00\x1b\x00task"),
-        "change_key": base64.b64encode(os.urandom(12)).decode(),
+        "id": new_item_id(kind),
+        "change_key": new_change_key(),
         "kind": kind, "mailbox": mailbox, "folder": "calendar" if appointment else "tasks",
         "list_id": list_id,
         "subject": None, "body": None, "body_type": None, "categories": [],
@@ -335,7 +413,7 @@ def new_item(kind: str, mailbox: str, seq: int, list_id=None) -> dict:
         "start": None, "end": None, "start_time_zone": None, "end_time_zone": None,
         "legacy_free_busy": "Busy" if appointment else None, "attendees": [],
         "send_meeting_invitations": "SendToNone" if appointment else None,
-        "due_date": None, "start_date": None, "transaction_id": None,
+        "due_date": None, "due_time_zone": None, "start_date": None, "transaction_id": None,
         "status": None if appointment else "NotStarted",
         "percent_complete": None if appointment else 0.0,
         "linked_resources": [], "extended_properties": {}, "other_fields": {},
@@ -343,48 +421,21 @@ def new_item(kind: str, mailbox: str, seq: int, list_id=None) -> dict:
     }
 
 
-class Store:
-    """Items, lists, tokens, request log, errors and faults under one lock."""
+class Store(ControlStore):
+    """Items, lists, tokens, request log, errors, faults and settings under one lock
+    (sim_control.ControlStore)."""
 
-    def __init__(self):
-        self.lock = threading.RLock()
-        self.reset()
+    def reset_own(self) -> None:
+        self.lists = {}              # mailbox -> default list id
+        self.tokens = {}             # token -> (client_id, expiry)
+        self.expire_next_token = 0
 
-    def reset(self) -> None:
-        with self.lock:
-            self.items = {}
-            self.deleted = {}
-            self.lists = {}              # mailbox -> default list id
-            self.tokens = {}             # token -> (client_id, expiry)
-            self.mailboxes_seen = set()
-            self.requests = []
-            self.errors = []
-            self.faults = []
-            self.expire_next_token = 0
-            self.next_item_seq = 1
-            self.next_request_seq = 1
-
-    def log_request(self, record: dict) -> dict:
-        with self.lock:
-            record["seq"] = self.next_request_seq
-            self.next_request_seq += 1
-            self.requests.append(record)
-            return record
-
-    def take_fault(self, op: str, in_batch: bool = False) -> dict | None:
-        with self.lock:
-            for index, fault in enumerate(self.faults):
-                if fault["mode"] == "expire_token":
-                    continue   # handled by the token check
-                if fault.get("in_batch") and not in_batch:
-                    continue   # meant for a $batch member only
-                if fault["ops"] and op not in fault["ops"]:
-                    continue
-                fault["count"] -= 1 if fault["count"] > 0 else 0
-                if fault["count"] == 0:
-                    del self.faults[index]
-                return dict(fault)
-            return None
+    def fault_matches(self, fault: dict, op: str, mailbox, in_batch: bool) -> bool:
+        if fault["mode"] == "expire_token":
+            return False   # handled by the token check
+        if fault.get("in_batch") and not in_batch:
+            return False   # meant for a $batch member only
+        return super().fault_matches(fault, op, mailbox, in_batch)
 
     def take_expire_token(self, op: str) -> bool:
         with self.lock:
@@ -404,14 +455,37 @@ class Store:
             return self.lists[mailbox]
 
     def mailbox_items(self, mailbox: str, kind: str | None = None) -> list:
-        found = [i for i in self.items.values()
-                 if i["mailbox"] == mailbox and (kind is None or i["kind"] == kind)]
-        return sorted(found, key=lambda i: i["created_seq"])
+        return self.items_where(mailbox, "kind", kind)
 
-    def snapshot_mailboxes(self) -> dict:
+    def new_id_for(self, item: dict) -> str:
+        return new_item_id(item["kind"])
+
+    def edit_item(self, item_id: str, fields) -> dict:
+        """A person's edit in Outlook or To Do: new etag and lastModifiedDateTime."""
         with self.lock:
-            names = self.mailboxes_seen | {i["mailbox"] for i in self.items.values()}
-            return {name: copy.deepcopy(self.mailbox_items(name)) for name in sorted(names)}
+            item = self.items[item_id]
+            fields = check_edit(item, fields, ("due_time_zone",) if item["kind"] == "task"
+                                else ())
+            edited = copy.deepcopy(item)
+            if "due_date" in fields or "due_time_zone" in fields:
+                due = fields.get("due_date", edited["due_date"])
+                zone = fields.get("due_time_zone") or (
+                    "UTC" if (due or "").endswith("Z") else edited["due_time_zone"] or "UTC")
+                try:
+                    due, zone = zoned_text({"dateTime": due.rstrip("Z"), "timeZone": zone},
+                                           "due_date") if due else (None, zone)
+                except BadRequest as exc:
+                    raise ValueError(str(exc)) from None
+                fields.update(due_date=due, due_time_zone=zone)
+            edited.update(fields)
+            if "status" in fields:
+                edited["percent_complete"] = {"NotStarted": 0.0, "Completed": 100.0}.get(
+                    edited["status"], 50.0)
+            edited["change_key"] = new_change_key()
+            edited["edited_count"] = edited.get("edited_count", 0) + 1
+            edited["edited_time"] = edited["modified_time"] = time.time()
+            self.items[item_id] = edited
+            return edited
 
 
 def route(method: str, path: str):
@@ -444,8 +518,9 @@ class Graph:
     def __init__(self, store: Store, known_mailboxes):
         self.store = store
         self.known = known_mailboxes
+        self.record = None      # the request log entry of the call being performed
 
-    def perform(self, op, mailbox, list_id, item_id, query, body):
+    def perform(self, op, mailbox, list_id, item_id, query, body, record=None):
         store = self.store
         with store.lock:
             if self.known is not None and mailbox not in self.known:
@@ -453,12 +528,15 @@ class Graph:
                                    f"The requested user '{mailbox}' is invalid.")
             store.mailboxes_seen.add(mailbox)
             handler = getattr(self, "op_" + op)
+            self.record = record   # under the lock: one call at a time
             try:
                 return handler(mailbox, list_id, item_id, query, body)
             except BadRequest as exc:
                 store.errors.append(f"{op}: {exc}")
                 return graph_error(400, "RequestBodyRead" if "property" in str(exc)
                                    else "ErrorInvalidRequest", str(exc))
+            finally:
+                self.record = None
 
     def _select(self, query):
         select = query.get("$select", [None])[0]
@@ -489,9 +567,9 @@ class Graph:
         self.store.next_item_seq += 1
 
     def _updated(self, item):
-        item["change_key"] = base64.b64encode(os.urandom(12)).decode()
+        item["change_key"] = new_change_key()
         item["updated_count"] += 1
-        item["updated_time"] = time.time()
+        item["updated_time"] = item["modified_time"] = time.time()
 
     def _delete(self, item):
         del self.store.items[item["id"]]
@@ -502,11 +580,14 @@ class Graph:
     def op_CreateEvent(self, mailbox, list_id, item_id, query, body):
         transaction = body.get("transactionId") if isinstance(body, dict) else None
         if transaction:
-            # Graph drops a create it has seen before and answers with the first event.
+            # Graph drops a create it has seen before and answers with the first event
+            # (a live one: search lag does not hide it here).
             for existing in self.store.mailbox_items(mailbox, "appointment"):
                 if existing.get("transaction_id") == transaction:
                     self.store.errors.append(f"CreateEvent: repeated transactionId "
                                              f"{transaction} (no second event made)")
+                    if self.record is not None:
+                        self.record["deduplicated"] = True
                     return 201, event_json(existing), {}
         item = new_item("appointment", mailbox, self.store.next_item_seq)
         apply_event(item, body)
@@ -548,7 +629,8 @@ class Graph:
                 raise BadRequest(f"extended property id {match.group(1)!r} is malformed")
             key = f"{prop.group(1).lower()}/{prop.group(2)}"
             value = match.group(2).replace("''", "'")
-            items = [i for i in items if i["extended_properties"].get(key) == value]
+            items = [i for i in items if i["extended_properties"].get(key) == value
+                     and self.store.searchable(i)]
         select = self._select(query)
         return 200, {"value": [event_json(i, select) for i in items]}, {}
 
@@ -605,7 +687,8 @@ class Graph:
                 raise BadRequest(f"graph_sim does not support the filter {text!r}")
             wanted = match.group(1).replace("''", "'")
             items = [i for i in items
-                     if any(r.get("externalId") == wanted for r in i["linked_resources"])]
+                     if any(r.get("externalId") == wanted for r in i["linked_resources"])
+                     and self.store.searchable(i)]
         select = self._select(query)
         return 200, {"value": [task_json(i, select) for i in items]}, {}
 
@@ -615,48 +698,23 @@ FAULT_MODES = {"drop_after_perform", "drop_before_perform", "http_status", "expi
 
 
 def check_fault(spec) -> dict:
-    if not isinstance(spec, dict):
-        raise ValueError("a fault must be a JSON object")
-    fault = dict(spec)
-    if fault.get("mode") not in FAULT_MODES:
-        raise ValueError(f"mode must be one of {sorted(FAULT_MODES)}")
-    fault["count"] = fault.get("count", 1)
-    if not isinstance(fault["count"], int) or (fault["count"] < 1 and fault["count"] != -1):
-        raise ValueError("count must be a positive integer or -1")
-    fault["ops"] = fault.get("ops") or []
-    if not isinstance(fault["ops"], list) or not all(isinstance(o, str) for o in fault["ops"]):
-        raise ValueError("ops must be a list of operation names")
-    for number in ("status", "retry_after", "ms"):
-        if number in fault and not isinstance(fault[number], (int, float)):
-            raise ValueError(f"{number} must be a number")
-    return fault
+    return sim_control.check_fault(spec, FAULT_MODES)
 
 
-class SimServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class SimServer(LoopbackServer):
     def __init__(self, port: int, args):
         self.args = args
+        self.verbose = args.verbose
         self.store = Store()
         self.graph = Graph(self.store, args.known)
         super().__init__(("127.0.0.1", port), GraphRequestHandler)
-
-    def server_bind(self):
-        TCPServer.server_bind(self)   # no reverse DNS lookup
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def handle_error(self, request, client_address):
-        if self.args.verbose:
-            super().handle_error(request, client_address)
 
 
 class DropConnection(Exception):
     pass
 
 
-class GraphRequestHandler(BaseHTTPRequestHandler):
+class GraphRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
     disable_nagle_algorithm = True   # see ews_sim.py: no 40 ms Nagle/delayed-ACK stall
     protocol_version = "HTTP/1.1"
     server_version = "graph_sim/1.0"
@@ -680,7 +738,7 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
             body = self.rfile.read(length)
             url = urlsplit(self.path)
             if url.path == "/_sim" or url.path.startswith("/_sim/"):
-                return self.handle_control(url, body)
+                return self.handle_control(url.path, body)
             if url.path.endswith("/oauth2/v2.0/token") and self.command == "POST":
                 return self.handle_token(body)
             if url.path.startswith(API_ROOT + "/"):
@@ -704,7 +762,7 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
         if data:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
-        if (self.headers.get("Connection") or "").lower() == "close":
+        if self.client_asked_close():
             self.send_header("Connection", "close")
         for name, value in headers:
             self.send_header(name, value)
@@ -716,7 +774,7 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
         store, args = self.server.store, self.server.args
         form = parse_qs(body.decode("utf-8", "replace"))
         field = lambda name: form.get(name, [None])[0]  # noqa: E731
-        record = store.log_request({
+        record = self.log_new_request({
             "seq": None, "time": time.time(), "op": "Token", "method": "POST",
             "path": self.path, "mailbox": None, "client_id": field("client_id"),
             "scope": field("scope"), "http_status": None, "auth": None, "batch": None,
@@ -749,7 +807,10 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
             status, answer = 200, {"token_type": "Bearer", "expires_in": args.token_lifetime,
                                    "ext_expires_in": args.token_lifetime,
                                    "access_token": token}
+        drop = after_perform(fault)
         record["http_status"] = status
+        if drop:
+            raise DropConnection()
         self.send_json(status, answer)
 
     # -- Graph -------------------------------------------------------------------------
@@ -778,7 +839,7 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
         path = url.path[len(API_ROOT):]
         target = route(self.command, path)
         op = target[0] if target else None
-        record = store.log_request({
+        record = self.log_new_request({
             "seq": None, "time": time.time(), "op": op or "Unknown", "method": self.command,
             "path": path, "query": url.query, "mailbox": target[1] if target else None,
             "http_status": None, "auth": None, "batch": None, "fault": None,
@@ -798,7 +859,7 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
                                                    f"Unsupported request {path}")[1])
         if op == "Batch":
             return self.handle_batch(body, record)
-        fault = store.take_fault(op)
+        fault = store.take_fault(op, target[1])
         record["fault"] = fault["mode"] if fault else None
         if fault and self.apply_simple_fault(fault, record):
             return
@@ -809,12 +870,12 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
             store.errors.append(f"{op} #{record['seq']}: {exc}")
             return self.send_json(400, graph_error(400, "BadRequest", str(exc))[1])
         status, answer, headers = self.server.graph.perform(
-            op, target[1], target[2], target[3], parse_qs(url.query), parsed)
-        record.update(http_status=status, valid=status != 400)
-        if fault and fault["mode"] == "drop_after_perform":
+            op, target[1], target[2], target[3], parse_qs(url.query), parsed, record)
+        record["valid"] = status != 400
+        drop = after_perform(fault)    # a late answer sleeps here, holding no lock
+        record["http_status"] = status
+        if drop:
             raise DropConnection()
-        if fault and fault["mode"] == "delay":
-            time.sleep(fault.get("ms", 0) / 1000)
         self.send_json(status, answer, list(headers.items()))
 
     def parse_json_body(self, body: bytes, op: str):
@@ -852,8 +913,7 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
             self.send_json(status, raw, list(fault.get("headers", {}).items()),
                            fault.get("content_type", "application/json"))
             return True
-        if mode == "delay" and fault.get("when") == "before_perform":
-            time.sleep(fault.get("ms", 0) / 1000)
+        delay_before_perform(fault)
         return False
 
     def handle_batch(self, body: bytes, record: dict):
@@ -882,6 +942,7 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
             answer, member_drop = self.batch_member(member, record)
             responses.append(answer)
             drop = drop or member_drop
+        drop = after_perform(fault) or drop   # a fault on the $batch request itself
         record["http_status"] = 200
         if drop:
             raise DropConnection()
@@ -901,6 +962,9 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
             "http_status": None, "auth": batch_record["auth"], "batch": batch_record["seq"],
             "batch_member_id": member["id"], "fault": None, "valid": None,
             "body": json.dumps(member.get("body")) if "body" in member else "",
+            # A member travels on its $batch's connection.
+            "connection": batch_record["connection"],
+            "connection_seq": batch_record["connection_seq"],
         })
 
         def answer(status, body, headers=None):
@@ -915,7 +979,7 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
             store.errors.append(f"$batch member {member['id']}: unsupported {method} {path}")
             return answer(400, graph_error(400, "BadRequest", f"Unsupported request {path}")[1]), \
                 False
-        fault = store.take_fault(op, in_batch=True)
+        fault = store.take_fault(op, target[1], in_batch=True)
         record["fault"] = fault["mode"] if fault else None
         mode = fault["mode"] if fault else None
         if mode == "drop_before_perform":
@@ -939,94 +1003,32 @@ class GraphRequestHandler(BaseHTTPRequestHandler):
                 record["valid"] = False
                 return answer(400, graph_error(400, "BadRequest", "Content-Type header must "
                                                "be application/json with a JSON body")[1]), False
+        delay_before_perform(fault)
         status, result, headers = self.server.graph.perform(
-            op, target[1], target[2], target[3], parse_qs(url.query), body)
+            op, target[1], target[2], target[3], parse_qs(url.query), body, record)
         record["valid"] = status != 400
-        if mode == "delay":
-            time.sleep(fault.get("ms", 0) / 1000)
-        return answer(status, result, dict(headers)), mode == "drop_after_perform"
+        drop = after_perform(fault)    # sleeps for a late answer; drop: the whole batch
+        return answer(status, result, dict(headers)), drop
 
-    # -- control API ------------------------------------------------------------------
-    def handle_control(self, url, body: bytes):
-        store, path, method = self.server.store, url.path, self.command
-        query = parse_qs(url.query)
-        if method == "GET" and path == "/_sim/mailboxes":
-            return self.send_json(200, store.snapshot_mailboxes())
-        if method == "GET" and path.startswith("/_sim/mailboxes/"):
-            mailbox = normalise_mailbox(unquote(path[len("/_sim/mailboxes/"):]))
-            with store.lock:
-                return self.send_json(200, copy.deepcopy(store.mailbox_items(mailbox)))
-        if path.startswith("/_sim/items/"):
-            item_id = unquote(path[len("/_sim/items/"):])
-            with store.lock:
-                item = store.items.get(item_id)
-                if item is None:
-                    return self.send_json(404, {"error": "no such item"})
-                if method == "DELETE":
-                    del store.items[item_id]
-                    return self.send_json(200, item)
-                return self.send_json(200, copy.deepcopy(item))
+    # -- control API (the shared part is sim_control.ControlHandlerMixin) ---------------
+    def check_fault_spec(self, spec) -> dict:
+        return check_fault(spec)
+
+    def handle_control_extra(self, method: str, path: str, body: bytes) -> bool:
+        store = self.server.store
         if method == "DELETE" and path.startswith("/_sim/lists/"):
             mailbox = normalise_mailbox(unquote(path[len("/_sim/lists/"):]))
             with store.lock:
                 old = store.lists.pop(mailbox, None)
                 for item in [i for i in store.items.values() if i["list_id"] == old]:
                     del store.items[item["id"]]
-                return self.send_json(200, {"old": old, "new": store.default_list(mailbox)})
-        if method == "GET" and path == "/_sim/deleted":
-            with store.lock:
-                return self.send_json(200, copy.deepcopy(store.deleted))
-        if method == "GET" and path == "/_sim/requests":
-            with_body = query.get("body", ["0"])[0] not in ("0", "")
-            op_filter = query.get("op", [None])[0]
-            with store.lock:
-                requests = [dict(r) for r in store.requests
-                            if op_filter is None or r["op"] == op_filter]
-            if not with_body:
-                for r in requests:
-                    r.pop("body", None)
-            return self.send_json(200, requests)
-        if method == "GET" and path == "/_sim/errors":
-            with store.lock:
-                return self.send_json(200, list(store.errors))
-        if method == "GET" and path == "/_sim/stats":
-            counts = {}
-            with store.lock:
-                for r in store.requests:
-                    counts[r["op"]] = counts.get(r["op"], 0) + 1
-            return self.send_json(200, counts)
-        if method == "POST" and path == "/_sim/reset":
-            store.reset()
-            return self.send_json(200, {"reset": True})
-        if path == "/_sim/faults":
-            if method == "DELETE":
-                with store.lock:
-                    cleared = len(store.faults)
-                    store.faults.clear()
-                return self.send_json(200, {"cleared": cleared})
-            if method == "GET":
-                with store.lock:
-                    return self.send_json(200, copy.deepcopy(store.faults))
-            try:
-                spec = json.loads(body or b"null")
-                faults = [check_fault(f) for f in (spec if isinstance(spec, list) else [spec])]
-            except ValueError as exc:
-                return self.send_json(400, {"error": str(exc)})
-            with store.lock:
-                store.faults.extend(faults)
-                queued = copy.deepcopy(store.faults)
-            return self.send_json(200, {"queued": len(faults), "faults": queued})
-        self.send_json(404, {"error": f"no control endpoint {method} {path}"})
+                self.send_json(200, {"old": old, "new": store.default_list(mailbox)})
+            return True
+        return False
 
 
 def parse_clients(text: str) -> dict:
-    clients = {}
-    for pair in text.split(","):
-        name, sep, secret = pair.partition(":")
-        if not sep or not name:
-            raise argparse.ArgumentTypeError(f"expected id:secret, got {pair!r}")
-        clients[name] = secret
-    return clients
+    return sim_control.parse_pairs(text, "id:secret")
 
 
 def parse_args(argv):
@@ -1051,33 +1053,12 @@ def parse_args(argv):
     return args
 
 
-def write_port_file(path: str, port: int) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".graph_sim_port.", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{port}\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     server = SimServer(args.port, args)
-    port = server.server_address[1]
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    threading.Thread(target=server.serve_forever, name="graph_sim", daemon=True).start()
-    if args.port_file:
-        write_port_file(args.port_file, port)
-    else:
-        print(port, flush=True)
-    if args.verbose:
-        print(f"graph_sim: listening on http://127.0.0.1:{port}{API_ROOT}", file=sys.stderr,
-              flush=True)
-    stop.wait()
-    server.shutdown()
-    server.server_close()
-    return 0
+    banner = (f"graph_sim: listening on http://127.0.0.1:{server.server_address[1]}{API_ROOT}"
+              if args.verbose else None)
+    return sim_control.serve_until_signalled(server, "graph_sim", args.port_file, banner)
 
 
 if __name__ == "__main__":

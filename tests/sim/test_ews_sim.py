@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -183,10 +184,11 @@ def example(name: str) -> bytes:
     return (Path(SCHEMA_DIR) / "examples" / name).read_bytes()
 
 
-def envelope(body: str, mailbox="user@example.com") -> bytes:
+def envelope(body: str, mailbox="user@example.com", sid="SmtpAddress") -> bytes:
+    """sid: the ConnectingSID child naming the mailbox; followupd sends SmtpAddress."""
     impersonation = "" if mailbox is None else (
-        "<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>"
-        f"{escape(mailbox)}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>")
+        f"<t:ExchangeImpersonation><t:ConnectingSID><t:{sid}>"
+        f"{escape(mailbox)}</t:{sid}></t:ConnectingSID></t:ExchangeImpersonation>")
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
                xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"
@@ -510,6 +512,36 @@ def test_get_folder_and_find_through_its_folder_id(sim, soap):
     assert found.item_ids() == [(item_id, sim.items()[0]["change_key"])]
 
 
+def test_task_due_date_in_a_time_zone_context(sim, soap):
+    """What followupd sends for a task (SPEC section 3): the due day at midnight with
+    the zone's offset, read in the TimeZoneContext of the header."""
+    body = create(task_item(due="2025-03-01T00:00:00+01:00").replace(
+        "<t:ReminderDueBy>2025-03-01T00:00:00+01:00",
+        "<t:ReminderDueBy>2025-02-28T23:30:00Z"), folder="tasks", invitations="").decode()
+    body = body.replace("</soap:Header>", '<t:TimeZoneContext><t:TimeZoneDefinition '
+                        'Id="W. Europe Standard Time"/></t:TimeZoneContext></soap:Header>')
+    reply = soap(body.encode())
+    assert reply.codes() == ["NoError"]
+    [task] = sim.items()
+    assert task["due_date"] == "2025-03-01T00:00:00+01:00"
+    assert task["reminder_due_by"] == "2025-02-28T23:30:00Z"
+
+
+@pytest.mark.parametrize("sid", ["SmtpAddress", "PrimarySmtpAddress"])
+def test_impersonation_names_the_mailbox(sim, soap, sid):
+    """followupd sends ConnectingSID/SmtpAddress (SPEC section 4); older clients'
+    PrimarySmtpAddress addresses the same mailbox."""
+    body = create(calendar_item()).decode()
+    body = body.replace("<t:SmtpAddress>user@example.com</t:SmtpAddress>",
+                        f"<t:{sid}>Ann@Example.com</t:{sid}>")
+    assert f"<t:{sid}>" in body
+    reply = soap(body.encode())
+    assert reply.codes() == ["NoError"]
+    assert len(sim.items("ann@example.com")) == 1
+    [record] = sim.requests()
+    assert record["impersonation"] is True and record["mailbox"] == "ann@example.com"
+
+
 def test_delegate_access_uses_the_folder_mailbox(sim, soap):
     reply = soap(create(calendar_item(), mailbox=None, folder_mailbox="Boss@Example.com"),
                  headers={"X-AnchorMailbox": "boss@example.com"})
@@ -772,6 +804,226 @@ def test_bad_fault_spec_is_400(sim):
 
 
 # ---------------------------------------------------------------------------
+# Late answers, moved and edited items, connections, settings (sim_control.py)
+# ---------------------------------------------------------------------------
+
+def control_status(sim, method, path, value=None):
+    """(HTTP status, JSON answer) of a control call that may fail."""
+    conn = sim.connection()
+    try:
+        body = None if value is None else json.dumps(value).encode()
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def in_thread(function, *args):
+    """Runs function(*args) in a thread; join() gives back [result or exception]."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(function(*args))
+        except Exception as exc:  # handed to the test through outcome
+            outcome.append(exc)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def raw_exchange(sock, request: bytes) -> bytes:
+    """Sends one HTTP request on a socket and reads one Content-Length answer (b"" when
+    the server has closed the connection)."""
+    data = b""
+    try:
+        sock.sendall(request)
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionError:
+        return data
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int([line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")][0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_fault_delay_before_perform_and_drop(sim, soap):
+    """"Exchange performs the create late and never answers": nothing exists during the
+    delay, the item exists afterwards, and the connection closes without an answer."""
+    sim.fault(mode="delay", when="before_perform", ms=800, answer="drop")
+    conn = sim.connection(timeout=10)
+    started = time.monotonic()
+    thread, outcome = in_thread(lambda: post(sim, create(calendar_item()), conn=conn))
+    time.sleep(0.3)
+    assert sim.items() == []                 # not performed yet; the control API answers
+    thread.join(10)
+    conn.close()
+    assert isinstance(outcome[0], (http.client.RemoteDisconnected, ConnectionError))
+    assert time.monotonic() - started >= 0.8
+    assert len(sim.items()) == 1
+    [record] = sim.requests()
+    assert record["fault"] == "delay" and record["http_status"] is None
+
+
+def test_fault_delay_after_perform_and_drop(sim, soap):
+    sim.fault(mode="delay", ms=500, answer="drop", ops=["CreateItem"])
+    started = time.monotonic()
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        soap(create(calendar_item()))
+    assert time.monotonic() - started >= 0.5
+    assert len(sim.items()) == 1             # performed at once, answer lost
+    assert sim.control("GET", "/_sim/faults") == []
+
+
+def test_a_delayed_request_does_not_hold_up_others(sim, validator):
+    sim.fault(mode="delay", ms=2000, ops=["CreateItem"])
+    slow, outcome = in_thread(lambda: post(sim, create(calendar_item("contactlog:1:x"))))
+    time.sleep(0.2)
+    started = time.monotonic()
+    for tag in ("contactlog:2:x", "contactlog:3:x"):
+        reply = post(sim, create(calendar_item(tag)), validator=validator)
+        assert reply.codes() == ["NoError"]
+    reply = post(sim, find("contactlog:1:x", folders=("calendar",)), validator=validator)
+    assert len(reply.item_ids()) == 1        # the slow create is done, its answer waits
+    assert time.monotonic() - started < 1.5
+    slow.join(10)
+    assert outcome[0].codes() == ["NoError"]
+
+
+def test_bad_delay_answer_is_400(sim):
+    for spec in ({"mode": "delay", "ms": 1, "answer": "late"},
+                 {"mode": "http_status", "answer": "drop"},
+                 {"mode": "delay", "mailboxes": "a@b"}):
+        status, answer = control_status(sim, "POST", "/_sim/faults", spec)
+        assert status == 400 and "error" in answer, spec
+    queued = sim.fault(mode="delay", ms=1, answer="drop")["faults"]
+    assert queued == [{"mode": "delay", "ms": 1, "answer": "drop", "count": 1, "ops": [],
+                       "mailboxes": []}]
+
+
+def test_control_move_gives_the_item_a_new_id(sim, soap):
+    item_id, change_key = create_one(soap)
+    task_id, _ = create_one(soap, task_item(), folder="tasks")
+    # Unquoted, as a test may send it: the id's '/' do not confuse the path.
+    moved = sim.control("POST", f"/_sim/items/{item_id}/move")["id"]
+    assert moved != item_id
+    quoted = urllib.parse.quote(task_id, safe="")
+    moved_task = sim.control("POST", f"/_sim/items/{quoted}/move")["id"]
+    assert moved_task != task_id
+    assert soap(get_item(item_id)).codes() == ["ErrorItemNotFound"]
+    reply = soap(update(item_id, set_field("item:Subject", "<t:Subject>x</t:Subject>")))
+    assert reply.codes() == ["ErrorItemNotFound"]
+    assert soap(delete(task_id)).codes() == ["ErrorItemNotFound"]
+    reply = soap(get_item(moved))
+    assert reply.codes() == ["NoError"] and reply.item_ids() == [(moved, change_key)]
+    assert reply.root.findtext(".//t:ExtendedProperty/t:Value", namespaces=NS) == \
+        "contactlog:1:appointment"
+    assert soap(find("contactlog:1:appointment")).item_ids() == [(moved, change_key)]
+    item = sim.control("GET", "/_sim/items/" + urllib.parse.quote(moved, safe=""))
+    assert item["previous_ids"] == [item_id] and item["subject"] == "Call Ann"
+    assert [i["id"] for i in sim.items()] == [moved, moved_task]    # order kept
+    assert control_status(sim, "POST", f"/_sim/items/{quoted}/move")[0] == 404
+
+
+def test_control_patch_edits_like_a_person_in_outlook(sim, soap):
+    item_id, change_key = create_one(soap)
+    path = "/_sim/items/" + urllib.parse.quote(item_id, safe="")
+    edited = sim.control("PATCH", path, {"subject": "Moved by Ann", "start":
+                                         "2025-03-02T10:00:00Z", "end": "2025-03-02T11:00:00Z"})
+    assert edited["subject"] == "Moved by Ann" and edited["start"] == "2025-03-02T10:00:00Z"
+    assert edited["change_key"] != change_key
+    assert edited["edited_count"] == 1 and edited["updated_count"] == 0
+    assert edited["extended_properties"] == sim.items()[0]["extended_properties"]
+    reply = soap(get_item(item_id))
+    assert reply.item_ids() == [(item_id, edited["change_key"])]
+    assert reply.root.findtext(".//t:Subject", namespaces=NS) == "Moved by Ann"
+    # A client holding the old ChangeKey now conflicts.
+    reply = soap(update(item_id, set_field("item:Subject", "<t:Subject>x</t:Subject>"),
+                        change_key=change_key, conflict="NeverOverwrite"))
+    assert reply.codes() == ["ErrorIrresolvableConflict"]
+
+    task_id, _ = create_one(soap, task_item(), folder="tasks")
+    task_path = "/_sim/items/" + urllib.parse.quote(task_id, safe="")
+    task = sim.control("PATCH", task_path, {"status": "Completed",
+                                            "due_date": "2025-03-05T00:00:00+01:00"})
+    assert task["status"] == "Completed" and task["percent_complete"] == 100.0
+    assert task["due_date"] == "2025-03-05T00:00:00+01:00"
+    assert soap(get_item(task_id)).codes() == ["NoError"]    # still schema-valid
+
+    for body in ({"status": "Completed"}, {"start": "2025-03-02T12:00:00Z"},
+                 {"subject": 5}, {}, [1], {"end": "2025-03-01T00:00:00Z"}):
+        assert control_status(sim, "PATCH", path, body)[0] == 400, body
+    assert control_status(sim, "PATCH", task_path, {"status": "Done"})[0] == 400
+    assert control_status(sim, "PATCH", task_path, {"due_date": "soon"})[0] == 400
+    assert control_status(sim, "PATCH", "/_sim/items/nope", {"subject": "x"})[0] == 404
+    assert control_status(sim, "PUT", path, {"subject": "x"})[0] == 405
+
+
+def test_request_log_names_the_connection(sim, validator):
+    conn = sim.connection()
+    try:
+        for n in range(2):
+            post(sim, create(calendar_item(f"contactlog:{n}:appointment")), conn=conn)
+        conn.request("GET", "/_sim/stats")        # control calls count on the connection too
+        conn.getresponse().read()
+        post(sim, find("contactlog:0:appointment"), conn=conn)
+        local = "%s:%d" % conn.sock.getsockname()
+    finally:
+        conn.close()
+    post(sim, find("contactlog:1:appointment"))
+    records = sim.requests()
+    assert [r["connection_seq"] for r in records] == [0, 1, 3, 0]
+    assert [r["connection"] for r in records[:3]] == [local] * 3
+    assert records[3]["connection"] != local
+
+
+def test_settings_ignore_connection_close(sim):
+    request = (b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               b"Content-Type: text/xml; charset=utf-8\r\nContent-Length: %d\r\n\r\n")
+    body = create(calendar_item())
+    request = request % len(body) + body
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as sock:
+        assert b" 200 " in raw_exchange(sock, request).split(b"\r\n")[0]
+        assert raw_exchange(sock, request) == b""             # closed, as asked
+    assert sim.control("GET", "/_sim/settings") == {"ignore_connection_close": False,
+                                                    "lookup_lag_ms": 0}
+    assert sim.control("POST", "/_sim/settings", {"ignore_connection_close": True}) == \
+        {"ignore_connection_close": True, "lookup_lag_ms": 0}
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as sock:
+        for _ in range(2):
+            answer = raw_exchange(sock, request)
+            assert b" 200 " in answer.split(b"\r\n")[0]
+            assert b"connection:" not in answer.split(b"\r\n\r\n")[0].lower()
+    records = sim.requests()
+    assert [r["connection_seq"] for r in records] == [0, 0, 1]
+    assert records[1]["connection"] == records[2]["connection"]
+    sim.control("POST", "/_sim/reset")
+    assert sim.control("GET", "/_sim/settings")["ignore_connection_close"] is False
+
+
+def test_settings_lookup_lag_hides_new_items_from_find_item(sim, soap):
+    sim.control("POST", "/_sim/settings", {"lookup_lag_ms": 700})
+    item_id, _ = create_one(soap)
+    assert soap(find("contactlog:1:appointment")).item_ids() == []
+    assert soap(get_item(item_id)).codes() == ["NoError"]       # by id: no lag
+    reply = soap(get_folder("calendar"))
+    assert reply.root.findtext(".//t:TotalCount", namespaces=NS) == "1"
+    time.sleep(0.8)
+    assert len(soap(find("contactlog:1:appointment")).item_ids()) == 1
+    for bad in ({"lookup_lag_ms": -1}, {"lookup_lag_ms": "5"}, {"ignore_connection_close": 1},
+                {"lag": 5}, [1]):
+        assert control_status(sim, "POST", "/_sim/settings", bad)[0] == 400, bad
+    assert sim.control("GET", "/_sim/settings")["lookup_lag_ms"] == 700
+
+
+# ---------------------------------------------------------------------------
 # Command-line options
 # ---------------------------------------------------------------------------
 
@@ -862,3 +1114,246 @@ def test_exits_cleanly_on_signal(tmp_path, signum):
     sim.proc.send_signal(signum)
     assert sim.proc.wait(timeout=10) == 0
     conn.close()
+
+
+# ---------------------------------------------------------------------------
+# Windows authentication: --auth negotiate (Kerberos) and --auth ntlm
+# ---------------------------------------------------------------------------
+# The client is curl, i.e. libcurl's Negotiate and NTLM, which followupd uses; Kerberos
+# tickets come from a throwaway KDC (tests/integration/krb5realm.py).
+
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+import krb5realm  # noqa: E402
+
+NTLM_USER, NTLM_DOMAIN, NTLM_PASSWORD = "svc-followupd", "EXAMPLE", "s3cret-Passw0rd!"
+# libcurl 7.88's own NTLM messages as it sent them to a server (curl --ntlm -u
+# 'EXAMPLE\svc-followupd:...'): no Version field in either, no MIC.
+CURL_NTLM_NEGOTIATE = "TlRMTVNTUAABAAAABoIIAAAAAAAAAAAAAAAAAAAAAAA="
+CURL_NTLM_AUTHENTICATE = (
+    "TlRMTVNTUAADAAAAGAAYAEAAAAByAHIAWAAAAAcABwDKAAAADQANANEAAAALAAsA3gAAAAAAAAAAAAAABoKKAkP6"
+    "IcfXxPUy9LffjbNteFSiisLS46gCaXSAJwvNnwH8tbgrAG9TMJEBAQAAAAAAAIBlZLe8gN0BoorC0uOoAmkAAAAA"
+    "AQAEAFYATQACABYAVwBPAFIASwBTAFQAQQBUAEkATwBOAAMABAB2AG0ABgAEAAAAAAAHAAgAkhVwt7yA3QEAAAAA"
+    "AAAAAEVYQU1QTEVzdmMtZm9sbG93dXBkV09SS1NUQVRJT04=")
+
+
+def have_gssapi() -> bool:
+    return importlib.util.find_spec("gssapi") is not None
+
+
+def curl(url: str, auth: list, env: dict, times=1, body=None) -> list:
+    """HTTP status codes of `times` POSTs of body to url over one curl run (one
+    keep-alive connection), with curl's --negotiate or --ntlm."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (apt-get install curl)")
+    body = body or create(calendar_item()).decode()
+    args = ["curl", "-s", "-H", "Content-Type: text/xml; charset=utf-8", "--data-binary", body,
+            "-w", "%{http_code}\\n", *auth]
+    for _ in range(times):
+        args += ["-o", "/dev/null", url]
+    result = subprocess.run(args, env=dict(os.environ, **env), capture_output=True, text=True,
+                            timeout=30)
+    return [int(code) for code in result.stdout.split()]
+
+
+@pytest.fixture(scope="module")
+def realm(tmp_path_factory):
+    missing = krb5realm.missing_packages()
+    if missing:
+        pytest.skip(f"Kerberos tools missing: apt-get install {' '.join(missing)}")
+    if not have_gssapi():
+        pytest.skip("python3-gssapi is not installed")
+    r = krb5realm.Realm(parent=str(tmp_path_factory.mktemp("krb5"))).start()
+    try:
+        r.add_principal(NTLM_USER, NTLM_PASSWORD)
+        r.add_principal("HTTP/localhost")
+        r.http_keytab = r.export_keytab(os.path.join(r.dir, "http.keytab"), "HTTP/localhost")
+        r.ccache = os.path.join(r.dir, "client.ccache")
+        r.kinit(NTLM_USER, r.ccache, password=NTLM_PASSWORD)
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture
+def negotiate_sim(realm, tmp_path, monkeypatch):
+    monkeypatch.setenv("KRB5_CONFIG", realm.krb5_conf)
+    monkeypatch.setenv("KRB5RCACHEDIR", str(tmp_path))
+    sim = Sim(tmp_path, "--auth", "negotiate", "--keytab", realm.http_keytab,
+              "--principal", f"HTTP/localhost@{krb5realm.REALM}")
+    yield sim
+    assert sim.stop() == 0
+
+
+def test_negotiate_accepts_a_kerberos_ticket(negotiate_sim, realm, validator):
+    url = f"http://localhost:{negotiate_sim.port}/EWS/Exchange.asmx"
+    env = {"KRB5_CONFIG": realm.krb5_conf, "KRB5CCNAME": realm.ccache}
+    assert curl(url, ["--negotiate", "-u", ":"], env, times=2) == [200, 200]
+    assert len(negotiate_sim.items()) == 2
+    records = negotiate_sim.requests()
+    # libcurl sends its Kerberos token with every request, unasked.
+    assert [r["auth_result"] for r in records] == ["accepted", "accepted"]
+    assert {r["auth_user"] for r in records} == {f"{NTLM_USER}@{krb5realm.REALM}"}
+    assert {r["auth_scheme"] for r in records} == {"Negotiate"}
+    assert {r["auth_mech"] for r in records} == {ews_sim.KRB5_OID}
+    assert records[1]["connection"] == records[0]["connection"]
+
+
+def test_negotiate_mutual_auth_token_and_connection_persistence(negotiate_sim, realm):
+    """The 200 carries the acceptor's answer token; later requests on the connection
+    need no token (IIS's authPersistNonNTLM)."""
+    env = dict(os.environ, KRB5_CONFIG=realm.krb5_conf, KRB5CCNAME=realm.ccache)
+    client = subprocess.run(
+        [PYTHON, "-c", "import base64, gssapi; c = gssapi.SecurityContext(name=gssapi.Name("
+         "'HTTP@localhost', gssapi.NameType.hostbased_service), usage='initiate', "
+         "mech=gssapi.OID.from_int_seq('1.3.6.1.5.5.2')); "
+         "print(base64.b64encode(c.step()).decode())"],
+        env=env, capture_output=True, text=True, check=True)
+    conn = negotiate_sim.connection()
+    try:
+        first = post(negotiate_sim, create(calendar_item()), conn=conn,
+                     headers={"Authorization": "Negotiate " + client.stdout.strip()})
+        assert first.status == 200
+        assert first.headers["WWW-Authenticate"].startswith("Negotiate ")
+        second = post(negotiate_sim, create(calendar_item()), conn=conn)
+        assert second.status == 200 and "WWW-Authenticate" not in second.headers
+    finally:
+        conn.close()
+    records = negotiate_sim.requests()
+    assert [r["auth_result"] for r in records] == ["accepted", "persisted"]
+    assert records[1]["auth_user"] == f"{NTLM_USER}@{krb5realm.REALM}"
+    # A new connection starts unauthenticated.
+    reply = post(negotiate_sim, create(calendar_item()))
+    assert reply.status == 401 and reply.headers["WWW-Authenticate"] == "Negotiate"
+
+
+def test_negotiate_refusals(negotiate_sim, realm, tmp_path):
+    url = f"http://localhost:{negotiate_sim.port}/EWS/Exchange.asmx"
+    # No ticket: libcurl has nothing to send, and the 401 stands.
+    no_ticket = {"KRB5_CONFIG": realm.krb5_conf, "KRB5CCNAME": str(tmp_path / "empty"),
+                 "KRB5_CLIENT_KTNAME": str(tmp_path / "none.keytab")}
+    assert curl(url, ["--negotiate", "-u", ":"], no_ticket) == [401]
+    # Not a Kerberos token; another scheme.
+    post(negotiate_sim, create(calendar_item()), headers={"Authorization": "Negotiate YWJj"})
+    post(negotiate_sim, create(calendar_item()), auth=("svc", "pw"))
+    records = negotiate_sim.requests()
+    assert [(r["http_status"], r["auth_result"]) for r in records] == \
+        [(401, "challenged"), (401, "refused"), (401, "refused")]
+    assert "Invalid token was supplied" in records[1]["auth_error"]
+    assert records[2]["auth_error"] == "Basic is not accepted, only Negotiate"
+    assert all(r["valid"] is None and r["op"] is None for r in records)
+    assert negotiate_sim.items() == []
+
+
+def test_negotiate_needs_a_keytab_that_exists(tmp_path):
+    if not have_gssapi():
+        pytest.skip("python3-gssapi is not installed")
+    proc = subprocess.run([PYTHON, str(SIM), "--auth", "negotiate", "--keytab",
+                           str(tmp_path / "missing.keytab")], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode != 0 and "missing.keytab does not exist" in proc.stderr
+    proc = subprocess.run([PYTHON, str(SIM), "--auth", "ntlm"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and "--auth ntlm needs --ntlm-users" in proc.stderr
+
+
+NTLM_ACCEPTORS = ["samba", "gss-ntlmssp"]
+
+
+def ntlm_acceptor_missing(name: str):
+    if name == "samba":
+        return None if krb5realm.tool("ntlm_auth") else "ntlm_auth missing (package winbind)"
+    if not have_gssapi() or not os.path.exists("/etc/gss/mech.d/mech.ntlmssp.conf"):
+        return ("gss-ntlmssp is not installed; scripts/setup leaves it out on purpose: its /etc/gss/mech.d entry loads it into every GSSAPI user, followupd's libpq included, and valgrind then reports MIT's plugin loader leaking")
+    return None
+
+
+@pytest.fixture(params=NTLM_ACCEPTORS)
+def ntlm_sim(request, tmp_path):
+    missing = ntlm_acceptor_missing(request.param)
+    if missing:
+        pytest.skip(missing)
+    users = tmp_path / "ntlm-users"
+    users.write_text(f"{NTLM_DOMAIN}:{NTLM_USER}:{NTLM_PASSWORD}\n")
+    sim = Sim(tmp_path, "--auth", "ntlm", "--ntlm-users", str(users),
+              "--ntlm-acceptor", request.param)
+    yield sim
+    assert sim.stop() == 0
+
+
+def test_ntlm_handshake_on_one_connection(ntlm_sim):
+    url = f"http://127.0.0.1:{ntlm_sim.port}/EWS/Exchange.asmx"
+    login = ["--ntlm", "-u", f"{NTLM_DOMAIN}\\{NTLM_USER}:{NTLM_PASSWORD}"]
+    assert curl(url, login, {}, times=2) == [200, 200]
+    assert len(ntlm_sim.items()) == 2
+    records = ntlm_sim.requests()
+    # NEGOTIATE -> 401 + CHALLENGE; AUTHENTICATE (NTLMv2) with the request; then the
+    # authenticated connection carries the next request without a token.
+    assert [(r["http_status"], r["auth_result"]) for r in records] == \
+        [(401, "challenged"), (200, "accepted"), (200, "persisted")]
+    assert len({r["connection"] for r in records}) == 1
+    assert [r["connection_seq"] for r in records] == [0, 1, 2]
+    assert records[1]["auth_user"].lower() == f"{NTLM_DOMAIN}\\{NTLM_USER}".lower()
+    assert records[1]["ntlm_response"] == "NTLMv2"
+    assert records[2]["auth_user"] == records[1]["auth_user"]
+
+
+def test_ntlm_refusals(ntlm_sim):
+    url = f"http://127.0.0.1:{ntlm_sim.port}/EWS/Exchange.asmx"
+    assert curl(url, ["--ntlm", "-u", f"{NTLM_DOMAIN}\\{NTLM_USER}:wrong"], {}) == [401]
+    # An AUTHENTICATE on a connection that never sent a NEGOTIATE.
+    reply = post(ntlm_sim, create(calendar_item()),
+                 headers={"Authorization": "NTLM " + CURL_NTLM_AUTHENTICATE})
+    assert reply.status == 401 and reply.headers["WWW-Authenticate"] == "NTLM"
+    records = ntlm_sim.requests()
+    assert [(r["http_status"], r["auth_result"]) for r in records] == \
+        [(401, "challenged"), (401, "refused"), (401, "refused")]
+    assert records[1]["auth_error"]
+    assert "without a NEGOTIATE_MESSAGE" in records[2]["auth_error"]
+    assert ntlm_sim.items() == []
+
+
+def test_ntlm_reframing_moves_fields_and_changes_no_byte():
+    """What the simulator does to libcurl's messages for gss-ntlmssp only."""
+    negotiate = base64.b64decode(CURL_NTLM_NEGOTIATE)
+    assert len(negotiate) == 32
+    padded = ews_sim.ntlm_with_empty_version(negotiate)
+    assert len(padded) == 40 and padded[:32] == negotiate and padded[32:] == b"\0" * 8
+
+    authenticate = base64.b64decode(CURL_NTLM_AUTHENTICATE)
+    framed = ews_sim.ntlm_with_empty_version_and_mic(authenticate)
+    assert len(framed) == len(authenticate) + 24
+    assert framed[64:88] == b"\0" * 24 and framed[:12] == authenticate[:12]
+    assert framed[60:64] == authenticate[60:64]                         # NegotiateFlags
+    for index in range(6):
+        assert ews_sim.ntlm_field(framed, index) == ews_sim.ntlm_field(authenticate, index)
+    assert ews_sim.ntlm_field(authenticate, 2) == b"EXAMPLE"
+    assert ews_sim.ntlm_field(authenticate, 3) == b"svc-followupd"
+    assert ews_sim.ntlm_response_kind(authenticate) == "NTLMv2"
+    assert not ews_sim.ntlm_claims_mic(authenticate)
+    # Already complete: left alone.
+    assert ews_sim.ntlm_with_empty_version_and_mic(framed) == framed
+    assert ews_sim.ntlm_with_empty_version(padded) == padded
+
+
+def test_gss_ntlmssp_refuses_libcurls_messages_as_sent(tmp_path, monkeypatch):
+    """Why the reframing exists: gss-ntlmssp (1.2.0 in Debian 12) cannot decode
+    libcurl's NEGOTIATE_MESSAGE without the optional Version field. When this starts
+    to fail, gss-ntlmssp got lenient and the reframing can go."""
+    missing = ntlm_acceptor_missing("gss-ntlmssp")
+    if missing:
+        pytest.skip(missing)
+    import gssapi
+    users = tmp_path / "ntlm-users"
+    users.write_text(f"{NTLM_DOMAIN}:{NTLM_USER}:{NTLM_PASSWORD}\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(users))
+    creds = gssapi.Credentials(usage="accept",
+                               mechs=[gssapi.OID.from_int_seq(ews_sim.NTLMSSP_OID)])
+    negotiate = base64.b64decode(CURL_NTLM_NEGOTIATE)
+    with pytest.raises(gssapi.exceptions.GSSError, match="Failed to decode data"):
+        gssapi.SecurityContext(creds=creds, usage="accept").step(negotiate)
+    challenge = gssapi.SecurityContext(creds=creds, usage="accept").step(
+        ews_sim.ntlm_with_empty_version(negotiate))
+    assert ews_sim.ntlm_message_type(challenge) == ews_sim.NTLM_CHALLENGE

@@ -1,14 +1,17 @@
 """Tests of tests/sim/graph_sim.py itself: the token endpoint, bearer checks, events,
 To Do lists and tasks, $filter lookups, $batch and faults, through real HTTP."""
+import base64
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.client import HTTPConnection, HTTPException
 
 import pytest
 
@@ -210,3 +213,277 @@ def test_expire_token_fault(sim, graph):
     assert graph("GET", "/users/alice@example.org/events")[0] == 401
     assert graph("GET", "/users/alice@example.org/events")[0] == 401   # revoked for good
     assert http("GET", sim + "/_sim/faults")[1] == []
+
+
+# ---------------------------------------------------------------------------
+# Late answers, moved and edited items, connections, settings (sim_control.py)
+# ---------------------------------------------------------------------------
+
+EVENTS = "/users/alice@example.org/events"
+LOST = (urllib.error.URLError, ConnectionError, HTTPException)
+
+
+def in_thread(function):
+    """Runs function() in a thread; join() gives back [result or exception]."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(function())
+        except Exception as exc:  # handed to the test through outcome
+            outcome.append(exc)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def default_tasks(graph, mailbox="bob@example.org"):
+    lists = graph("GET", f"/users/{mailbox}/todo/lists")[1]["value"]
+    return f"/users/{mailbox}/todo/lists/{quote(lists[0]['id'])}/tasks"
+
+
+def todo_task(log_id, due="2030-05-04T00:00:00.0000000", zone="UTC"):
+    return {"title": f"Ring {log_id}", "dueDateTime": {"dateTime": due, "timeZone": zone},
+            "linkedResources": [{"applicationName": "CRM", "displayName": f"Log {log_id}",
+                                 "externalId": f"contactlog:{log_id}:task"}]}
+
+
+def event_filter(log_id):
+    return "?$filter=" + quote(f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROP}' and "
+                               f"ep/value eq 'contactlog:{log_id}:appointment')")
+
+
+def task_filter(log_id):
+    return "?$filter=" + quote(f"linkedResources/any(r: r/externalId eq "
+                               f"'contactlog:{log_id}:task')")
+
+
+def connection(base, timeout=10):
+    return HTTPConnection("127.0.0.1", urllib.parse.urlsplit(base).port,
+                                      timeout=timeout)
+
+
+def items(sim, mailbox="alice@example.org"):
+    return http("GET", f"{sim}/_sim/mailboxes/{mailbox}")[1]
+
+
+def test_fault_delay_before_perform_and_drop(sim, graph):
+    http("POST", sim + "/_sim/faults", {"mode": "delay", "when": "before_perform", "ms": 800,
+                                        "answer": "drop", "ops": ["CreateEvent"]})
+    started = time.monotonic()
+    thread, outcome = in_thread(lambda: graph("POST", EVENTS, event(1)))
+    time.sleep(0.3)
+    assert items(sim) == []                  # not performed yet; others are answered
+    thread.join(10)
+    assert isinstance(outcome[0], LOST), outcome
+    assert time.monotonic() - started >= 0.8
+    assert len(items(sim)) == 1
+    [record] = http("GET", sim + "/_sim/requests?op=CreateEvent")[1]
+    assert record["fault"] == "delay"
+
+
+def test_fault_delay_then_drop_in_a_batch_drops_the_batch(sim, graph):
+    http("POST", sim + "/_sim/faults", {"mode": "delay", "ms": 300, "answer": "drop",
+                                        "ops": ["CreateEvent"], "in_batch": True})
+    # in_batch: a plain create is not delayed.
+    assert graph("POST", EVENTS, event(1))[0] == 201
+    members = [{"id": str(n), "method": "POST", "url": EVENTS, "body": event(n),
+                "headers": {"Content-Type": "application/json"}} for n in (2, 3)]
+    started = time.monotonic()
+    with pytest.raises(LOST):
+        graph("POST", "/$batch", {"requests": members})
+    assert time.monotonic() - started >= 0.3
+    assert len(items(sim)) == 3              # both members performed, the answer lost
+
+
+def test_a_delayed_request_does_not_hold_up_others(sim, graph):
+    http("POST", sim + "/_sim/faults", {"mode": "delay", "ms": 2000, "ops": ["CreateEvent"]})
+    slow, outcome = in_thread(lambda: graph("POST", EVENTS, event(1)))
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert token(sim)[0] == 200
+    found = graph("GET", EVENTS + event_filter(1))[1]["value"]
+    assert len(found) == 1                   # performed; only its answer waits
+    assert graph("POST", EVENTS, event(2))[0] == 201
+    assert time.monotonic() - started < 1.5
+    slow.join(10)
+    assert outcome[0][0] == 201
+
+
+def test_control_move_gives_events_and_tasks_new_ids(sim, graph):
+    created = graph("POST", EVENTS, event(1, transactionId="t-1"))[1]
+    # Unquoted, as a test may send it: the id's '/' do not confuse the path.
+    moved = http("POST", f"{sim}/_sim/items/{created['id']}/move")[1]["id"]
+    assert moved != created["id"]
+    assert base64.b64decode(moved).startswith(b"\x00\x00\x1b\x00sim")
+    assert graph("GET", f"{EVENTS}/{quote(created['id'])}")[0] == 404
+    assert graph("PATCH", f"{EVENTS}/{quote(created['id'])}", {"subject": "x"})[0] == 404
+    assert graph("DELETE", f"{EVENTS}/{quote(created['id'])}")[0] == 404
+    status, got = graph("GET", f"{EVENTS}/{quote(moved)}")[:2]
+    assert status == 200 and got["subject"] == "Call" and got["changeKey"] == \
+        created["changeKey"]
+    assert [e["id"] for e in graph("GET", EVENTS + event_filter(1))[1]["value"]] == [moved]
+    [item] = items(sim)
+    assert item["previous_ids"] == [created["id"]] and item["transaction_id"] == "t-1"
+    assert item["extended_properties"][KEY] == "contactlog:1:appointment"
+    # Graph's transactionId still finds the moved event.
+    assert graph("POST", EVENTS, event(1, transactionId="t-1"))[1]["id"] == moved
+
+    tasks = default_tasks(graph)
+    task = graph("POST", tasks, todo_task(7))[1]
+    moved_task = http("POST", f"{sim}/_sim/items/{quote(task['id'])}/move")[1]["id"]
+    assert base64.b64decode(moved_task).startswith(b"\x00\x00\x1b\x00task")
+    assert graph("GET", f"{tasks}/{quote(task['id'])}")[0] == 404
+    found = graph("GET", tasks + task_filter(7))[1]["value"]
+    assert [t["id"] for t in found] == [moved_task]
+    assert found[0]["linkedResources"] == task["linkedResources"]
+    assert http("POST", f"{sim}/_sim/items/{quote(task['id'])}/move")[0] == 404
+
+
+def test_control_patch_edits_like_a_person_in_outlook(sim, graph):
+    created = graph("POST", EVENTS, event(1))[1]
+    path = f"{sim}/_sim/items/{quote(created['id'])}"
+    time.sleep(0.01)
+    status, edited, _ = http("PATCH", path, {"subject": "Moved by Ann",
+                                             "start": "2030-03-02T10:00:00Z",
+                                             "end": "2030-03-02T11:00:00Z"})
+    assert status == 200 and edited["subject"] == "Moved by Ann"
+    assert edited["edited_count"] == 1 and edited["updated_count"] == 0
+    got = graph("GET", f"{EVENTS}/{quote(created['id'])}")[1]
+    assert got["subject"] == "Moved by Ann"
+    assert got["start"] == {"dateTime": "2030-03-02T10:00:00.0000000", "timeZone": "UTC"}
+    assert got["@odata.etag"] != created["@odata.etag"]
+    assert got["lastModifiedDateTime"] > created["lastModifiedDateTime"]
+    assert got["createdDateTime"] == created["createdDateTime"]
+    for body in ({"status": "Completed"}, {"start": "2030-03-02T12:00:00Z"},
+                 {"start": "2030-03-02T10:00:00"}, {"subject": None}, {}):
+        assert http("PATCH", path, body)[0] == 400, body
+
+    tasks = default_tasks(graph)
+    task = graph("POST", tasks, todo_task(2))[1]
+    task_path = f"{sim}/_sim/items/{quote(task['id'])}"
+    status, edited, _ = http("PATCH", task_path, {"status": "Completed",
+                                                  "due_date": "2030-05-06T00:00:00Z"})
+    assert status == 200 and edited["status"] == "Completed"
+    assert edited["percent_complete"] == 100.0
+    assert edited["due_date"] == "2030-05-06T00:00:00Z" and edited["due_time_zone"] == "UTC"
+    got = graph("GET", f"{tasks}/{quote(task['id'])}")[1]
+    assert got["status"] == "completed" and got["@odata.etag"] != task["@odata.etag"]
+    assert got["dueDateTime"] == {"dateTime": "2030-05-06T00:00:00.0000000", "timeZone": "UTC"}
+    edited = http("PATCH", task_path, {"due_date": "2030-05-07T00:00:00",
+                                       "due_time_zone": "W. Europe Standard Time"})[1]
+    assert edited["due_date"] == "2030-05-07T00:00:00"
+    assert edited["due_time_zone"] == "W. Europe Standard Time"
+    assert http("PATCH", task_path, {"due_time_zone": "Atlantis"})[0] == 400
+    assert http("PATCH", task_path, {"start": "2030-05-07T00:00:00Z"})[0] == 400
+    assert http("PATCH", f"{sim}/_sim/items/nope", {"subject": "x"})[0] == 404
+
+
+def test_request_log_names_the_connection(sim):
+    bearer = {"Authorization": "Bearer " + token(sim)[1]["access_token"],
+              "Content-Type": "application/json"}
+    conn = connection(sim)
+    try:
+        for method, path, body in (("GET", EVENTS, None), ("GET", "/_sim/stats", None),
+                                   ("POST", "/$batch", {"requests": [
+                                       {"id": "1", "method": "GET", "url": EVENTS},
+                                       {"id": "2", "method": "GET", "url": EVENTS}]})):
+            conn.request(method, ("" if path.startswith("/_sim") else "/v1.0") + path,
+                         body=json.dumps(body) if body else None, headers=bearer)
+            conn.getresponse().read()
+        local = "%s:%d" % conn.sock.getsockname()
+    finally:
+        conn.close()
+    log = http("GET", sim + "/_sim/requests")[1]
+    assert [(r["op"], r["connection_seq"]) for r in log] == [
+        ("Token", 0), ("FindEvents", 0), ("Batch", 2), ("FindEvents", 2), ("FindEvents", 2)]
+    assert {r["connection"] for r in log[1:]} == {local} and log[0]["connection"] != local
+
+
+def test_settings_ignore_connection_close(sim, graph):
+    bearer = {"Authorization": "Bearer " + token(sim)[1]["access_token"],
+              "Connection": "close"}
+
+    def two_calls():
+        conn = connection(sim)
+        try:
+            answers = []
+            for _ in range(2):
+                conn.request("GET", "/v1.0" + EVENTS, headers=bearer)
+                response = conn.getresponse()
+                response.read()
+                answers.append((response.status, response.getheader("Connection")))
+            return answers
+        finally:
+            conn.close()
+
+    assert two_calls() == [(200, "close")] * 2        # http.client opened a second one
+    assert http("POST", sim + "/_sim/settings", {"ignore_connection_close": True})[1] == \
+        {"ignore_connection_close": True, "lookup_lag_ms": 0}
+    assert two_calls() == [(200, None)] * 2           # one connection carried both
+    log = http("GET", sim + "/_sim/requests?op=FindEvents")[1]
+    assert [r["connection_seq"] for r in log] == [0, 0, 0, 1]
+    assert log[2]["connection"] == log[3]["connection"]
+    assert http("POST", sim + "/_sim/settings", {"ignore_connection_close": "yes"})[0] == 400
+    http("POST", sim + "/_sim/reset")
+    assert http("GET", sim + "/_sim/settings")[1] == {"ignore_connection_close": False,
+                                                      "lookup_lag_ms": 0}
+
+
+def test_settings_lookup_lag_and_transaction_id(sim, graph):
+    http("POST", sim + "/_sim/settings", {"lookup_lag_ms": 800})
+    created = graph("POST", EVENTS, event(1, transactionId="tx-1"))[1]
+    tasks = default_tasks(graph)
+    task = graph("POST", tasks, todo_task(1))[1]
+    assert graph("GET", EVENTS + event_filter(1))[1]["value"] == []
+    assert graph("GET", tasks + task_filter(1))[1]["value"] == []
+    assert graph("GET", f"{EVENTS}/{quote(created['id'])}")[0] == 200    # by id: no lag
+    assert len(graph("GET", EVENTS)[1]["value"]) == 1                     # no $filter
+    # The lookup missed; the create goes again, with the same transactionId.
+    status, again, _ = graph("POST", EVENTS, event(1, transactionId="tx-1"))
+    assert status == 201 and again["id"] == created["id"]
+    member = {"id": "1", "method": "POST", "url": EVENTS,
+              "headers": {"Content-Type": "application/json"},
+              "body": event(1, transactionId="tx-1")}
+    answer = graph("POST", "/$batch", {"requests": [member]})[1]
+    assert answer["responses"][0]["status"] == 201
+    assert answer["responses"][0]["body"]["id"] == created["id"]
+    log = http("GET", sim + "/_sim/requests?op=CreateEvent")[1]
+    assert [r.get("deduplicated", False) for r in log] == [False, True, True]
+    [item] = items(sim)
+    assert item["transaction_id"] == "tx-1"
+    time.sleep(0.9)
+    assert [e["id"] for e in graph("GET", EVENTS + event_filter(1))[1]["value"]] == \
+        [created["id"]]
+    assert [t["id"] for t in graph("GET", tasks + task_filter(1))[1]["value"]] == [task["id"]]
+    # Only live events count: after a delete, the same transactionId makes a new one.
+    assert graph("DELETE", f"{EVENTS}/{quote(created['id'])}")[0] == 204
+    third = graph("POST", EVENTS, event(1, transactionId="tx-1"))[1]
+    assert third["id"] != created["id"] and len(items(sim)) == 1
+
+
+def test_task_due_date_time_zones(sim, graph):
+    tasks = default_tasks(graph)
+    utc = graph("POST", tasks, todo_task(1, zone="UTC"))[1]
+    status, zoned, _ = graph("POST", tasks, todo_task(2, zone="W. Europe Standard Time"))
+    assert status == 201
+    assert zoned["dueDateTime"] == {"dateTime": "2030-05-04T00:00:00.0000000",
+                                    "timeZone": "W. Europe Standard Time"}
+    assert utc["dueDateTime"] == {"dateTime": "2030-05-04T00:00:00.0000000", "timeZone": "UTC"}
+    shown = {i["subject"]: i for i in items(sim, "bob@example.org")}
+    assert shown["Ring 1"]["due_date"] == "2030-05-04T00:00:00Z"        # as before
+    assert shown["Ring 1"]["due_time_zone"] == "UTC"
+    assert shown["Ring 2"]["due_date"] == "2030-05-04T00:00:00"
+    assert shown["Ring 2"]["due_time_zone"] == "W. Europe Standard Time"
+    for zone in ("Pacific Standard Time", "Europe/Berlin", "UTC-11", "Russia Time Zone 3"):
+        assert graph("POST", tasks, todo_task(3, zone=zone))[0] == 201, zone
+    for zone in ("Mars Standard Time!", "Atlantis", "", None):
+        assert graph("POST", tasks, todo_task(4, zone=zone))[0] == 400, zone
+    patched = graph("PATCH", f"{tasks}/{quote(utc['id'])}",
+                    {"dueDateTime": {"dateTime": "2030-06-01T00:00:00",
+                                     "timeZone": "Romance Standard Time"}})[1]
+    assert patched["dueDateTime"]["timeZone"] == "Romance Standard Time"
+    # Events still take UTC only (what followupd sends).
+    assert graph("POST", EVENTS, event(1, start={"dateTime": "2030-03-01T09:00:00",
+                                                 "timeZone": "W. Europe Standard Time"}))[0] \
+        == 400

@@ -2,10 +2,22 @@
 BEGIN;
 SELECT plan(16);
 
+-- How many times the log was queued: the outbox version grows with every change
+-- (versions come from one sequence), so count the distinct versions seen so far.
+CREATE TEMP TABLE seen_outbox_versions (contact_log_id bigint, version bigint);
+CREATE FUNCTION pg_temp.times_queued(log_id bigint) RETURNS bigint LANGUAGE sql AS $$
+    INSERT INTO seen_outbox_versions
+    SELECT s.contact_log_id, s.version FROM contactlog.outlook_sync s
+    WHERE s.contact_log_id = log_id
+      AND NOT EXISTS (SELECT 1 FROM seen_outbox_versions v
+                      WHERE v.contact_log_id = log_id AND v.version = s.version);
+    SELECT count(*) FROM seen_outbox_versions WHERE contact_log_id = log_id;
+$$;
+
 SELECT has_table('contactlog', 'employee', 'employee table');
 SELECT has_table('contactlog', 'contact_log', 'contact_log table');
 SELECT has_table('contactlog', 'attribute', 'attribute table');
-SELECT is((SELECT max(version) FROM contactlog.schema_version), 2, 'schema at version 2');
+SELECT cmp_ok((SELECT max(version) FROM contactlog.schema_version), '>=', 3, 'schema at version 3 or later');
 SELECT is((SELECT count(*)::int FROM contactlog.attribute), 7, 'seven attributes seeded');
 SELECT is((SELECT value FROM contactlog.attribute WHERE name = 'AddToCalendar'), '1',
           'AddToCalendar defaults to 1');
@@ -16,15 +28,15 @@ VALUES (1, 'C', 'r', now() + interval '1 day');
 
 SELECT is((SELECT status || '/' || owner_id FROM contactlog.contact_log), 'in_progress/1',
           'a new log is in progress, locked by its creator');
-SELECT is((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = 1), 1::bigint,
+SELECT is(pg_temp.times_queued(1), 1::bigint,
           'the insert queued the log');
 SELECT ok((SELECT inserted_with_follow_up FROM contactlog.outlook_sync), 'inserted with follow-up');
 
 UPDATE contactlog.contact_log SET notes = 'only notes' WHERE id = 1;
-SELECT is((SELECT version FROM contactlog.outlook_sync), 1::bigint,
+SELECT is(pg_temp.times_queued(1), 1::bigint,
           'a change Outlook does not show does not queue');
 UPDATE contactlog.contact_log SET reason = 'new reason' WHERE id = 1;
-SELECT is((SELECT version FROM contactlog.outlook_sync), 2::bigint, 'a reason change queues');
+SELECT is(pg_temp.times_queued(1), 2::bigint, 'a reason change queues');
 
 SAVEPOINT before_rollback;
 INSERT INTO contactlog.contact_log (created_by, contact_name, next_contact_at)

@@ -1,8 +1,22 @@
 -- Ownership of contact logs (issue 5, SPEC §2 "Ownership"): take, surrender,
--- assign, complete, each allowed and refused; owner-only UPDATE and DELETE with
--- contactlog.actor set; no check without an actor; refusals change nothing.
+-- assign, complete, each allowed and refused; owner-only UPDATE and DELETE by a
+-- trusted front end (contactlog_app) naming contactlog.actor; no check for
+-- maintenance (this superuser session); refusals change nothing. Staff logins,
+-- the other roles and hostile callers: 040_roles.sql.
 BEGIN;
-SELECT plan(102);
+SELECT plan(103);
+
+-- How many times the log was queued: the outbox version grows with every change
+-- (versions come from one sequence), so count the distinct versions seen so far.
+CREATE TEMP TABLE seen_outbox_versions (contact_log_id bigint, version bigint);
+CREATE FUNCTION pg_temp.times_queued(log_id bigint) RETURNS bigint LANGUAGE sql AS $$
+    INSERT INTO seen_outbox_versions
+    SELECT s.contact_log_id, s.version FROM contactlog.outlook_sync s
+    WHERE s.contact_log_id = log_id
+      AND NOT EXISTS (SELECT 1 FROM seen_outbox_versions v
+                      WHERE v.contact_log_id = log_id AND v.version = s.version);
+    SELECT count(*) FROM seen_outbox_versions WHERE contact_log_id = log_id;
+$$;
 
 -- People: three staff, an administrator, an inactive employee.
 INSERT INTO contactlog.employee (id, login, display_name, email, role, active) VALUES
@@ -151,6 +165,11 @@ SELECT is(pg_temp.state((contactlog.surrender(1006, 101)).id), 'open/-/-',
           'the functions work with no actor set');
 
 -- ---- owner-only UPDATE and DELETE with an actor set -----------------------------
+-- Maintenance (this superuser session) is not checked: plain statements run from
+-- here to "no actor, no check" as a front end's login, member of contactlog_app.
+CREATE ROLE o_app LOGIN IN ROLE contactlog_app;
+GRANT ALL ON snapshot TO PUBLIC;
+SET SESSION AUTHORIZATION o_app;
 -- Now: 1001 in progress (dora), 1002 completed, 1003 in progress (bob),
 -- 1004 in progress (dora), 1005 in progress (alice), 1006 open.
 SELECT is(ARRAY(SELECT pg_temp.state(id) FROM contactlog.contact_log ORDER BY id),
@@ -168,8 +187,8 @@ SELECT throws_ok($$UPDATE contactlog.contact_log SET notes = 'by alice' WHERE id
                  'contact log 1003 is locked by Bob Baker (bob)',
                  'UPDATE: staff may not change a log locked by someone else');
 SELECT throws_ok($$UPDATE contactlog.contact_log SET status = 'completed', owner_id = NULL WHERE id = 1003$$,
-                 '42501', 'contact log 1003 is locked by Bob Baker (bob)',
-                 'UPDATE: not even to complete it');
+                 '42501', 'permission denied for table contact_log',
+                 'UPDATE: not even to complete it (status and owner_id move only through the functions)');
 SELECT throws_ok($$UPDATE contactlog.contact_log SET notes = 'x' WHERE id = 1006$$, '42501',
                  'contact log 1006 is open (locked by nobody)', 'UPDATE: staff may not change an open log');
 SELECT throws_ok($$UPDATE contactlog.contact_log SET notes = 'x' WHERE id = 1002$$, '42501',
@@ -178,7 +197,7 @@ SELECT throws_ok($$UPDATE contactlog.contact_log SET notes = 'x' WHERE id IN (10
                  'contact log 1003 is locked by Bob Baker (bob)',
                  'UPDATE: one foreign log in the statement refuses all of it');
 SELECT throws_ok($$UPDATE contactlog.contact_log SET owner_id = 101 WHERE id = 1003$$, '42501',
-                 'contact log 1003 is locked by Bob Baker (bob)',
+                 'permission denied for table contact_log',
                  'UPDATE: staff may not grab a lock by writing owner_id');
 SELECT results_eq('SELECT * FROM contactlog.contact_log ORDER BY id', 'SELECT * FROM pg_temp.unchanged()',
                   'UPDATE: refused statements changed nothing');
@@ -194,9 +213,13 @@ SELECT throws_ok($$UPDATE contactlog.contact_log SET notes = 'x' WHERE id = 1006
                  'contact log 1006 is open (locked by nobody)', 'UPDATE: an admin may not change an open log');
 SELECT lives_ok($$UPDATE contactlog.contact_log SET notes = 'checked' WHERE id = 1002$$,
                 'UPDATE: an admin changes a completed log');
-SELECT lives_ok($$UPDATE contactlog.contact_log SET status = 'open' WHERE id = 1002$$,
-                'UPDATE: an admin reopens a completed log');
-SELECT is(pg_temp.state(1002), 'open/-/102', 'UPDATE: the completed log is open again');
+SELECT throws_ok($$UPDATE contactlog.contact_log SET status = 'open' WHERE id = 1002$$, '42501',
+                 'permission denied for table contact_log',
+                 'UPDATE: an admin does not write status either (assign reopens a completed log)');
+RESET SESSION AUTHORIZATION;
+UPDATE contactlog.contact_log SET status = 'open' WHERE id = 1002;
+SET SESSION AUTHORIZATION o_app;
+SELECT is(pg_temp.state(1002), 'open/-/102', 'maintenance reopened the completed log');
 SELECT lives_ok($$UPDATE contactlog.contact_log SET reason = 'admin''s own' WHERE id = 1004$$,
                 'UPDATE: an admin changes a log they own');
 SELECT pg_temp.resnap();
@@ -255,13 +278,19 @@ SELECT pg_temp.resnap();
 
 -- Inserting is not owning anything yet: anyone creates logs.
 SET LOCAL contactlog.actor = '103';
-SELECT lives_ok($$INSERT INTO contactlog.contact_log (id, created_by, contact_name) VALUES (1007, 103, 'Gauss')$$,
+SELECT lives_ok($$INSERT INTO contactlog.contact_log (created_by, contact_name) VALUES (103, 'Gauss')$$,
                 'INSERT with an actor set');
-SELECT is(pg_temp.state(1007), 'in_progress/103/-', 'the new log is locked by its creator');
-SELECT lives_ok($$UPDATE contactlog.contact_log SET priority = 'high' WHERE id = 1007$$,
+SELECT is(pg_temp.state((SELECT id FROM contactlog.contact_log WHERE contact_name = 'Gauss')),
+          'in_progress/103/-', 'the new log is locked by its creator');
+SELECT lives_ok($$UPDATE contactlog.contact_log SET priority = 'high' WHERE contact_name = 'Gauss'$$,
                 'and the creator edits it');
+SELECT throws_ok($$INSERT INTO contactlog.contact_log (id, created_by, contact_name) VALUES (1099, 103, 'Ids')$$,
+                 '42501', 'permission denied for table contact_log',
+                 'a front end does not choose ids (an outbox row may outlive a deleted log of that id)');
 
 -- ---- no actor, no check ---------------------------------------------------------
+-- Maintenance: the schema owner or a superuser (this session again).
+RESET SESSION AUTHORIZATION;
 SET LOCAL contactlog.actor = '';
 SELECT lives_ok($$UPDATE contactlog.contact_log SET notes = 'maintenance' WHERE id IN (1001, 1002, 1003, 1006)$$,
                 'no actor (empty): any log may be changed');
@@ -284,30 +313,34 @@ SELECT throws_ok($$UPDATE contactlog.contact_log SET status = 'done' WHERE id = 
 -- Lock changes do not touch Outlook; completing and assigning do (SPEC §3).
 INSERT INTO contactlog.contact_log (id, created_by, contact_name, reason, next_contact_at)
 VALUES (1008, 101, 'Hopper', 'demo', '2030-02-01 10:00+00');
-SELECT is((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = 1008), 1::bigint,
+SELECT is(pg_temp.times_queued(1008), 1::bigint,
           'outbox: the new log is queued once');
 SELECT FROM contactlog.surrender(1008, 101);
 SELECT FROM contactlog.take(1008, 102);
 SELECT FROM contactlog.take(1008, 104);
-SELECT is((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = 1008), 1::bigint,
+SELECT is(pg_temp.times_queued(1008), 1::bigint,
           'outbox: surrender and take do not queue (nothing in Outlook changes)');
 SELECT FROM contactlog.assign(1008, 104, 103);
-SELECT is((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = 1008), 2::bigint,
+SELECT is(pg_temp.times_queued(1008), 2::bigint,
           'outbox: assign queues (assigned_to is in the item)');
 SELECT FROM contactlog.complete(1008, 103);
-SELECT is((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = 1008), 3::bigint,
+SELECT is(pg_temp.times_queued(1008), 3::bigint,
           'outbox: complete queues');
 SELECT throws_ok('SELECT contactlog.take(1008, 101)', '42501', NULL, 'a completed log cannot be taken');
-SELECT is((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = 1008), 3::bigint,
+SELECT is(pg_temp.times_queued(1008), 3::bigint,
           'outbox: a refused call queues nothing');
 SET LOCAL contactlog.actor = '101';
+SET SESSION AUTHORIZATION o_app;
 SELECT throws_ok($$UPDATE contactlog.contact_log SET reason = 'new' WHERE id = 1008$$, '42501', NULL,
                  'a refused UPDATE');
-SELECT is((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = 1008), 3::bigint,
+RESET SESSION AUTHORIZATION;
+SELECT is(pg_temp.times_queued(1008), 3::bigint,
           'outbox: a refused UPDATE queues nothing');
 SET LOCAL contactlog.actor = '104';
+SET SESSION AUTHORIZATION o_app;
 UPDATE contactlog.contact_log SET reason = 'admin fixes a typo' WHERE id = 1008;
-SELECT is((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = 1008), 4::bigint,
+RESET SESSION AUTHORIZATION;
+SELECT is(pg_temp.times_queued(1008), 4::bigint,
           'outbox: an allowed UPDATE queues as before');
 
 -- ---- the functions lock the row -----------------------------------------------------------
@@ -316,10 +349,12 @@ SELECT ok(EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.prona
                     AND p.prosrc LIKE '%FOR UPDATE%'),
           'the ownership functions lock the log row (FOR UPDATE); the race itself is '
           'tests/integration/test_ownership_race.py');
-SELECT is((SELECT array_agg(DISTINCT array_to_string(p.proconfig, ','))
+SELECT is((SELECT array_agg(DISTINCT p.prosecdef::text || ' ' || array_to_string(p.proconfig, ','))
            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
            WHERE n.nspname = 'contactlog' AND p.proname IN ('take', 'surrender', 'assign', 'complete')),
-          ARRAY['contactlog.actor='], 'the four functions run with contactlog.actor emptied');
+          ARRAY['true search_path=pg_catalog, contactlog, pg_temp'],
+          'the four functions are SECURITY DEFINER with a fixed search_path (issue 14), '
+          'no longer SET contactlog.actor');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -381,6 +381,32 @@ static void test_err_bad_version(void **state)
 {
     (void)state;
     parse_fails("[exchange]\nversion = Exchange2019\n", 2, "invalid version 'Exchange2019'");
+    /* The suggestions are the versions that would be accepted. */
+    assert_non_null(strstr(err, "use one of Exchange2010_SP1, Exchange2010_SP2,"));
+    assert_null(strstr(err, "Exchange2007"));
+}
+
+/* SPEC section 4: older than Exchange2010_SP1 is a configuration error, with the file,
+ * the line and why (every appointment carries StartTimeZone, which those schemas lack). */
+static void test_err_version_too_old(void **state)
+{
+    (void)state;
+    parse_fails("[exchange]\nversion = Exchange2007\n", 2,
+                "[exchange] version = Exchange2007 is older than Exchange2010_SP1");
+    assert_non_null(strstr(err, "StartTimeZone"));
+    assert_non_null(strstr(err, "ErrorSchemaValidation"));
+    parse_fails("; an old server\n[exchange]\nurl = https://mail.example.org/EWS/Exchange.asmx\n"
+                "version = Exchange2007_SP1   ; as it always was\n", 4,
+                "version = Exchange2007_SP1 is older than Exchange2010_SP1");
+    /* Named in its canonical spelling, whatever the case in the file. */
+    parse_fails("[exchange]\nversion = exchange2010\n", 2,
+                "version = Exchange2010 is older than Exchange2010_SP1");
+
+    config *cfg = parse_ok("[exchange]\nversion = Exchange2010_SP1\n");
+    assert_string_equal(cfg->server_version, "Exchange2010_SP1");
+    config_free(cfg);
+    validate_ok("[exchange]\nurl = https://m.example.org/EWS\nusername = svc\n"
+                "version = Exchange2010_SP2\n");
 }
 
 static void test_err_duplicate_key(void **state)
@@ -580,6 +606,10 @@ static void test_validate_programmatic(void **state)
     assert_int_equal(config_validate(cfg, err, sizeof err), -1);
     assert_non_null(strstr(err, "version 'Exchange2019'"));
     free(cfg->server_version);
+    cfg->server_version = strdup("Exchange2007_SP1");
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "version = Exchange2007_SP1 is older than Exchange2010_SP1"));
+    free(cfg->server_version);
     cfg->server_version = strdup("V2016_10_10");
     assert_int_equal(config_validate(cfg, err, sizeof err), 0);
     cfg->concurrency = 0;
@@ -723,6 +753,7 @@ static void test_options_list_every_key(void **state)
         { "delivery", "concurrency" }, { "delivery", "max_attempts" },
         { "delivery", "batch_size" },
         { "delivery", "backoff_initial_ms" }, { "delivery", "backoff_max_ms" },
+        { "delivery", "settle_ms" }, { "delivery", "lease_seconds" },
     };
     size_t n = 0;
     const config_option_info *opts = config_options(&n);
@@ -848,6 +879,7 @@ int main(void)
         cmocka_unit_test(test_err_out_of_range),
         cmocka_unit_test(test_err_bad_enum),
         cmocka_unit_test(test_err_bad_version),
+        cmocka_unit_test(test_err_version_too_old),
         cmocka_unit_test(test_err_duplicate_key),
         cmocka_unit_test(test_err_unterminated_header),
         cmocka_unit_test(test_err_text_after_header),

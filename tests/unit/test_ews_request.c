@@ -39,7 +39,7 @@
 #define DELETE BODY "/m:DeleteItem"
 #define FIND BODY "/m:FindItem"
 #define GETFOLDER BODY "/m:GetFolder"
-#define IMPERSONATED HEADER "/t:ExchangeImpersonation/t:ConnectingSID/t:PrimarySmtpAddress"
+#define IMPERSONATED HEADER "/t:ExchangeImpersonation/t:ConnectingSID/t:SmtpAddress"
 
 /* 2025-03-01T09:00:00Z and 09:30. */
 #define T_START INT64_C(1740819600)
@@ -200,9 +200,14 @@ static void check_addressing(xmlDocPtr doc, const ews_request_options *opt,
     char path[512];
 
     check_xpath(doc, HEADER "/t:RequestServerVersion/@Version", opt->server_version);
-    check_count(doc, HEADER "/*", opt->impersonation ? 2 : 1);
+    /* A task's TimeZoneContext comes on top (check_due_zone). */
+    check_count(doc, HEADER "/*[not(self::t:TimeZoneContext)]", opt->impersonation ? 2 : 1);
+    check_count(doc, HEADER "/*[1][self::t:RequestServerVersion]", 1);
     if (opt->impersonation) {
         check_xpath(doc, IMPERSONATED, opt->mailbox);
+        /* SPEC section 4: SmtpAddress (any of the mailbox's addresses), the only child. */
+        check_count(doc, HEADER "/t:ExchangeImpersonation/t:ConnectingSID/*", 1);
+        check_count(doc, "//t:PrimarySmtpAddress", 0);
         check_count(doc, "//t:Mailbox", 0);
     } else {
         check_count(doc, HEADER "/t:ExchangeImpersonation", 0);
@@ -215,6 +220,21 @@ static void check_addressing(xmlDocPtr doc, const ews_request_options *opt,
         check_count(doc, path, 1);
         check_count(doc, "//t:Mailbox", 1);
     }
+}
+
+/* The TimeZoneContext a task's due date is read in: zone, or none (UTC). Last in the
+ * header, as the EWS Managed API writes it. */
+static void check_due_zone(xmlDocPtr doc, const char *zone)
+{
+    if (zone == NULL) {
+        check_count(doc, "//t:TimeZoneContext", 0);
+        return;
+    }
+    check_count(doc, HEADER "/t:TimeZoneContext", 1);
+    check_count(doc, HEADER "/*[last()][self::t:TimeZoneContext]", 1);
+    check_count(doc, HEADER "/t:TimeZoneContext/*", 1);
+    check_xpath(doc, HEADER "/t:TimeZoneContext/t:TimeZoneDefinition/@Id", zone);
+    check_count(doc, HEADER "/t:TimeZoneContext/t:TimeZoneDefinition/*", 0);
 }
 
 static void check_naming_uri(xmlDocPtr doc, const char *uri_path)
@@ -341,7 +361,9 @@ static void test_create_task_impersonated(void **state)
     check_xpath(b.doc, TASK "/t:ReminderIsSet", "true");
     check_naming_uri(b.doc, TASK "/t:ExtendedProperty/t:ExtendedFieldURI");
     check_xpath(b.doc, TASK "/t:ExtendedProperty/t:Value", "contactlog:7:task");
-    check_xpath(b.doc, TASK "/t:DueDate", "2025-03-01T09:00:00Z");
+    /* No due day from the caller: the UTC date, at midnight, read in UTC. */
+    check_xpath(b.doc, TASK "/t:DueDate", "2025-03-01T00:00:00Z");
+    check_due_zone(b.doc, NULL);
     check_xpath(b.doc, TASK "/t:Status", "NotStarted");
     check_count(b.doc, TASK "/t:ReminderMinutesBeforeStart | " TASK "/t:Start | " TASK "/t:End", 0);
     built_free(&b);
@@ -354,13 +376,133 @@ static void test_create_task_completed_delegate(void **state)
 
     (void)state;
     item.task_completed = true;
-    item.time_zone = "W. Europe Standard Time";     /* appointments only: ignored */
+    /* A zone without a due day taken in it is no context for the date. */
+    item.time_zone = "W. Europe Standard Time";
     b.xml = ews_request_create_items(&delegating, &item, 1, &b.len);
     check_built(&b);
     check_addressing(b.doc, &delegating, CREATE "/m:SavedItemFolderId/t:DistinguishedFolderId");
     check_xpath(b.doc, CREATE "/m:SavedItemFolderId/t:DistinguishedFolderId/@Id", "tasks");
     check_xpath(b.doc, TASK "/t:Status", "Completed");
     check_count(b.doc, "//t:StartTimeZone", 0);
+    check_due_zone(b.doc, NULL);
+    check_xpath(b.doc, TASK "/t:DueDate", "2025-03-01T00:00:00Z");
+    built_free(&b);
+}
+
+/* A task with a due day in the employee's zone (item_content computes it): SPEC
+ * section 3. 2025-03-01 00:00 in Berlin (+01:00) is 2025-02-28T23:00:00Z. */
+#define BERLIN_MARCH_1 INT64_C(1740783600)
+
+static ews_item berlin_task(int64_t log_id)
+{
+    ews_item item = task(log_id);
+    item.time_zone = "W. Europe Standard Time";
+    item.has_due_day = true;
+    item.due_day_start = BERLIN_MARCH_1;
+    item.due_utc_offset = 3600;
+    return item;
+}
+
+static void test_create_task_due_day_in_zone(void **state)
+{
+    ews_item item = berlin_task(11);
+    built b = { 0 };
+
+    (void)state;
+    b.xml = ews_request_create_items(&impersonating, &item, 1, &b.len);
+    check_built(&b);
+    check_addressing(b.doc, &impersonating, CREATE "/m:SavedItemFolderId/t:DistinguishedFolderId");
+    /* The date at midnight with the zone's offset, read in the zone's context. */
+    check_xpath(b.doc, TASK "/t:DueDate", "2025-03-01T00:00:00+01:00");
+    check_due_zone(b.doc, "W. Europe Standard Time");
+    /* The reminder stays the follow-up's exact instant. */
+    check_xpath(b.doc, TASK "/t:ReminderDueBy", "2025-03-01T09:00:00Z");
+    /* Tasks have no StartTimeZone; the zone is in the header only. */
+    check_count(b.doc, "//t:StartTimeZone | //t:EndTimeZone", 0);
+    built_free(&b);
+
+    /* West of Greenwich, half-hour zones, and the same through delegate access. */
+    item.time_zone = "Pacific Standard Time";
+    item.due_day_start = INT64_C(1740816000);       /* 2025-03-01T08:00:00Z */
+    item.due_utc_offset = -8 * 3600;
+    b.xml = ews_request_create_items(&delegating, &item, 1, &b.len);
+    check_built(&b);
+    check_addressing(b.doc, &delegating, CREATE "/m:SavedItemFolderId/t:DistinguishedFolderId");
+    check_xpath(b.doc, TASK "/t:DueDate", "2025-03-01T00:00:00-08:00");
+    check_due_zone(b.doc, "Pacific Standard Time");
+    built_free(&b);
+
+    item.time_zone = "India Standard Time";
+    item.due_day_start = INT64_C(1740767400);       /* 2025-02-28T18:30:00Z */
+    item.due_utc_offset = 19800;
+    b.xml = ews_request_create_items(&impersonating, &item, 1, &b.len);
+    check_built(&b);
+    check_xpath(b.doc, TASK "/t:DueDate", "2025-03-01T00:00:00+05:30");
+    built_free(&b);
+
+    /* Local mean time (before 1900) has offsets in seconds, xs:dateTime only minutes:
+     * rounded down, so the instant written stays inside the day. */
+    item.time_zone = "W. Europe Standard Time";
+    item.due_day_start = INT64_C(1740787200) - 3208;   /* +00:53:28 */
+    item.due_utc_offset = 3208;
+    b.xml = ews_request_create_items(&impersonating, &item, 1, &b.len);
+    check_built(&b);
+    check_xpath(b.doc, TASK "/t:DueDate", "2025-03-01T00:00:00+00:53");
+    built_free(&b);
+    item.due_day_start = INT64_C(1740787200) + 1050;   /* -00:17:30 */
+    item.due_utc_offset = -1050;
+    b.xml = ews_request_create_items(&impersonating, &item, 1, &b.len);
+    check_built(&b);
+    check_xpath(b.doc, TASK "/t:DueDate", "2025-03-01T00:00:00-00:18");
+    built_free(&b);
+
+    /* An offset xs:dateTime cannot write is refused, not sent wrong. */
+    item.due_utc_offset = 15 * 3600;
+    assert_null(ews_request_create_items(&impersonating, &item, 1, &b.len));
+    item.due_utc_offset = 3600;
+    item.time_zone = "bad\001zone";
+    assert_null(ews_request_create_items(&impersonating, &item, 1, &b.len));
+
+    /* Several tasks of one mailbox: one header, each its own date. */
+    ews_item tasks[2] = { berlin_task(12), berlin_task(13) };
+    tasks[1].due_day_start += 86400;
+    b.xml = ews_request_create_items(&impersonating, tasks, 2, &b.len);
+    check_built(&b);
+    check_due_zone(b.doc, "W. Europe Standard Time");
+    check_xpath(b.doc, TASK "[1]/t:DueDate", "2025-03-01T00:00:00+01:00");
+    check_xpath(b.doc, TASK "[2]/t:DueDate", "2025-03-02T00:00:00+01:00");
+    built_free(&b);
+
+    /* Appointments never carry the header, zone or not. */
+    ews_item appt = appointment(14);
+    appt.time_zone = "W. Europe Standard Time";
+    b.xml = ews_request_create_items(&impersonating, &appt, 1, &b.len);
+    check_built(&b);
+    check_due_zone(b.doc, NULL);
+    built_free(&b);
+}
+
+/* SPEC section 4: ConnectingSID/SmtpAddress, so an alias in employee.email resolves. */
+static void test_impersonation_by_any_address(void **state)
+{
+    static const ews_request_options alias = {
+        .server_version = "Exchange2010_SP1",
+        .mailbox = "ada.alias@sales.example.org",
+        .impersonation = true,
+    };
+    ews_item item = appointment(15);
+    built b = { 0 };
+
+    (void)state;
+    b.xml = ews_request_create_items(&alias, &item, 1, &b.len);
+    check_built(&b);
+    check_addressing(b.doc, &alias, CREATE "/m:SavedItemFolderId/t:DistinguishedFolderId");
+    check_xpath(b.doc, IMPERSONATED, "ada.alias@sales.example.org");
+    built_free(&b);
+
+    b.xml = ews_request_delete_item(&alias, EWS_ITEM_TASK, &ref_with_key, &b.len);
+    check_built(&b);
+    check_addressing(b.doc, &alias, NULL);
     built_free(&b);
 }
 
@@ -575,7 +717,8 @@ static void test_update_task(void **state)
     check_count(b.doc, SET "/t:Task", 7);
     check_count(b.doc, SET "/t:CalendarItem", 0);
     check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='item:ReminderDueBy']/t:Task/t:ReminderDueBy", "2025-03-01T09:00:00Z");
-    check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='task:DueDate']/t:Task/t:DueDate", "2025-03-01T09:00:00Z");
+    check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='task:DueDate']/t:Task/t:DueDate", "2025-03-01T00:00:00Z");
+    check_due_zone(b.doc, NULL);
     check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='task:Status']/t:Task/t:Status", "Completed");
     check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='item:Importance']/t:Task/t:Importance", "Low");
     check_count(b.doc, "//t:ExtendedProperty", 0);
@@ -585,6 +728,18 @@ static void test_update_task(void **state)
     b.xml = ews_request_update_item(&delegating, &ref_without_key, &item, &b.len);
     check_built(&b);
     check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='task:Status']/t:Task/t:Status", "NotStarted");
+    built_free(&b);
+
+    /* With a due day in the employee's zone: the date and its context, as on create. */
+    item = berlin_task(9);
+    b.xml = ews_request_update_item(&impersonating, &ref_with_key, &item, &b.len);
+    check_built(&b);
+    check_addressing(b.doc, &impersonating, NULL);
+    check_due_zone(b.doc, "W. Europe Standard Time");
+    check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='task:DueDate']/t:Task/t:DueDate",
+                "2025-03-01T00:00:00+01:00");
+    check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='item:ReminderDueBy']/t:Task/t:ReminderDueBy",
+                "2025-03-01T09:00:00Z");
     built_free(&b);
 }
 
@@ -896,6 +1051,8 @@ int main(void)
         cmocka_unit_test(test_create_appointment_time_zone_delegate),
         cmocka_unit_test(test_create_task_impersonated),
         cmocka_unit_test(test_create_task_completed_delegate),
+        cmocka_unit_test(test_create_task_due_day_in_zone),
+        cmocka_unit_test(test_impersonation_by_any_address),
         cmocka_unit_test(test_create_several_items),
         cmocka_unit_test(test_create_refuses_mixed_kinds_and_bad_arguments),
         cmocka_unit_test(test_update_appointment),

@@ -10,10 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <cmocka.h>
 
 #include "graph_json.h"
+#include "http_client.h"
 #include "timezone.h"
 
 /* 2025-03-01T09:00:00Z and 09:30. */
@@ -124,9 +126,11 @@ static void test_task_body(void **state)
     has(t, "title", "Ring back");
     has(t, "body.contentType", "html");
     has(t, "importance", "low");
-    has(t, "dueDateTime.dateTime", "2025-03-01T09:00:00");
+    /* No due day from the caller: the UTC date, at midnight. */
+    has(t, "dueDateTime.dateTime", "2025-03-01T00:00:00.0000000");
     has(t, "dueDateTime.timeZone", "UTC");
     has(t, "reminderDateTime.dateTime", "2025-03-01T09:00:00");
+    has(t, "reminderDateTime.timeZone", "UTC");
     has(t, "isReminderOn", "true");
     has(t, "status", "completed");
     has(t, "linkedResources.0.webUrl", "https://crm.example.org/contact-logs/7");
@@ -141,6 +145,41 @@ static void test_task_body(void **state)
     has(t, "status", "notStarted");
     json_object *unused;
     assert_false(json_object_object_get_ex(t, "linkedResources", &unused));
+    json_object_put(t);
+
+    /* SPEC section 3 on Graph: the due day at midnight in the employee's zone (here a
+     * follow-up at 2030-05-04 00:30 in Berlin, 22:30 UTC the day before); the reminder
+     * stays the follow-up's UTC instant. */
+    ews_item berlin = task;
+    berlin.start = INT64_C(1904077800);
+    berlin.time_zone = "W. Europe Standard Time";
+    berlin.has_due_day = true;
+    berlin.due_day_start = INT64_C(1904076000);
+    berlin.due_utc_offset = 7200;
+    t = round_trip(graph_json_task(&berlin, true));
+    has(t, "dueDateTime.dateTime", "2030-05-04T00:00:00.0000000");
+    has(t, "dueDateTime.timeZone", "W. Europe Standard Time");
+    has(t, "reminderDateTime.dateTime", "2030-05-03T22:30:00");
+    has(t, "reminderDateTime.timeZone", "UTC");
+    json_object_put(t);
+
+    /* West of Greenwich the date can be the day before the UTC one. */
+    berlin.start = INT64_C(1904101200);               /* 2030-05-04T05:00:00Z */
+    berlin.time_zone = "Pacific Standard Time";
+    berlin.due_day_start = INT64_C(1904022000);       /* 2030-05-03 00:00-07:00 */
+    berlin.due_utc_offset = -7 * 3600;
+    t = round_trip(graph_json_task(&berlin, false));
+    has(t, "dueDateTime.dateTime", "2030-05-03T00:00:00.0000000");
+    has(t, "dueDateTime.timeZone", "Pacific Standard Time");
+    json_object_put(t);
+
+    /* A day computed in UTC (the zone was unknown) says UTC. */
+    berlin.time_zone = NULL;
+    berlin.due_day_start = INT64_C(1904083200);
+    berlin.due_utc_offset = 0;
+    t = round_trip(graph_json_task(&berlin, false));
+    has(t, "dueDateTime.dateTime", "2030-05-04T00:00:00.0000000");
+    has(t, "dueDateTime.timeZone", "UTC");
     json_object_put(t);
 }
 
@@ -315,6 +354,71 @@ static void test_batch(void **state)
     assert_int_equal(graph_json_parse_batch("{}", 2, &r, &n, err, sizeof err), -1);
 }
 
+/* The one Retry-After parser (ews/http_client.c), as the HTTP header of an answer and
+ * a $batch member's header both use it: delay-seconds and all three HTTP-date forms. */
+static void test_retry_after(void **state)
+{
+    (void)state;
+    const time_t now = 1445412390;   /* Wed, 21 Oct 2015 07:26:30 GMT */
+
+    assert_int_equal(http_retry_after_ms("120", now), 120000);
+    assert_int_equal(http_retry_after_ms(" 7 \r\n", now), 7000);
+    assert_int_equal(http_retry_after_ms("0", now), 0);
+    assert_int_equal(http_retry_after_ms("Wed, 21 Oct 2015 07:28:00 GMT", now), 90000);
+    assert_int_equal(http_retry_after_ms("Wednesday, 21-Oct-15 07:28:00 GMT", now), 90000);
+    assert_int_equal(http_retry_after_ms("Wed Oct 21 07:28:00 2015", now), 90000);
+    /* Already past: go now. */
+    assert_int_equal(http_retry_after_ms("Tue, 20 Oct 2015 07:28:00 GMT", now), 0);
+    /* Not a hint: absent, malformed, negative, fractional, a week or more away. */
+    assert_int_equal(http_retry_after_ms(NULL, now), -1);
+    assert_int_equal(http_retry_after_ms("", now), -1);
+    assert_int_equal(http_retry_after_ms("soon", now), -1);
+    assert_int_equal(http_retry_after_ms("120abc", now), -1);
+    assert_int_equal(http_retry_after_ms("-5", now), -1);
+    assert_int_equal(http_retry_after_ms("1.5", now), -1);
+    assert_int_equal(http_retry_after_ms("604800", now), -1);
+    assert_int_equal(http_retry_after_ms("604799", now), INT64_C(604799000));
+    assert_int_equal(http_retry_after_ms("99999999999999999999", now), -1);
+    assert_int_equal(http_retry_after_ms("Thu, 29 Oct 2015 07:28:00 GMT", now), -1);
+}
+
+/* A throttled $batch member as Graph sends it, Retry-After as an HTTP date (and as
+ * seconds, and as a bare number) — each read like the HTTP header would be. */
+static void test_batch_retry_after_date(void **state)
+{
+    (void)state;
+    char when[64], answer[2048];
+    time_t now = time(NULL), later = now + 30;
+    struct tm tm;
+    assert_non_null(gmtime_r(&later, &tm));
+    assert_true(strftime(when, sizeof when, "%a, %d %b %Y %H:%M:%S GMT", &tm) > 0);
+    snprintf(answer, sizeof answer,
+             "{\"responses\":["
+             "{\"id\":\"1\",\"status\":429,\"headers\":{\"Retry-After\":\"%s\","
+             "\"Cache-Control\":\"private\",\"Content-Type\":\"application/json\"},"
+             "\"body\":{\"error\":{\"code\":\"ApplicationThrottled\",\"message\":\"Application "
+             "is over its MailboxConcurrency limit.\",\"innerError\":{\"date\":"
+             "\"2015-10-21T07:26:30\",\"request-id\":\"0b4f7c1e-3d2a-4e8b-9f61-7a5c2d9e1b30\","
+             "\"client-request-id\":\"0b4f7c1e-3d2a-4e8b-9f61-7a5c2d9e1b30\"}}}},"
+             "{\"id\":\"2\",\"status\":503,\"headers\":{\"Retry-After\":\"12\"},"
+             "\"body\":{\"error\":{\"code\":\"ServiceUnavailable\",\"message\":\"busy\"}}},"
+             "{\"id\":\"3\",\"status\":429,\"headers\":{\"retry-after\":3},"
+             "\"body\":{\"error\":{\"code\":\"TooManyRequests\",\"message\":\"slow\"}}}]}",
+             when);
+    graph_batch_response *r;
+    size_t n;
+    char err[128];
+    assert_int_equal(graph_json_parse_batch(answer, strlen(answer), &r, &n, err, sizeof err), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(r[0].status, 429);
+    /* A second may pass between building and parsing. */
+    assert_in_range(r[0].retry_after_ms, 28000, 30000);
+    assert_int_equal(http_retry_after_ms(when, now), 30000);
+    assert_int_equal(r[1].retry_after_ms, 12000);
+    assert_int_equal(r[2].retry_after_ms, 3000);
+    graph_batch_responses_free(r, n);
+}
+
 static void test_timezones(void **state)
 {
     (void)state;
@@ -344,6 +448,8 @@ int main(void)
         cmocka_unit_test(test_parse_collection),
         cmocka_unit_test(test_parse_error),
         cmocka_unit_test(test_batch),
+        cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_batch_retry_after_date),
         cmocka_unit_test(test_timezones),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

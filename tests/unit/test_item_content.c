@@ -1,4 +1,5 @@
 /* Unit tests for item_content: subject, body, link and hostile text. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,7 @@
 #include <cmocka.h>
 
 #include "item_content.h"
+#include "timezone.h"
 
 static reconcile_settings default_settings(void)
 {
@@ -181,6 +183,148 @@ static void large_reason(void **state)
     free(reason);
 }
 
+/* ---- the task's due date (SPEC section 3) ----------------------------------------- */
+
+/* A task for a follow-up at `at` for an employee whose zone (the Windows id the worker
+ * passes: employee.time_zone mapped, else [exchange] time_zone) is zone. */
+static void build_task(const char *zone, int64_t at, item_content *c)
+{
+    reconcile_settings s = default_settings();
+    reconcile_log log = sample_log();
+
+    s.time_zone = zone;
+    log.next_contact_at = at;
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, c), 0);
+    assert_true(c->item.has_due_day);
+    /* The reminder stays at the follow-up itself. */
+    assert_int_equal(c->item.start, at);
+}
+
+static void due_date_in_employee_zone(void **state)
+{
+    (void)state;
+    item_content c;
+
+    /* 2030-05-04 00:30 in Berlin (22:30 UTC the day before) is due on the 4th. */
+    build_task("W. Europe Standard Time", INT64_C(1904077800), &c);
+    assert_string_equal(c.item.time_zone, "W. Europe Standard Time");
+    assert_int_equal(c.item.due_day_start, INT64_C(1904076000));   /* 05-04 00:00+02:00 */
+    assert_int_equal(c.item.due_utc_offset, 7200);
+    item_content_clear(&c);
+
+    /* The same in winter (+01:00). */
+    build_task("W. Europe Standard Time", INT64_C(1894663800), &c);
+    assert_int_equal(c.item.due_day_start, INT64_C(1894662000));   /* 01-15 00:00+01:00 */
+    assert_int_equal(c.item.due_utc_offset, 3600);
+    item_content_clear(&c);
+
+    /* The day the clocks go forward: midnight still has the winter offset. */
+    build_task("W. Europe Standard Time", INT64_C(1901170800), &c); /* 03-31 09:00+02:00 */
+    assert_int_equal(c.item.due_day_start, INT64_C(1901142000));   /* 03-31 00:00+01:00 */
+    assert_int_equal(c.item.due_utc_offset, 3600);
+    item_content_clear(&c);
+
+    /* Chile skips midnight on 2024-09-08 (00:00 -04 becomes 01:00 -03): the day
+     * begins at that instant. */
+    build_task("Pacific SA Standard Time", INT64_C(1725807600), &c); /* 12:00-03:00 */
+    assert_int_equal(c.item.due_day_start, INT64_C(1725768000));
+    assert_int_equal(c.item.due_utc_offset, -3 * 3600);
+    item_content_clear(&c);
+
+    /* An IANA name is understood as well as a Windows id. */
+    build_task("Europe/Berlin", INT64_C(1904077800), &c);
+    assert_int_equal(c.item.due_day_start, INT64_C(1904076000));
+    item_content_clear(&c);
+}
+
+static void due_date_utc_employee(void **state)
+{
+    (void)state;
+    item_content c;
+
+    /* 23:30 UTC for an employee in UTC: due that day, not the next. */
+    build_task("UTC", INT64_C(1904167800), &c);
+    assert_string_equal(c.item.time_zone, "UTC");
+    assert_int_equal(c.item.due_day_start, INT64_C(1904083200));   /* 05-04 00:00Z */
+    assert_int_equal(c.item.due_utc_offset, 0);
+    item_content_clear(&c);
+}
+
+/* An employee without employee.time_zone gets [exchange] time_zone from the worker
+ * (settings.time_zone): the date is taken there, whatever it is. */
+static void due_date_default_zone(void **state)
+{
+    (void)state;
+    item_content c;
+
+    /* 2030-05-04 20:00 UTC is the 5th in Tokyo ... */
+    build_task("Tokyo Standard Time", INT64_C(1904155200), &c);
+    assert_string_equal(c.item.time_zone, "Tokyo Standard Time");
+    assert_int_equal(c.item.due_day_start, INT64_C(1904137200));   /* 05-05 00:00+09:00 */
+    assert_int_equal(c.item.due_utc_offset, 9 * 3600);
+    item_content_clear(&c);
+
+    /* ... and 05:00 UTC is still the 3rd in California. */
+    build_task("Pacific Standard Time", INT64_C(1904101200), &c);
+    assert_int_equal(c.item.due_day_start, INT64_C(1904022000));   /* 05-03 00:00-07:00 */
+    assert_int_equal(c.item.due_utc_offset, -7 * 3600);
+    item_content_clear(&c);
+
+    /* A zone the tz database cannot place: the UTC date, and no zone claimed for it. */
+    build_task("Mars Standard Time", INT64_C(1904155200), &c);
+    assert_null(c.item.time_zone);
+    assert_int_equal(c.item.due_day_start, INT64_C(1904083200));
+    assert_int_equal(c.item.due_utc_offset, 0);
+    item_content_clear(&c);
+    build_task(NULL, INT64_C(-1), &c);
+    assert_int_equal(c.item.due_day_start, INT64_C(-86400));       /* 1969-12-31 */
+    item_content_clear(&c);
+
+    /* Appointments are untouched: their zone is StartTimeZone, no due day. */
+    reconcile_settings s = default_settings();
+    reconcile_log log = sample_log();
+    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_APPOINTMENT, false, &c), 0);
+    assert_false(c.item.has_due_day);
+    item_content_clear(&c);
+}
+
+/* The due date is part of what reaches Outlook: another zone, another hash. */
+static void due_date_in_hash(void **state)
+{
+    (void)state;
+    item_content a, b;
+
+    build_task("W. Europe Standard Time", INT64_C(1904077800), &a);
+    build_task("UTC", INT64_C(1904077800), &b);
+    assert_string_not_equal(a.hash, b.hash);
+    item_content_clear(&b);
+    build_task("W. Europe Standard Time", INT64_C(1904077800), &b);
+    assert_string_equal(a.hash, b.hash);
+    item_content_clear(&b);
+    item_content_clear(&a);
+}
+
+/* The zone is looked up through TZ, which is put back as it was. */
+static void day_start_restores_tz(void **state)
+{
+    (void)state;
+    int64_t start;
+    int offset;
+
+    assert_int_equal(setenv("TZ", "Asia/Kolkata", 1), 0);
+    assert_int_equal(timezone_day_start("UTC", INT64_C(1904167800), &start, &offset), 0);
+    assert_string_equal(getenv("TZ"), "Asia/Kolkata");
+    assert_int_equal(unsetenv("TZ"), 0);
+    assert_int_equal(timezone_day_start("Europe/Berlin", INT64_C(1904077800), &start,
+                                        &offset), 0);
+    assert_null(getenv("TZ"));
+    assert_int_equal(start, INT64_C(1904076000));
+    assert_int_equal(timezone_day_start("Mars Standard Time", 0, &start, &offset), -ENOENT);
+    assert_int_equal(timezone_day_start("", 0, &start, &offset), -ENOENT);
+    assert_int_equal(timezone_day_start(NULL, 0, &start, &offset), -ENOENT);
+    assert_int_equal(timezone_day_start("UTC", INT64_MAX, &start, &offset), -ERANGE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -191,6 +335,11 @@ int main(void)
         cmocka_unit_test(forbidden_characters_replaced),
         cmocka_unit_test(link_only_http),
         cmocka_unit_test(large_reason),
+        cmocka_unit_test(due_date_in_employee_zone),
+        cmocka_unit_test(due_date_utc_employee),
+        cmocka_unit_test(due_date_default_zone),
+        cmocka_unit_test(due_date_in_hash),
+        cmocka_unit_test(day_start_restores_tz),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

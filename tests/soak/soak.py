@@ -1,0 +1,334 @@
+#!/usr/bin/python3
+"""The chaos soak (issue 11): random edits, completions and deletes on a few hundred
+contact logs over many mailboxes while everything that can go wrong does, at random:
+kill -9 of a daemon, pg_terminate_backend of its sessions, a PostgreSQL restart,
+Exchange answering late, never, or after the client's timeout, slow lookups, and two
+daemons on one database. At the end, with the faults gone, every log is checked
+against the mailboxes themselves (not the database's bookkeeping): exactly the items
+SPEC §3 says, each once, with the newest content, and no tagged item without a log
+that wants it.
+
+    top_srcdir=. top_builddir=build /usr/bin/python3 tests/soak/soak.py \\
+        [--seconds 120] [--backend ews|graph] [--seed N] [--logs 200] [--mailboxes 12]
+
+Prints the seed first; `--seed N` replays the same random choices (timing still
+varies). Exit status 0 when the invariant holds, 1 with the offending logs listed.
+"""
+import argparse
+import datetime
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+from conftest import (Daemon, Database, GraphSimulator, INSTALL_SQL, Simulator,  # noqa: E402
+                      daemon_conninfo)
+from pgcluster import PgCluster, wait_for  # noqa: E402
+
+PROPERTY_KEY = "6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86/FollowupdContactLog"
+# timeout 2 s; settle 3 s covers the late creates below (performed 2.5 s late).
+CONFIG = ("[delivery]\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\nmax_attempts = 1000\n"
+          "settle_ms = 3000\nlease_seconds = 4\nconcurrency = 4\nbatch_size = 5\n")
+LATE_MS = 2500
+
+
+class Soak:
+    def __init__(self, args):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.workdir = tempfile.mkdtemp(prefix="followupd-soak-")
+        self.pg = PgCluster().start()
+        self.pg.psql("-f", INSTALL_SQL)
+        daemon_conninfo(self.pg)
+        sim_dir = os.path.join(self.workdir, "sim")
+        os.mkdir(sim_dir)
+        self.sim = (GraphSimulator if args.backend == "graph" else Simulator)(sim_dir)
+        self.db = Database(self.pg)
+        self.db.set_attribute("AddToTasks", "1")
+        self.daemons = []
+        self.stats = {}
+
+    def count(self, what):
+        self.stats[what] = self.stats.get(what, 0) + 1
+
+    # -- daemons -----------------------------------------------------------------
+    def start_daemon(self):
+        n = len(self.daemons)
+        workdir = os.path.join(self.workdir, f"daemon{n}")
+        os.mkdir(workdir)
+        d = Daemon(workdir, self.pg, self.sim, CONFIG)
+        self._set_timeout(d)
+        d.start()
+        self.daemons.append(d)
+        return d
+
+    @staticmethod
+    def _set_timeout(d):
+        with open(d.config_path) as f:
+            text = f.read()
+        with open(d.config_path, "w") as f:
+            f.write(text.replace("timeout = 5\n", "timeout = 2\n"))
+
+    def alive(self):
+        return [d for d in self.daemons if d.proc and d.proc.poll() is None]
+
+    def kill_one(self):
+        alive = self.alive()
+        if not alive:
+            return
+        d = self.rng.choice(alive)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d.log.close()
+        self.count("kill -9")
+        d.start(wait_ready=True)
+
+    def terminate_sessions(self):
+        self.db.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'followupd'")
+        self.count("pg_terminate_backend")
+
+    def restart_postgres(self):
+        self.db.close()
+        self.pg.pg_ctl("restart")
+        self.db = Database(self.pg)
+        self.count("PostgreSQL restart")
+
+    def second_daemon(self):
+        if len(self.alive()) < 2:
+            self.start_daemon()
+            self.count("second daemon")
+
+    # -- Exchange misbehaving ----------------------------------------------------
+    def fault(self):
+        creates = self.sim.ops("CreateItem")
+        writes = self.sim.ops("CreateItem", "UpdateItem", "DeleteItem")
+        choice = self.rng.randrange(5)
+        if choice == 0:
+            self.sim.fault(mode="delay", when="before_perform", ms=LATE_MS, answer="drop",
+                           count=self.rng.randint(1, 3), ops=creates)
+            self.count("performed after the timeout, never answered")
+        elif choice == 1:
+            self.sim.fault(mode="drop_after_perform", count=self.rng.randint(1, 3), ops=writes)
+            self.count("answer lost")
+        elif choice == 2:
+            self.sim.fault(mode="delay", ms=self.rng.randint(300, 1500),
+                           count=self.rng.randint(1, 5), ops=self.sim.ops("FindItem"))
+            self.count("slow lookup")
+        elif choice == 3:
+            self.sim.fault(mode="delay", when="before_perform", ms=self.rng.randint(200, 1500),
+                           count=self.rng.randint(1, 4), ops=writes)
+            self.count("performed late, answered")
+        else:
+            self.sim.fault(mode="http_status", status=503, retry_after=1, count=1)
+            self.count("HTTP 503")
+
+    # -- the CRM -----------------------------------------------------------------
+    def edit(self):
+        log_id = self.rng.choice(self.ids)
+        op = self.rng.random()
+        when = (f"2031-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d} "
+                f"{self.rng.randint(6, 18):02d}:00:00+00")
+        status = self.db.value("SELECT status FROM contactlog.contact_log WHERE id = %s", log_id)
+        if status is None:   # deleted: make a new one in its place
+            self.ids[self.ids.index(log_id)] = self.new_log()
+            return
+        if status == "completed":
+            return
+        if op < 0.35:
+            self.db.query("UPDATE contactlog.contact_log SET next_contact_at = %s WHERE id = %s",
+                          when, log_id)
+        elif op < 0.65:
+            self.db.query("UPDATE contactlog.contact_log SET reason = %s WHERE id = %s",
+                          f"edit {self.rng.randrange(10**6)}", log_id)
+        elif op < 0.75:
+            self.db.query("UPDATE contactlog.contact_log SET next_contact_at = NULL WHERE id = %s",
+                          log_id)
+        elif op < 0.85:
+            self.db.query("UPDATE contactlog.contact_log SET next_contact_at = %s, reason = %s "
+                          "WHERE id = %s", when, f"back {self.rng.randrange(10**6)}", log_id)
+        elif op < 0.93:
+            self.db.query("UPDATE contactlog.contact_log SET status = 'completed', owner_id = NULL "
+                          "WHERE id = %s", log_id)
+        else:
+            self.db.query("DELETE FROM contactlog.contact_log WHERE id = %s", log_id)
+        self.count("edit")
+
+    def new_log(self):
+        owner = self.rng.choice(self.people)
+        return self.db.log(owner, reason=f"new {self.rng.randrange(10**6)}",
+                           next_contact_at=f"2031-06-{self.rng.randint(1, 28):02d} 09:00:00+00")
+
+    # -- the run -----------------------------------------------------------------
+    def run(self):
+        args = self.args
+        self.people = [self.db.employee(f"m{n}", f"Member {n}", f"m{n}@example.org")
+                       for n in range(args.mailboxes)]
+        self.ids = [self.new_log() for _ in range(args.logs)]
+        self.start_daemon()
+        deadline = time.monotonic() + args.seconds
+        while time.monotonic() < deadline:
+            r = self.rng.random()
+            try:
+                if r < 0.80:
+                    for _ in range(self.rng.randint(1, 8)):
+                        self.edit()
+                elif r < 0.88:
+                    self.fault()
+                elif r < 0.92:
+                    self.kill_one()
+                elif r < 0.95:
+                    self.terminate_sessions()
+                elif r < 0.96:
+                    self.restart_postgres()
+                elif r < 0.98:
+                    self.second_daemon()
+                else:
+                    alive = self.alive()
+                    if len(alive) > 1:
+                        d = alive[-1]
+                        d.stop()
+                        self.count("second daemon stopped")
+            except Exception as exc:   # the database restarting under our feet
+                self.count(f"test-side error {type(exc).__name__}")
+                self.reconnect()
+            time.sleep(self.rng.uniform(0.01, 0.15))   # pacing of the chaos, not a wait
+        return self.settle_and_check()
+
+    def reconnect(self):
+        try:
+            self.db.close()
+        except Exception:
+            pass
+        self.db = wait_for(self._connect, timeout=60, what="the database")
+
+    def _connect(self):
+        try:
+            return Database(self.pg)
+        except Exception:
+            return None
+
+    def settle_and_check(self):
+        self.sim.call("DELETE", "/_sim/faults")
+        if not self.alive():
+            self.start_daemon()
+        for d in self.daemons:
+            if d.proc and d.proc.poll() is not None and d.proc.returncode not in (0, -9):
+                print(f"a daemon exited with {d.proc.returncode}:\n{d.output()[-3000:]}")
+                return 1
+        wait_for(lambda: self.db.value(
+            "SELECT count(*) FROM contactlog.followupd_log_state WHERE dirty AND NOT failed") == 0,
+            timeout=180, what="the queue to drain")
+        parked = self.db.query("SELECT contact_log_id, last_error FROM "
+                               "contactlog.followupd_log_state WHERE failed")
+        problems = [f"log {i} parked: {e}" for i, e in parked]
+        problems += self.check_mailboxes()
+        print("soak:", ", ".join(f"{k} {v}" for k, v in sorted(self.stats.items())))
+        if problems:
+            print(f"soak: {len(problems)} problems (seed {self.args.seed}):")
+            for p in problems[:50]:
+                print("  " + p)
+            return 1
+        print(f"soak: invariant holds for {len(self.ids)} logs (seed {self.args.seed})")
+        return 0
+
+    def check_mailboxes(self):
+        """Every item, in every mailbox, against what the logs want now."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        found = {}
+        for mailbox, items in self.sim.mailboxes().items():
+            for item in items:
+                tag = item["extended_properties"].get(PROPERTY_KEY)
+                if tag:
+                    found.setdefault(tag, []).append((mailbox, item))
+        problems = []
+        logs = {row[0]: row[1:] for row in self.db.query(
+            "SELECT l.id, l.status, l.next_contact_at, l.reason, e.email "
+            "FROM contactlog.contact_log l JOIN contactlog.employee e ON e.id = l.created_by")}
+        for tag, items in found.items():
+            _, log_id, kind = tag.split(":")
+            if len(items) > 1:
+                problems.append(f"{tag}: {len(items)} items (duplicates)")
+            if int(log_id) not in logs:
+                problems.append(f"{tag}: an item for a deleted log")
+        for log_id, (status, next_contact, reason, email) in logs.items():
+            for kind in ("appointment", "task"):
+                items = found.get(f"contactlog:{log_id}:{kind}", [])
+                if next_contact is None:
+                    if items:
+                        problems.append(f"log {log_id}: {kind} without a follow-up")
+                    continue
+                start = next_contact.astimezone(datetime.timezone.utc)
+                subject = reason.split("\n")[0] if reason and reason.strip() else None
+                if status == "completed":
+                    if kind == "appointment" and items and start > now:
+                        problems.append(f"log {log_id}: future appointment of a completed log")
+                    if kind == "task" and items and items[0][1]["status"] != "Completed":
+                        problems.append(f"log {log_id}: task of a completed log not completed")
+                    continue
+                if len(items) != 1:
+                    problems.append(f"log {log_id}: {len(items)} {kind}s, want 1")
+                    continue
+                mailbox, item = items[0]
+                if mailbox != email:
+                    problems.append(f"log {log_id}: {kind} in {mailbox}, want {email}")
+                if subject and item["subject"] != subject:
+                    problems.append(f"log {log_id}: {kind} says {item['subject']!r}, "
+                                    f"the log {subject!r} (an older version)")
+                if kind == "appointment" and item["start"] != start.strftime("%Y-%m-%dT%H:%M:%SZ"):
+                    problems.append(f"log {log_id}: appointment at {item['start']}, the log at "
+                                    f"{start.isoformat()}")
+        return problems
+
+    def close(self):
+        for d in self.daemons:
+            try:
+                d.stop(timeout=30)
+            except Exception:
+                if d.proc and d.proc.poll() is None:
+                    d.proc.kill()
+            d.notify.close()
+        self.sim.stop()
+        try:
+            self.db.close()
+        except Exception:
+            pass
+        self.pg.stop()
+        if os.environ.get("SOAK_KEEP"):
+            print(f"soak: files kept in {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 120)))
+    p.add_argument("--backend", choices=["ews", "graph"], default="ews")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--logs", type=int, default=200)
+    p.add_argument("--mailboxes", type=int, default=12)
+    args = p.parse_args()
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**31)
+    print(f"soak: seed {args.seed}, {args.seconds:.0f} s, {args.backend}, {args.logs} logs, "
+          f"{args.mailboxes} mailboxes", flush=True)
+    soak = Soak(args)
+    try:
+        rc = soak.run()
+    except BaseException:
+        for d in soak.daemons:
+            sys.stderr.write(d.output()[-4000:])
+        raise
+    finally:
+        soak.close()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
