@@ -189,7 +189,10 @@ static int cmd_status(PGconn *conn, bool json)
     return 0;
 }
 
-static int cmd_flush(PGconn *conn, const char *what)
+/* retry and flush: one log (what) or all (NULL); sql returns how many moved.
+ * bad_id and not_moved are messages with one %s: the argument, the log id. */
+static int move_logs(PGconn *conn, const char *what, const char *sql,
+                     const char *bad_id, const char *not_moved, const char *moved)
 {
     long long id = 0;
     char id_text[32];
@@ -197,20 +200,27 @@ static int cmd_flush(PGconn *conn, const char *what)
 
     if (what) {
         if (!parse_log_id(what, &id))
-            return fail("flush: '%s' is not a contact log id", what), EXIT_USAGE;
+            return fail(bad_id, what), EXIT_USAGE;
         snprintf(id_text, sizeof id_text, "%lld", id);
         params[0] = id_text;
     }
-    PGresult *r = query(conn, "SELECT contactlog.followupd_flush($1)", 1, params);
+    PGresult *r = query(conn, sql, 1, params);
     if (!r)
         return 1;
     int n = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
     if (id && n == 0)
-        return fail("flush: contact log %s is not waiting out a retry back-off "
-                    "(parked logs: followupctl retry)", params[0]);
-    printf("%d log%s flushed\n", n, n == 1 ? "" : "s");
+        return fail(not_moved, params[0]);
+    printf("%d log%s %s\n", n, n == 1 ? "" : "s", moved);
     return 0;
+}
+
+static int cmd_flush(PGconn *conn, const char *what)
+{
+    return move_logs(conn, what, "SELECT contactlog.followupd_flush($1)",
+                     "flush: '%s' is not a contact log id",
+                     "flush: contact log %s is not waiting out a retry back-off (parked "
+                     "logs: followupctl retry)", "flushed");
 }
 
 #define ISO_TIME(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
@@ -295,25 +305,10 @@ static int cmd_mailboxes(PGconn *conn, bool json)
 
 static int cmd_retry(PGconn *conn, const char *what)
 {
-    long long id = 0;
-    char id_text[32];
-    const char *params[1] = {NULL};
-
-    if (strcmp(what, "--failed") != 0) {
-        if (!parse_log_id(what, &id))
-            return fail("retry: '%s' is not a contact log id (or use --failed)", what), EXIT_USAGE;
-        snprintf(id_text, sizeof id_text, "%lld", id);
-        params[0] = id_text;
-    }
-    PGresult *r = query(conn, "SELECT contactlog.followupd_requeue_failed($1)", 1, params);
-    if (!r)
-        return 1;
-    int n = atoi(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    if (id && n == 0)
-        return fail("retry: contact log %s is not parked as failed", params[0]);
-    printf("%d log%s queued again\n", n, n == 1 ? "" : "s");
-    return 0;
+    return move_logs(conn, strcmp(what, "--failed") == 0 ? NULL : what,
+                     "SELECT contactlog.followupd_requeue_failed($1)",
+                     "retry: '%s' is not a contact log id (or use --failed)",
+                     "retry: contact log %s is not parked as failed", "queued again");
 }
 
 static int cmd_resync(PGconn *conn, const char *what)
