@@ -410,8 +410,42 @@ def latency_run(db, sim, employee_ids, saves, check_alive, label):
             "min_ms": round(min(samples), 2), "samples_ms": [round(s, 2) for s in samples]}
 
 
+def load_history(db, count):
+    """count completed, synced contact logs, as a site with years of history has them:
+    every one with its row in followupd's queue, none dirty. Loaded directly (the
+    triggers off), since delivering them would only take time."""
+    db.run("SET session_replication_role = replica")
+    db.run("""
+        WITH e AS (SELECT array_agg(id ORDER BY id) AS ids FROM contactlog.employee)
+        INSERT INTO contactlog.contact_log
+               (created_by, contact_name, reason, status, next_contact_at, created_at)
+        SELECT e.ids[1 + (g - 1) %% cardinality(e.ids)], 'History ' || g, 'done ' || g,
+               'completed', timestamptz '2020-01-01 09:00+00' + g * interval '1 minute',
+               timestamptz '2020-01-01 09:00+00' + g * interval '1 minute'
+        FROM e, generate_series(1, %s) g""", count)
+    db.run("""INSERT INTO contactlog.outlook_queue (contact_log_id, synced_version, delivered_at)
+              SELECT id, nextval('contactlog.outlook_version_seq'), now()
+              FROM contactlog.contact_log""")
+    db.run("RESET session_replication_role")
+    db.run("ANALYZE contactlog.contact_log")
+    db.run("ANALYZE contactlog.outlook_queue")
+
+
+def status_query_ms(db, samples=21):
+    """Median time of the query behind sd_notify STATUS= (every 2 s in the daemon)."""
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        db.value("SELECT pending FROM contactlog.followupd_queue_depth")
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 3)
+
+
 def followupd_throughput(args, work, binary, cluster, sim, db, password_file):
     db.clear()
+    if args.history:
+        say(f"history: loading {args.history} synced contact logs")
+        load_history(db, args.history)
     sim.reset()
     say(f"followupd throughput: inserting {args.items} logs for {args.mailboxes} mailboxes")
     db.insert_logs(args.items)
@@ -459,6 +493,10 @@ def followupd_throughput(args, work, binary, cluster, sim, db, password_file):
         say(f"followupd latency: {args.saves} single saves, daemon idle")
         ids = employee_ids(db)
         result_latency = latency_run(db, sim, ids, args.saves, daemon.check_alive, "followupd")
+        if args.history:
+            result_latency["history_rows"] = args.history
+            result_latency["status_query_ms"] = status_query_ms(db)
+            say(f"followupd latency with {args.history} history rows: {result_latency}")
     finally:
         code = daemon.stop()
     if code not in (0, None):
@@ -728,6 +766,9 @@ def parse_args(argv):
     p.add_argument("--baseline-backlog-cap", type=float, default=20,
                    help="seconds the baseline may work on the backlog (20; 0 = skip)")
     p.add_argument("--saves", type=int, default=50, help="single saves for latency (50)")
+    p.add_argument("--history", type=int, default=0,
+                   help="H synced, completed logs loaded first (issue 12: 1000000); the "
+                        "latency and the STATUS= query are measured with them (0)")
     p.add_argument("--idle-window", type=float, default=5,
                    help="seconds over which idle CPU is measured (5)")
     p.add_argument("--deadline", type=float, default=300,
