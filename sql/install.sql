@@ -766,7 +766,10 @@ CREATE OR REPLACE FUNCTION contactlog.followupd_finish(log_ids bigint[], tokens 
                                                        claimed_versions bigint[],
                                                        claimed_redos integer[],
                                                        settle_ms integer)
-RETURNS SETOF boolean LANGUAGE plpgsql AS $$
+RETURNS SETOF boolean LANGUAGE plpgsql
+-- Planned for the arrays at hand: a generic plan, made while the outbox was small,
+-- scanned it whole on every call once it was not.
+SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     ok boolean[] := contactlog.followupd_fence(log_ids, tokens, settle_ms);
 BEGIN
