@@ -102,6 +102,22 @@ static void print_json_value(const PGresult *r, int row, int col, bool numeric)
         print_json_string(PQgetvalue(r, row, col));
 }
 
+/* The rows of r as a JSON array of objects keyed by column name; the columns whose
+ * bit is set in numeric are numbers, the others strings (NULL: null). */
+static void print_json_rows(const PGresult *r, unsigned numeric)
+{
+    printf("[");
+    for (int i = 0; i < PQntuples(r); i++) {
+        printf("%s{", i ? ", " : "");
+        for (int c = 0; c < PQnfields(r); c++) {
+            printf("%s\"%s\": ", c ? ", " : "", PQfname(r, c));
+            print_json_value(r, i, c, numeric & (1u << c));
+        }
+        printf("}");
+    }
+    printf("]\n");
+}
+
 static const char *text_or_dash(const PGresult *r, int row, int col)
 {
     return PQgetisnull(r, row, col) ? "-" : PQgetvalue(r, row, col);
@@ -228,25 +244,14 @@ static int cmd_flush(PGconn *conn, const char *what)
 static int cmd_failed(PGconn *conn, bool json)
 {
     PGresult *r = query(conn, "SELECT contact_log_id, mailbox, attempts, reason, "
-                              ISO_TIME("failed_at")
+                              ISO_TIME("failed_at") " AS failed_at"
                               " FROM contactlog.followupd_failed ORDER BY contact_log_id",
                         0, NULL);
     if (!r)
         return 1;
     int rows = PQntuples(r);
     if (json) {
-        printf("[");
-        for (int i = 0; i < rows; i++) {
-            printf("%s{\"contact_log_id\": %s, \"mailbox\": ", i ? ", " : "",
-                   PQgetvalue(r, i, 0));
-            print_json_value(r, i, 1, false);
-            printf(", \"attempts\": %s, \"reason\": ", PQgetvalue(r, i, 2));
-            print_json_value(r, i, 3, false);
-            printf(", \"failed_at\": ");
-            print_json_value(r, i, 4, false);
-            printf("}");
-        }
-        printf("]\n");
+        print_json_rows(r, 1u << 0 | 1u << 2);   /* contact_log_id, attempts */
     } else if (rows == 0) {
         printf("no parked logs\n");
     } else {
@@ -262,29 +267,15 @@ static int cmd_failed(PGconn *conn, bool json)
 static int cmd_mailboxes(PGconn *conn, bool json)
 {
     PGresult *r = query(conn, "SELECT mailbox, items_held, pending, failed, "
-                              ISO_TIME("last_success") ", last_error, "
-                              ISO_TIME("last_error_at")
+                              ISO_TIME("last_success") " AS last_success, last_error, "
+                              ISO_TIME("last_error_at") " AS last_error_at"
                               " FROM contactlog.followupd_mailboxes ORDER BY mailbox",
                         0, NULL);
     if (!r)
         return 1;
     int rows = PQntuples(r);
     if (json) {
-        printf("[");
-        for (int i = 0; i < rows; i++) {
-            printf("%s{\"mailbox\": ", i ? ", " : "");
-            print_json_value(r, i, 0, false);
-            printf(", \"items_held\": %s, \"pending\": %s, \"failed\": %s, "
-                   "\"last_success\": ", PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
-                   PQgetvalue(r, i, 3));
-            print_json_value(r, i, 4, false);
-            printf(", \"last_error\": ");
-            print_json_value(r, i, 5, false);
-            printf(", \"last_error_at\": ");
-            print_json_value(r, i, 6, false);
-            printf("}");
-        }
-        printf("]\n");
+        print_json_rows(r, 1u << 1 | 1u << 2 | 1u << 3);   /* the counts */
     } else if (rows == 0) {
         printf("no mailboxes yet\n");
     } else {
