@@ -16,7 +16,7 @@
  *   key =                empty value: the key's default
  * There is no quoting: values are taken literally.  CRLF line ends and a UTF-8
  * byte-order mark are accepted, since Exchange admins often edit on Windows. */
-#include "config.h"
+#include "daemon/config.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -105,6 +105,7 @@ _Static_assert(sizeof(config_api) == sizeof(int) && sizeof(config_auth) == sizeo
     X("exchange", "timeout",            T_INT,    "30",                           timeout_seconds,           true,  1, 3600, NULL) \
     X("exchange", "time_zone",          T_STRING, "UTC",                          time_zone,                 true,  0, 0,    NULL) \
     X("graph",    "base_url",           T_STRING, "https://graph.microsoft.com/v1.0", graph_base_url,        true,  0, 0,    NULL) \
+    X("graph",    "poll_interval",      T_INT,    "60",                           graph_poll_interval,       true,  5, 86400, NULL) \
     X("oauth2",   "token_url",          T_STRING, "",                             oauth2_token_url,          true,  0, 0,    NULL) \
     X("oauth2",   "client_id",          T_STRING, "",                             oauth2_client_id,          true,  0, 0,    NULL) \
     X("oauth2",   "client_secret_file", T_STRING, "",                             oauth2_client_secret_file, true,  0, 0,    NULL) \
@@ -115,7 +116,8 @@ _Static_assert(sizeof(config_api) == sizeof(int) && sizeof(config_auth) == sizeo
     X("delivery", "backoff_initial_ms", T_INT,    "5000",                         backoff_initial_ms,        true,  1, 3600000, NULL) \
     X("delivery", "backoff_max_ms",     T_INT,    "900000",                       backoff_max_ms,            true,  1, 86400000, NULL) \
     X("delivery", "settle_ms",          T_INT,    "0",                            settle_ms,                 true,  0, 86400000, NULL) \
-    X("delivery", "lease_seconds",      T_INT,    "0",                            lease_seconds,             true,  0, 3600, NULL)
+    X("delivery", "lease_seconds",      T_INT,    "0",                            lease_seconds,             true,  0, 3600, NULL) \
+    X("metrics",  "listen",             T_STRING, "",                             metrics_listen,            false, 0, 0,    NULL)
 
 #define OPTION_ROW(sec, name, ty, def, field, reload, lo, hi, vals) \
     { sec, name, ty, def, offsetof(config, field), reload, lo, hi, vals },
@@ -129,7 +131,7 @@ static const config_option_info option_infos[] = { CONFIG_OPTION_TABLE(INFO_ROW)
 
 /* Sections in the order of the SPEC; a section with no row here is unknown. */
 static const char *const section_names[] = {
-    "database", "exchange", "graph", "oauth2", "delivery",
+    "database", "exchange", "graph", "oauth2", "delivery", "metrics",
 };
 
 const config_option_info *config_options(size_t *count)

@@ -35,6 +35,7 @@ typedef struct config {
     char *time_zone;
     /* [graph] */
     char *graph_base_url;
+    int graph_poll_interval;  /* seconds between delta queries (SyncFromOutlook) */
     /* [oauth2] */
     char *oauth2_token_url;
     char *oauth2_client_id;
@@ -48,6 +49,8 @@ typedef struct config {
     int backoff_max_ms;       /* cap of the retry delay */
     int settle_ms;            /* how long Exchange may still act on a request we gave up on; 0: 2 × timeout */
     int lease_seconds;        /* a claim's lease, renewed every quarter; 0: max(30, 3 × timeout) */
+    /* [metrics] */
+    char *metrics_listen;     /* "HOST:PORT" for GET /metrics; NULL or "" = off */
 } config;
 
 /* One row of the option table, exported for --help-config style listings and the docs check. */

@@ -1,14 +1,14 @@
 /* db — see db.h. libpq used asynchronously: PQconnectStartParams/PQconnectPoll,
  * PQsendQueryParams, PQconsumeInput, PQnotifies. */
-#include "db.h"
+#include "daemon/db.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "log.h"
-#include "loop_timer.h"
+#include "daemon/log.h"
+#include "http/loop_timer.h"
 
 #define RECONNECT_MIN_USEC (250 * 1000ULL)
 #define RECONNECT_MAX_USEC (30 * 1000 * 1000ULL)

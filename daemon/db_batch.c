@@ -1,13 +1,13 @@
 /* db_batch — see db_batch.h. */
-#include "db_batch.h"
+#include "daemon/db_batch.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "loop_timer.h"
+#include "daemon/log.h"
+#include "http/loop_timer.h"
 
 typedef struct batch_row {
     char *values[DB_BATCH_MAX_ARRAYS];

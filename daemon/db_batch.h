@@ -10,7 +10,7 @@
 #include <libpq-fe.h>
 #include <systemd/sd-event.h>
 
-#include "db.h"
+#include "daemon/db.h"
 
 #define DB_BATCH_MAX_ARRAYS 8
 #define DB_BATCH_MAX_SCALARS 3

@@ -1,7 +1,9 @@
-/* delivery — picks the back end named by [exchange] api. */
-#include "delivery.h"
+/* delivery — picks the back end named by [exchange] api: the one place the daemon
+ * names a back end (the include rule in scripts/check-includes allows it here only). */
+#include "daemon/delivery.h"
 
-#include "delivery_graph.h"
+#include "ews/delivery_ews.h"
+#include "graph/delivery_graph.h"
 
 #include <stdio.h>
 #include <stdlib.h>

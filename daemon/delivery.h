@@ -12,8 +12,8 @@
 #include <string.h>
 #include <systemd/sd-event.h>
 
-#include "config.h"
-#include "ews_item.h"
+#include "daemon/config.h"
+#include "daemon/outlook_item.h"
 
 typedef enum delivery_outcome {
     DELIVERY_OK,
@@ -44,9 +44,9 @@ typedef struct delivery_result {
     bool auth_failed;
     /* The request never left (the back end stopped sending): nothing happened. */
     bool not_sent;
-    ews_item_ref item;       /* create/update: the item as it is now */
+    outlook_item_ref item;       /* create/update: the item as it is now */
     size_t n_found;          /* find: items carrying the log's naming property */
-    const ews_item_ref *found;
+    const outlook_item_ref *found;
 } delivery_result;
 
 typedef void (*delivery_done_fn)(const delivery_result *result, void *userdata);
@@ -64,18 +64,17 @@ static inline bool delivery_outcome_unknown(bool transfer_ok, const char *failur
 }
 
 typedef struct delivery_ops {
-    int (*find)(void *impl, const char *mailbox, ews_item_kind kind, int64_t log_id,
+    int (*find)(void *impl, const char *mailbox, outlook_item_kind kind, int64_t log_id,
                 delivery_done_fn done, void *userdata);
-    int (*create)(void *impl, const char *mailbox, const ews_item *item,
+    int (*create)(void *impl, const char *mailbox, const outlook_item *item,
                   delivery_done_fn done, void *userdata);
-    int (*update)(void *impl, const char *mailbox, const ews_item_ref *ref,
-                  const ews_item *item, delivery_done_fn done, void *userdata);
-    int (*remove)(void *impl, const char *mailbox, ews_item_kind kind,
-                  const ews_item_ref *ref, delivery_done_fn done, void *userdata);
+    int (*update)(void *impl, const char *mailbox, const outlook_item_ref *ref,
+                  const outlook_item *item, delivery_done_fn done, void *userdata);
+    int (*remove)(void *impl, const char *mailbox, outlook_item_kind kind,
+                  const outlook_item_ref *ref, delivery_done_fn done, void *userdata);
     /* One harmless call that proves URL, TLS, credentials and access to mailbox. */
     int (*probe)(void *impl, const char *mailbox, delivery_done_fn done, void *userdata);
     int (*configure)(void *impl, const config *cfg, char *err, size_t errlen);
-    size_t (*in_flight)(void *impl);
     /* The daemon is stopping: nothing more goes on the wire. Calls still waiting
      * are answered now with not_sent; requests already sent are answered as usual. */
     void (*stop)(void *impl);
@@ -93,26 +92,26 @@ delivery *delivery_new(sd_event *event, const config *cfg, char *err, size_t err
 void delivery_free(delivery *d);
 
 /* Each call returns 0 (done will be called exactly once, later) or -errno. */
-static inline int delivery_find(delivery *d, const char *mailbox, ews_item_kind kind,
+static inline int delivery_find(delivery *d, const char *mailbox, outlook_item_kind kind,
                                 int64_t log_id, delivery_done_fn done, void *userdata)
 {
     return d->ops->find(d->impl, mailbox, kind, log_id, done, userdata);
 }
 
-static inline int delivery_create(delivery *d, const char *mailbox, const ews_item *item,
+static inline int delivery_create(delivery *d, const char *mailbox, const outlook_item *item,
                                   delivery_done_fn done, void *userdata)
 {
     return d->ops->create(d->impl, mailbox, item, done, userdata);
 }
 
-static inline int delivery_update(delivery *d, const char *mailbox, const ews_item_ref *ref,
-                                  const ews_item *item, delivery_done_fn done, void *userdata)
+static inline int delivery_update(delivery *d, const char *mailbox, const outlook_item_ref *ref,
+                                  const outlook_item *item, delivery_done_fn done, void *userdata)
 {
     return d->ops->update(d->impl, mailbox, ref, item, done, userdata);
 }
 
-static inline int delivery_remove(delivery *d, const char *mailbox, ews_item_kind kind,
-                                  const ews_item_ref *ref, delivery_done_fn done,
+static inline int delivery_remove(delivery *d, const char *mailbox, outlook_item_kind kind,
+                                  const outlook_item_ref *ref, delivery_done_fn done,
                                   void *userdata)
 {
     return d->ops->remove(d->impl, mailbox, kind, ref, done, userdata);
@@ -131,18 +130,9 @@ static inline int delivery_configure(delivery *d, const config *cfg, char *err, 
     return d->ops->configure(d->impl, cfg, err, errlen);
 }
 
-static inline size_t delivery_in_flight(delivery *d)
-{
-    return d->ops->in_flight(d->impl);
-}
-
 static inline void delivery_stop(delivery *d)
 {
     d->ops->stop(d->impl);
 }
-
-/* The EWS back end (delivery_ews.c). */
-void *delivery_ews_new(sd_event *event);
-extern const delivery_ops delivery_ews_ops;
 
 #endif

@@ -7,15 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
 #include <libpq-fe.h>
 #include <libxml/parser.h>
 #include <systemd/sd-event.h>
 
-#include "config.h"
-#include "delivery.h"
-#include "log.h"
-#include "sql_install.h"
+#include "daemon/config.h"
+#include "daemon/delivery.h"
+#include "daemon/log.h"
+#include "daemon/sql_install.h"
+#include "http/http_client.h"
 
 #define EXIT_USAGE 2
 
@@ -468,7 +468,7 @@ static int cmd_test_connection(const config *cfg, const char *email)
     }
     if (sd_event_new(&event) < 0)
         return fail("%s", "cannot create an event loop");
-    curl_global_init(CURL_GLOBAL_DEFAULT);
+    http_global_init();
     xmlInitParser();
     delivery *backend = delivery_new(event, cfg, err, sizeof err);
     if (!backend) {
@@ -495,7 +495,7 @@ out:
     delivery_free(backend);
     sd_event_unref(event);
     xmlCleanupParser();
-    curl_global_cleanup();
+    http_global_cleanup();
     return status;
 }
 

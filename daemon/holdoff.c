@@ -1,5 +1,5 @@
 /* holdoff — see holdoff.h. A short list: only mailboxes Exchange is throttling. */
-#include "holdoff.h"
+#include "daemon/holdoff.h"
 
 #include <stdlib.h>
 #include <string.h>

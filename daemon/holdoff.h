@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-#include "delivery.h"
+#include "daemon/delivery.h"
 
 typedef struct holdoff holdoff;
 

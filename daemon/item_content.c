@@ -1,5 +1,5 @@
 /* item_content — see item_content.h. */
-#include "item_content.h"
+#include "daemon/item_content.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -9,7 +9,7 @@
 
 #include <openssl/evp.h>
 
-#include "timezone.h"
+#include "daemon/timezone.h"
 
 /* A growable string; on allocation failure it remembers the failure and stops. */
 typedef struct strbuf {
@@ -284,13 +284,13 @@ static char *build_body(const reconcile_log *log, const char *link)
     return sb_finish(&sb);
 }
 
-static ews_importance importance_from_priority(const char *priority)
+static outlook_importance importance_from_priority(const char *priority)
 {
     if (priority && strcmp(priority, "high") == 0)
-        return EWS_IMPORTANCE_HIGH;
+        return OUTLOOK_IMPORTANCE_HIGH;
     if (priority && strcmp(priority, "low") == 0)
-        return EWS_IMPORTANCE_LOW;
-    return EWS_IMPORTANCE_NORMAL;
+        return OUTLOOK_IMPORTANCE_LOW;
+    return OUTLOOK_IMPORTANCE_NORMAL;
 }
 
 /* SHA-256 over every field that reaches Outlook, so a change to any of them (and
@@ -335,7 +335,7 @@ static int hash_content(const item_content *c, char out[ITEM_HASH_HEX_LEN + 1])
  * The zone is the Windows id the appointment gets too; the tz database supplies its
  * rules. A zone it cannot place (a Windows id CLDR does not know) leaves the UTC date
  * and no zone, so that Exchange and Graph read the date as UTC as well. */
-static void set_due_day(ews_item *item, const char *time_zone)
+static void set_due_day(outlook_item *item, const char *time_zone)
 {
     int64_t day_start = 0;
     int offset = 0;
@@ -358,7 +358,7 @@ static void set_due_day(ews_item *item, const char *time_zone)
 #define DEFAULT_LINK_TEMPLATE "https://crm.example.org/contact-logs/{id}"
 
 int item_content_build(const reconcile_log *log, const reconcile_settings *settings,
-                       ews_item_kind kind, bool task_completed, item_content *content)
+                       outlook_item_kind kind, bool task_completed, item_content *content)
 {
     memset(content, 0, sizeof *content);
     content->subject = item_subject_from_reason(log->reason, log->contact_name);
@@ -371,7 +371,7 @@ int item_content_build(const reconcile_log *log, const reconcile_settings *setti
     if (!content->body_html)
         goto fail;
 
-    ews_item *item = &content->item;
+    outlook_item *item = &content->item;
     item->kind = kind;
     item->log_id = log->log_id;
     item->subject = content->subject;
@@ -380,9 +380,9 @@ int item_content_build(const reconcile_log *log, const reconcile_settings *setti
     item->end = log->next_contact_at + (int64_t)settings->duration_minutes * 60;
     item->reminder_minutes = settings->reminder_minutes;
     item->importance = importance_from_priority(log->priority);
-    item->task_completed = kind == EWS_ITEM_TASK && task_completed;
-    item->time_zone = kind == EWS_ITEM_APPOINTMENT ? settings->time_zone : NULL;
-    if (kind == EWS_ITEM_TASK)
+    item->task_completed = kind == OUTLOOK_TASK && task_completed;
+    item->time_zone = kind == OUTLOOK_APPOINTMENT ? settings->time_zone : NULL;
+    if (kind == OUTLOOK_TASK)
         set_due_day(item, settings->time_zone);
     item->link = content->link;
     if (hash_content(content, content->hash) < 0)

@@ -6,14 +6,14 @@
 #define FOLLOWUPD_ITEM_CONTENT_H
 
 #include <stddef.h>
-#include "ews_item.h"
-#include "reconcile.h"
+#include "daemon/outlook_item.h"
+#include "daemon/reconcile.h"
 
 #define ITEM_SUBJECT_MAX_UTF16 255
 #define ITEM_HASH_HEX_LEN 64
 
 typedef struct item_content {
-    ews_item item;               /* points into the strings below */
+    outlook_item item;               /* points into the strings below */
     char *subject;
     char *body_html;
     char *link;
@@ -22,7 +22,7 @@ typedef struct item_content {
 
 /* Fills *content for one kind of item of log. Returns 0, or -1 when out of memory. */
 int item_content_build(const reconcile_log *log, const reconcile_settings *settings,
-                       ews_item_kind kind, bool task_completed, item_content *content)
+                       outlook_item_kind kind, bool task_completed, item_content *content)
     __attribute__((warn_unused_result));
 
 void item_content_clear(item_content *content);

@@ -5,7 +5,7 @@
  * stopping; every database write names the token and comes back "accepted" or
  * "fenced out". A fenced-out job stops at once: the database has already queued
  * the redo pass that repairs whatever it may have sent. */
-#include "job.h"
+#include "daemon/job.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -14,9 +14,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "item_content.h"
-#include "log.h"
-#include "timezone.h"
+#include "daemon/item_content.h"
+#include "daemon/log.h"
+#include "daemon/timezone.h"
 
 const db_batch_kind job_write_kinds[JOB_WRITES] = {
     [JOB_WRITE_BEGIN_CREATE] = {"contactlog.followupd_begin_creates", 4, 1,
@@ -84,7 +84,7 @@ static void replace_string(char **slot, const char *value)
 
 static const char *kind_name(int kind)
 {
-    return ews_item_kind_name((ews_item_kind)kind);
+    return outlook_item_kind_name((outlook_item_kind)kind);
 }
 
 static const char *job_mailbox(const job *j)
@@ -531,7 +531,7 @@ static void forget_item(job *j, write_done_fn then)
     write_row(j, JOB_WRITE_FORGET_ITEM, more, NULL, then);
 }
 
-static void adopt_item(job *j, const ews_item_ref *ref)
+static void adopt_item(job *j, const outlook_item_ref *ref)
 {
     replace_string(&j->item_id[j->kind], ref->item_id);
     replace_string(&j->change_key[j->kind], ref->change_key);
@@ -688,7 +688,7 @@ static void job_run_step(job *j)
 {
     reconcile_step *step = &j->plan.steps[j->kind];
     job_env *env = j->env;
-    ews_item_ref ref = {j->item_id[j->kind], j->change_key[j->kind]};
+    outlook_item_ref ref = {j->item_id[j->kind], j->change_key[j->kind]};
     int r = 0;
 
     if (step->action == RECONCILE_NOTHING && j->n_extra == 0) {
@@ -709,17 +709,17 @@ static void job_run_step(job *j)
         return;
     j->busy = true;
     if (step->lookup_first && !j->looked_up[j->kind]) {
-        r = delivery_find(env->backend, job_mailbox(j), (ews_item_kind)j->kind, j->log.log_id,
+        r = delivery_find(env->backend, job_mailbox(j), (outlook_item_kind)j->kind, j->log.log_id,
                           on_found, j);
     } else if (j->n_extra > 0) {
-        ews_item_ref extra = {j->extra_ids[j->n_extra - 1], NULL};
-        r = delivery_remove(env->backend, job_mailbox(j), (ews_item_kind)j->kind, &extra,
+        outlook_item_ref extra = {j->extra_ids[j->n_extra - 1], NULL};
+        r = delivery_remove(env->backend, job_mailbox(j), (outlook_item_kind)j->kind, &extra,
                             on_extra_removed, j);
     } else if (step->action == RECONCILE_UPDATE) {
         r = delivery_update(env->backend, job_mailbox(j), &ref, &j->content[j->kind].item,
                             on_saved, j);
     } else {
-        r = delivery_remove(env->backend, job_mailbox(j), (ews_item_kind)j->kind, &ref,
+        r = delivery_remove(env->backend, job_mailbox(j), (outlook_item_kind)j->kind, &ref,
                             on_removed, j);
     }
     if (r < 0) {
@@ -822,7 +822,7 @@ void job_start(job *j)
 
     if (j->log.exists && j->log.has_follow_up) {
         for (int k = 0; k < RECONCILE_KINDS; k++) {
-            if (item_content_build(&j->log, &settings, (ews_item_kind)k, j->log.completed,
+            if (item_content_build(&j->log, &settings, (outlook_item_kind)k, j->log.completed,
                                    &j->content[k]) < 0) {
                 job_fail(j, false, -1, false, "ENOMEM", "out of memory building the item");
                 return;

@@ -9,10 +9,10 @@
 #include <stdint.h>
 #include <libpq-fe.h>
 
-#include "db_batch.h"
-#include "delivery.h"
-#include "holdoff.h"
-#include "reconcile.h"
+#include "daemon/db_batch.h"
+#include "daemon/delivery.h"
+#include "daemon/holdoff.h"
+#include "daemon/reconcile.h"
 
 typedef struct job job;
 

@@ -1,5 +1,5 @@
 /* log — see log.h. */
-#include "log.h"
+#include "daemon/log.h"
 
 #include <inttypes.h>
 #include <stdarg.h>

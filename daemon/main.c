@@ -15,17 +15,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <libxml/parser.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
-#include "config.h"
-#include "db.h"
-#include "delivery.h"
-#include "log.h"
-#include "loop_timer.h"
-#include "worker.h"
+#include "daemon/config.h"
+#include "daemon/db.h"
+#include "daemon/delivery.h"
+#include "daemon/log.h"
+#include "daemon/worker.h"
+#include "http/http_client.h"
+#include "http/loop_timer.h"
 
 #define NOTIFY_CHANNEL "followupd"
 #define STATUS_INTERVAL_USEC (2 * 1000 * 1000ULL)
@@ -361,7 +361,7 @@ int main(int argc, char **argv)
     }
 
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
-    curl_global_init(CURL_GLOBAL_DEFAULT);
+    http_global_init();
     xmlInitParser();
     int status = run(&st);
 
@@ -373,6 +373,6 @@ int main(int argc, char **argv)
     sd_event_unref(st.event);
     config_free(st.cfg);
     xmlCleanupParser();
-    curl_global_cleanup();
+    http_global_cleanup();
     return status;
 }

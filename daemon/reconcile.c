@@ -1,5 +1,5 @@
 /* reconcile — see reconcile.h. The rules of SPEC §3, stated once. */
-#include "reconcile.h"
+#include "daemon/reconcile.h"
 
 #include <string.h>
 
@@ -14,11 +14,11 @@ const char *reconcile_action_name(reconcile_action action)
     return "?";
 }
 
-static bool kind_enabled(const reconcile_settings *s, ews_item_kind kind)
+static bool kind_enabled(const reconcile_settings *s, outlook_item_kind kind)
 {
     if (!s->outlook_enabled)
         return false;
-    return kind == EWS_ITEM_APPOINTMENT ? s->add_to_calendar : s->add_to_tasks;
+    return kind == OUTLOOK_APPOINTMENT ? s->add_to_calendar : s->add_to_tasks;
 }
 
 static bool hash_differs(const reconcile_current *cur, const char *hash)
@@ -29,7 +29,7 @@ static bool hash_differs(const reconcile_current *cur, const char *hash)
 /* Classic behaviour (SyncUpdates = 0): items only for a log inserted with a
  * follow-up, made on the first pass over it; later edits send nothing. */
 static reconcile_action classic_action(const reconcile_log *log, const reconcile_settings *s,
-                                       ews_item_kind kind)
+                                       outlook_item_kind kind)
 {
     const reconcile_current *cur = &log->current[kind];
 
@@ -42,7 +42,7 @@ static reconcile_action classic_action(const reconcile_log *log, const reconcile
 
 /* Outlook follows the log (SyncUpdates = 1). */
 static reconcile_action following_action(const reconcile_log *log, const reconcile_settings *s,
-                                         ews_item_kind kind, int64_t now, const char *hash)
+                                         outlook_item_kind kind, int64_t now, const char *hash)
 {
     const reconcile_current *cur = &log->current[kind];
     bool have = cur->present;   /* pending counts: it may exist in Outlook */
@@ -53,7 +53,7 @@ static reconcile_action following_action(const reconcile_log *log, const reconci
     if (log->completed) {
         if (!have)
             return RECONCILE_NOTHING;
-        if (kind == EWS_ITEM_TASK)
+        if (kind == OUTLOOK_TASK)
             return hash_differs(cur, hash) ? RECONCILE_UPDATE : RECONCILE_NOTHING;
         /* An appointment that has begun is history and stays; a future one goes. */
         return log->next_contact_at > now ? RECONCILE_DELETE : RECONCILE_NOTHING;
@@ -75,14 +75,14 @@ void reconcile_plan_log(const reconcile_log *log, const reconcile_settings *sett
     if (!settings->outlook_enabled)
         return;   /* another message system: nothing at all goes to Exchange */
     for (int k = 0; k < RECONCILE_KINDS; k++) {
-        ews_item_kind kind = (ews_item_kind)k;
+        outlook_item_kind kind = (outlook_item_kind)k;
         reconcile_step *step = &plan->steps[k];
         const reconcile_current *cur = &log->current[k];
 
         step->action = settings->sync_updates
                            ? following_action(log, settings, kind, now, content_hash[k])
                            : classic_action(log, settings, kind);
-        step->task_completed = kind == EWS_ITEM_TASK && log->completed;
+        step->task_completed = kind == OUTLOOK_TASK && log->completed;
         /* A create whose answer was lost may have made the item: find it first. */
         step->lookup_first = cur->present && cur->pending && step->action != RECONCILE_NOTHING;
 

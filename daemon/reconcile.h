@@ -6,9 +6,9 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include "ews_item.h"
+#include "daemon/outlook_item.h"
 
-#define RECONCILE_KINDS 2   /* indexed by ews_item_kind */
+#define RECONCILE_KINDS 2   /* indexed by outlook_item_kind */
 
 typedef struct reconcile_settings {
     bool outlook_enabled;        /* DefaultMessageSystem = 'Outlook Mail' */

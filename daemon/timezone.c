@@ -1,6 +1,6 @@
 /* timezone — see timezone.h. Two sorted static tables, binary search, no allocation;
  * the rules themselves come from the system's tz database. */
-#include "timezone.h"
+#include "daemon/timezone.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -18,7 +18,7 @@ struct timezone_entry {
     const char *windows;
 };
 
-#include "timezone_table.h"
+#include "daemon/timezone_table.h"
 
 static int compare_entry(const void *key, const void *member)
 {

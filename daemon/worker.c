@@ -5,7 +5,7 @@
  * leases alive with one batched heartbeat, re-adopts them after a reconnect, and
  * at start-up takes over the claims of an earlier process on this host that is
  * gone. The claim protocol is described in docs/architecture.md, "Claiming". */
-#include "worker.h"
+#include "daemon/worker.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -16,9 +16,9 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "job.h"
-#include "log.h"
-#include "loop_timer.h"
+#include "daemon/job.h"
+#include "daemon/log.h"
+#include "http/loop_timer.h"
 
 #define SAFETY_POLL_SECONDS 30.0
 #define MIN_LEASE_SECONDS 30

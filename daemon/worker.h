@@ -7,9 +7,9 @@
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
-#include "config.h"
-#include "db.h"
-#include "delivery.h"
+#include "daemon/config.h"
+#include "daemon/db.h"
+#include "daemon/delivery.h"
 
 typedef struct worker worker;
 

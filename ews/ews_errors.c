@@ -11,7 +11,7 @@
  * Exchange answers a code the request's RequestServerVersion does not know as
  * ErrorInternalServerError and names the real one in MessageXml
  * (InnerErrorResponseCode); ews_response looks that one up here first. */
-#include "ews_errors.h"
+#include "ews/ews_errors.h"
 
 #include <stddef.h>
 #include <string.h>

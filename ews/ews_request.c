@@ -16,7 +16,7 @@
  * strings together. What it does check is that every string is valid UTF-8 made of
  * characters XML 1.0 allows: libxml2 would otherwise serialise a control character as
  * "&#1;", which no XML parser (Exchange's included) accepts. */
-#include "ews_request.h"
+#include "ews/ews_request.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -112,9 +112,9 @@ static bool options_ok(const ews_request_options *opt)
            is_nonempty_xml_text(opt->mailbox);
 }
 
-static bool kind_ok(ews_item_kind kind)
+static bool kind_ok(outlook_item_kind kind)
 {
-    return kind == EWS_ITEM_APPOINTMENT || kind == EWS_ITEM_TASK;
+    return kind == OUTLOOK_APPOINTMENT || kind == OUTLOOK_TASK;
 }
 
 /* xs:dateTime in UTC from Unix seconds. Years outside 1..9999 have no four-digit
@@ -134,21 +134,21 @@ static bool format_utc(int64_t seconds, char out[UTC_TIME_SIZE])
     return n > 0 && n < UTC_TIME_SIZE;
 }
 
-static const char *importance_name(ews_importance importance)
+static const char *importance_name(outlook_importance importance)
 {
     switch (importance) {
-    case EWS_IMPORTANCE_LOW: return "Low";
-    case EWS_IMPORTANCE_NORMAL: return "Normal";
-    case EWS_IMPORTANCE_HIGH: return "High";
+    case OUTLOOK_IMPORTANCE_LOW: return "Low";
+    case OUTLOOK_IMPORTANCE_NORMAL: return "Normal";
+    case OUTLOOK_IMPORTANCE_HIGH: return "High";
     }
     return NULL;
 }
 
 /* The zone a task's due day was taken in, sent as the request's TimeZoneContext;
  * NULL: UTC, no header. */
-static const char *due_zone(const ews_item *item)
+static const char *due_zone(const outlook_item *item)
 {
-    return item->kind == EWS_ITEM_TASK && item->has_due_day && item->time_zone != NULL &&
+    return item->kind == OUTLOOK_TASK && item->has_due_day && item->time_zone != NULL &&
                    item->time_zone[0] != '\0'
                ? item->time_zone : NULL;
 }
@@ -160,7 +160,7 @@ static const char *due_zone(const ews_item *item)
  * midnight plus the zone. xs:dateTime offsets are whole minutes within 14 hours; a
  * sub-minute offset (local mean time, before 1900) is rounded down, which puts the
  * written instant less than a minute into the day, never out of it. */
-static bool format_due_date(const ews_item *item, char out[UTC_TIME_SIZE])
+static bool format_due_date(const outlook_item *item, char out[UTC_TIME_SIZE])
 {
     int64_t day_start = item->due_day_start, offset = item->due_utc_offset;
     struct tm tm;
@@ -187,13 +187,13 @@ static bool format_due_date(const ews_item *item, char out[UTC_TIME_SIZE])
     return n > 0 && n < UTC_TIME_SIZE;
 }
 
-static bool has_time_zone(const ews_item *item)
+static bool has_time_zone(const outlook_item *item)
 {
-    return item->kind == EWS_ITEM_APPOINTMENT && item->time_zone != NULL &&
+    return item->kind == OUTLOOK_APPOINTMENT && item->time_zone != NULL &&
            item->time_zone[0] != '\0';
 }
 
-static bool item_ok(const ews_item *item)
+static bool item_ok(const outlook_item *item)
 {
     char when[UTC_TIME_SIZE];
 
@@ -203,7 +203,7 @@ static bool item_ok(const ews_item *item)
         return false;
     if (!format_utc(item->start, when))
         return false;
-    if (item->kind == EWS_ITEM_APPOINTMENT) {
+    if (item->kind == OUTLOOK_APPOINTMENT) {
         if (!format_utc(item->end, when))
             return false;
         if (item->reminder_minutes < 0 || item->reminder_minutes > REMINDER_MINUTES_MAX)
@@ -219,7 +219,7 @@ static bool item_ok(const ews_item *item)
     return true;
 }
 
-static bool ref_ok(const ews_item_ref *ref)
+static bool ref_ok(const outlook_item_ref *ref)
 {
     return ref != NULL && is_nonempty_xml_text(ref->item_id) &&
            (ref->change_key == NULL || is_xml_text(ref->change_key));
@@ -349,9 +349,9 @@ static void builder_abandon(soap_builder *b)
     b->doc = NULL;
 }
 
-static const char *folder_name(ews_item_kind kind)
+static const char *folder_name(outlook_item_kind kind)
 {
-    return kind == EWS_ITEM_TASK ? "tasks" : "calendar";
+    return kind == OUTLOOK_TASK ? "tasks" : "calendar";
 }
 
 /* t:DistinguishedFolderId Id=calendar|tasks, with t:Mailbox when the mailbox is not
@@ -371,15 +371,15 @@ static void add_folder_id(soap_builder *b, xmlNodePtr parent, const ews_request_
 static void add_naming_field_uri(soap_builder *b, xmlNodePtr parent)
 {
     xmlNodePtr uri = add_element(b, parent, b->ns_t, "ExtendedFieldURI");
-    set_attribute(b, uri, "PropertySetId", EWS_PROPERTY_SET_ID);
-    set_attribute(b, uri, "PropertyName", EWS_PROPERTY_NAME);
+    set_attribute(b, uri, "PropertySetId", OUTLOOK_TAG_PROPERTY_SET_ID);
+    set_attribute(b, uri, "PropertyName", OUTLOOK_TAG_PROPERTY_NAME);
     set_attribute(b, uri, "PropertyType", "String");
 }
 
-static void add_naming_property(soap_builder *b, xmlNodePtr item_node, const ews_item *item)
+static void add_naming_property(soap_builder *b, xmlNodePtr item_node, const outlook_item *item)
 {
     char tag[TAG_SIZE];
-    int n = ews_item_tag(tag, sizeof tag, item->log_id, item->kind);
+    int n = outlook_item_tag(tag, sizeof tag, item->log_id, item->kind);
 
     if (n < 0 || (size_t)n >= sizeof tag) {
         b->failed = true;
@@ -390,7 +390,7 @@ static void add_naming_property(soap_builder *b, xmlNodePtr item_node, const ews
     add_text_element(b, property, b->ns_t, "Value", tag);
 }
 
-static void add_body(soap_builder *b, xmlNodePtr parent, const ews_item *item)
+static void add_body(soap_builder *b, xmlNodePtr parent, const outlook_item *item)
 {
     xmlNodePtr body = add_text_element(b, parent, b->ns_t, "Body", or_empty(item->body_html));
     set_attribute(b, body, "BodyType", "HTML");
@@ -407,7 +407,7 @@ static void add_time(soap_builder *b, xmlNodePtr parent, const char *name, int64
     add_text_element(b, parent, b->ns_t, name, when);
 }
 
-static void add_due_date(soap_builder *b, xmlNodePtr parent, const ews_item *item)
+static void add_due_date(soap_builder *b, xmlNodePtr parent, const outlook_item *item)
 {
     char when[UTC_TIME_SIZE];
 
@@ -434,14 +434,14 @@ static void add_time_zone(soap_builder *b, xmlNodePtr parent, const char *name,
     set_attribute(b, zone, "Id", windows_id);
 }
 
-static const char *task_status(const ews_item *item)
+static const char *task_status(const outlook_item *item)
 {
     return item->task_completed ? "Completed" : "NotStarted";
 }
 
 /* t:CalendarItem in types.xsd order: ItemType fields, then CalendarItemType fields
  * (Start, End, LegacyFreeBusyStatus, ... StartTimeZone, EndTimeZone). */
-static void add_calendar_item(soap_builder *b, xmlNodePtr items, const ews_item *item)
+static void add_calendar_item(soap_builder *b, xmlNodePtr items, const outlook_item *item)
 {
     xmlNodePtr node = add_element(b, items, b->ns_t, "CalendarItem");
 
@@ -461,7 +461,7 @@ static void add_calendar_item(soap_builder *b, xmlNodePtr items, const ews_item 
 }
 
 /* t:Task in types.xsd order: ItemType fields, then TaskType's DueDate ... Status. */
-static void add_task(soap_builder *b, xmlNodePtr items, const ews_item *item)
+static void add_task(soap_builder *b, xmlNodePtr items, const outlook_item *item)
 {
     xmlNodePtr node = add_element(b, items, b->ns_t, "Task");
 
@@ -475,7 +475,7 @@ static void add_task(soap_builder *b, xmlNodePtr items, const ews_item *item)
     add_text_element(b, node, b->ns_t, "Status", task_status(item));
 }
 
-static void add_item_id(soap_builder *b, xmlNodePtr parent, const ews_item_ref *ref)
+static void add_item_id(soap_builder *b, xmlNodePtr parent, const outlook_item_ref *ref)
 {
     xmlNodePtr id = add_element(b, parent, b->ns_t, "ItemId");
     set_attribute(b, id, "Id", ref->item_id);
@@ -485,7 +485,7 @@ static void add_item_id(soap_builder *b, xmlNodePtr parent, const ews_item_ref *
 
 /* ---- CreateItem ------------------------------------------------------------ */
 
-char *ews_request_create_items(const ews_request_options *opt, const ews_item *items,
+char *ews_request_create_items(const ews_request_options *opt, const outlook_item *items,
                                size_t n, size_t *len)
 {
     soap_builder b;
@@ -500,12 +500,12 @@ char *ews_request_create_items(const ews_request_options *opt, const ews_item *i
     /* One header serves the whole request: the first task's zone. Creates are batched
      * per mailbox, so the tasks are normally in one employee's zone; a task in another
      * zone keeps its own midnight and offset, read in the first one's context. */
-    ews_item_kind kind = items[0].kind;
+    outlook_item_kind kind = items[0].kind;
     if (!builder_start(&b, opt, due_zone(&items[0])))
         goto fail;
 
     xmlNodePtr create = add_element(&b, b.body, b.ns_m, "CreateItem");
-    if (kind == EWS_ITEM_APPOINTMENT)
+    if (kind == OUTLOOK_APPOINTMENT)
         set_attribute(&b, create, "SendMeetingInvitations", "SendToNone");
     else
         set_attribute(&b, create, "MessageDisposition", "SaveOnly");
@@ -515,7 +515,7 @@ char *ews_request_create_items(const ews_request_options *opt, const ews_item *i
 
     xmlNodePtr list = add_element(&b, create, b.ns_m, "Items");
     for (size_t i = 0; i < n && !b.failed; i++) {
-        if (kind == EWS_ITEM_APPOINTMENT)
+        if (kind == OUTLOOK_APPOINTMENT)
             add_calendar_item(&b, list, &items[i]);
         else
             add_task(&b, list, &items[i]);
@@ -531,23 +531,23 @@ fail:
 
 /* <t:SetItemField><t:FieldURI FieldURI=uri/><t:CalendarItem|Task>VALUE</...></...>
  * Returns the CalendarItem/Task node for the caller to put the one field into. */
-static xmlNodePtr add_set_field(soap_builder *b, xmlNodePtr updates, ews_item_kind kind,
+static xmlNodePtr add_set_field(soap_builder *b, xmlNodePtr updates, outlook_item_kind kind,
                                 const char *field_uri)
 {
     xmlNodePtr set = add_element(b, updates, b->ns_t, "SetItemField");
     xmlNodePtr uri = add_element(b, set, b->ns_t, "FieldURI");
     set_attribute(b, uri, "FieldURI", field_uri);
-    return add_element(b, set, b->ns_t, kind == EWS_ITEM_TASK ? "Task" : "CalendarItem");
+    return add_element(b, set, b->ns_t, kind == OUTLOOK_TASK ? "Task" : "CalendarItem");
 }
 
-static void add_set_text_field(soap_builder *b, xmlNodePtr updates, ews_item_kind kind,
+static void add_set_text_field(soap_builder *b, xmlNodePtr updates, outlook_item_kind kind,
                                const char *field_uri, const char *element, const char *text)
 {
     xmlNodePtr holder = add_set_field(b, updates, kind, field_uri);
     add_text_element(b, holder, b->ns_t, element, text);
 }
 
-static void add_set_time_field(soap_builder *b, xmlNodePtr updates, ews_item_kind kind,
+static void add_set_time_field(soap_builder *b, xmlNodePtr updates, outlook_item_kind kind,
                                const char *field_uri, const char *element, int64_t seconds)
 {
     xmlNodePtr holder = add_set_field(b, updates, kind, field_uri);
@@ -556,16 +556,16 @@ static void add_set_time_field(soap_builder *b, xmlNodePtr updates, ews_item_kin
 
 /* Every field we own, so that an update makes the item match the log whatever the
  * user did to it in Outlook. The naming property is left alone: it never changes. */
-static void add_updates(soap_builder *b, xmlNodePtr updates, const ews_item *item)
+static void add_updates(soap_builder *b, xmlNodePtr updates, const outlook_item *item)
 {
-    ews_item_kind kind = item->kind;
+    outlook_item_kind kind = item->kind;
 
     add_set_text_field(b, updates, kind, "item:Subject", "Subject", or_empty(item->subject));
     add_body(b, add_set_field(b, updates, kind, "item:Body"), item);
     add_set_text_field(b, updates, kind, "item:Importance", "Importance",
                        importance_name(item->importance));
 
-    if (kind == EWS_ITEM_APPOINTMENT) {
+    if (kind == OUTLOOK_APPOINTMENT) {
         add_set_text_field(b, updates, kind, "item:ReminderIsSet", "ReminderIsSet", "true");
         add_reminder_minutes(b, add_set_field(b, updates, kind, "item:ReminderMinutesBeforeStart"),
                              item->reminder_minutes);
@@ -589,8 +589,8 @@ static void add_updates(soap_builder *b, xmlNodePtr updates, const ews_item *ite
     }
 }
 
-char *ews_request_update_item(const ews_request_options *opt, const ews_item_ref *ref,
-                              const ews_item *item, size_t *len)
+char *ews_request_update_item(const ews_request_options *opt, const outlook_item_ref *ref,
+                              const outlook_item *item, size_t *len)
 {
     soap_builder b;
 
@@ -603,7 +603,7 @@ char *ews_request_update_item(const ews_request_options *opt, const ews_item_ref
     xmlNodePtr update = add_element(&b, b.body, b.ns_m, "UpdateItem");
     set_attribute(&b, update, "ConflictResolution", "AlwaysOverwrite");
     set_attribute(&b, update, "MessageDisposition", "SaveOnly");
-    if (item->kind == EWS_ITEM_APPOINTMENT)
+    if (item->kind == OUTLOOK_APPOINTMENT)
         set_attribute(&b, update, "SendMeetingInvitationsOrCancellations", "SendToNone");
 
     xmlNodePtr changes = add_element(&b, update, b.ns_m, "ItemChanges");
@@ -619,8 +619,8 @@ fail:
 
 /* ---- DeleteItem ------------------------------------------------------------ */
 
-char *ews_request_delete_item(const ews_request_options *opt, ews_item_kind kind,
-                              const ews_item_ref *ref, size_t *len)
+char *ews_request_delete_item(const ews_request_options *opt, outlook_item_kind kind,
+                              const outlook_item_ref *ref, size_t *len)
 {
     soap_builder b;
 
@@ -649,7 +649,7 @@ fail:
 
 /* ---- FindItem -------------------------------------------------------------- */
 
-char *ews_request_find_item(const ews_request_options *opt, ews_item_kind kind,
+char *ews_request_find_item(const ews_request_options *opt, outlook_item_kind kind,
                             int64_t log_id, size_t *len)
 {
     soap_builder b;
@@ -657,7 +657,7 @@ char *ews_request_find_item(const ews_request_options *opt, ews_item_kind kind,
 
     if (!options_ok(opt) || !kind_ok(kind) || len == NULL)
         return NULL;
-    int n = ews_item_tag(tag, sizeof tag, log_id, kind);
+    int n = outlook_item_tag(tag, sizeof tag, log_id, kind);
     if (n < 0 || (size_t)n >= sizeof tag)
         return NULL;
     if (!builder_start(&b, opt, NULL))

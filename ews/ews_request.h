@@ -6,7 +6,7 @@
 #define FOLLOWUPD_EWS_REQUEST_H
 
 #include <stddef.h>
-#include "ews_item.h"
+#include "daemon/outlook_item.h"
 
 typedef struct ews_request_options {
     const char *server_version;  /* t:RequestServerVersion/@Version, e.g. "Exchange2013_SP1" */
@@ -17,23 +17,23 @@ typedef struct ews_request_options {
 
 /* CreateItem of n items, all of the same kind, into the mailbox's calendar or tasks
  * folder. Calendar items: SendMeetingInvitations="SendToNone". */
-char *ews_request_create_items(const ews_request_options *opt, const ews_item *items,
+char *ews_request_create_items(const ews_request_options *opt, const outlook_item *items,
                                size_t n, size_t *len)
     __attribute__((warn_unused_result));
 
 /* UpdateItem: overwrite every field we own (SetItemField per field) on an existing item. */
-char *ews_request_update_item(const ews_request_options *opt, const ews_item_ref *ref,
-                              const ews_item *item, size_t *len)
+char *ews_request_update_item(const ews_request_options *opt, const outlook_item_ref *ref,
+                              const outlook_item *item, size_t *len)
     __attribute__((warn_unused_result));
 
 /* DeleteItem, moved to Deleted Items, no cancellations sent. */
-char *ews_request_delete_item(const ews_request_options *opt, ews_item_kind kind,
-                              const ews_item_ref *ref, size_t *len)
+char *ews_request_delete_item(const ews_request_options *opt, outlook_item_kind kind,
+                              const outlook_item_ref *ref, size_t *len)
     __attribute__((warn_unused_result));
 
 /* FindItem in the kind's folder, restricted to items whose naming property equals
- * ews_item_tag(log_id, kind). */
-char *ews_request_find_item(const ews_request_options *opt, ews_item_kind kind,
+ * outlook_item_tag(log_id, kind). */
+char *ews_request_find_item(const ews_request_options *opt, outlook_item_kind kind,
                             int64_t log_id, size_t *len)
     __attribute__((warn_unused_result));
 

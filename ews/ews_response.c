@@ -15,7 +15,7 @@
  *   6. the server's codes and texts handed back are one line, without control
  *      characters, and bounded (63 and 512 bytes, cut between characters).
  * Elements are matched by namespace URI and local name, never by prefix. */
-#include "ews_response.h"
+#include "ews/ews_response.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -32,7 +32,7 @@
 #include <libxml/tree.h>
 #include <libxml/xmlerror.h>
 
-#include "ews_item.h"
+#include "daemon/outlook_item.h"
 
 #define NS_SOAP "http://schemas.xmlsoap.org/soap/envelope/"
 #define NS_SOAP12 "http://www.w3.org/2003/05/soap-envelope"
@@ -387,8 +387,8 @@ static char *tag_of_item(const xmlNode *item, bool *oom)
         char *name = attribute_of(uri, "PropertyName", oom);
         /* GUIDs compare case-insensitively; Exchange may echo them upper-case. */
         bool ours = set_id != NULL && name != NULL &&
-                    strcasecmp(set_id, EWS_PROPERTY_SET_ID) == 0 &&
-                    strcmp(name, EWS_PROPERTY_NAME) == 0;
+                    strcasecmp(set_id, OUTLOOK_TAG_PROPERTY_SET_ID) == 0 &&
+                    strcmp(name, OUTLOOK_TAG_PROPERTY_NAME) == 0;
         free(set_id);
         free(name);
         if (ours)

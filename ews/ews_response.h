@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "ews_errors.h"
+#include "ews/ews_errors.h"
 
 #define EWS_RESPONSE_MAX_BYTES (4u * 1024u * 1024u)
 

@@ -23,7 +23,7 @@
  * own (http_fresh: CURLOPT_FRESH_CONNECT and FORBID_REUSE, never reused), and an
  * event create carries the transactionId the queue gave it — the same for every
  * retry of one create — which Graph uses to drop a repeated create. */
-#include "delivery_graph.h"
+#include "graph/delivery_graph.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -33,10 +33,10 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "graph_json.h"
-#include "http_client.h"
-#include "log.h"
-#include "oauth2.h"
+#include "daemon/log.h"
+#include "graph/graph_json.h"
+#include "http/http_client.h"
+#include "http/oauth2.h"
 
 #define MAX_REQUESTS 4             /* HTTP requests to Graph in flight */
 #define MAILBOX_CONCURRENCY 4      /* calls per mailbox in flight (Exchange Online's limit) */
@@ -63,7 +63,7 @@ struct graph_call {
     graph_backend *b;
     graph_call *next;
     graph_op op;
-    ews_item_kind kind;
+    outlook_item_kind kind;
     graph_mailbox *box;
     const char *method;
     char *path;                /* "/users/..." below base_url, query included */
@@ -97,7 +97,6 @@ struct graph_backend {
     graph_call *ready, **ready_tail;
     bool stopped;              /* nothing more goes on the wire */
     graph_request *requests;
-    size_t n_calls;            /* operations not yet answered */
     size_t n_requests;         /* HTTP requests in flight */
     bool token_wanted;
 };
@@ -234,7 +233,6 @@ static void finish(graph_call *call, const delivery_result *r)
         call_free(call);
         return;
     }
-    call->b->n_calls--;
     call->done(r, call->userdata);
     call_free(call);
 }
@@ -256,7 +254,7 @@ static void on_success(graph_call *call, const graph_reply *rep, const char *cod
     char err[256], reason[512];
     char *id = NULL, *change_key = NULL, *task_ref = NULL;
     graph_id_list list = {0};
-    ews_item_ref *found = NULL;
+    outlook_item_ref *found = NULL;
     char **task_refs = NULL;
 
     switch (call->op) {
@@ -296,7 +294,7 @@ static void on_success(graph_call *call, const graph_reply *rep, const char *cod
                 goto oom;
         }
         for (size_t i = 0; i < list.n; i++) {
-            if (call->kind == EWS_ITEM_TASK) {
+            if (call->kind == OUTLOOK_TASK) {
                 char *task = graph_url_escape(list.ids[i], false);
                 if (!task || asprintf(&task_refs[i], "%s/%s", call->list_id, task) < 0) {
                     free(task);
@@ -323,7 +321,7 @@ static void on_success(graph_call *call, const graph_reply *rep, const char *cod
             r.item.item_id = call->ref_id;
             break;
         }
-        if (call->kind == EWS_ITEM_TASK) {
+        if (call->kind == OUTLOOK_TASK) {
             char *task = graph_url_escape(id, false);
             if (!task || asprintf(&task_ref, "%s/%s", call->list_id, task) < 0) {
                 free(task);
@@ -431,12 +429,12 @@ static void handle_reply(graph_call *call, const graph_reply *rep)
         case OP_UPDATE:
         case OP_REMOVE:
             snprintf(reason, sizeof reason, "the %s is gone from %s (HTTP 404 %s)",
-                     ews_item_kind_name(call->kind), box->address, code);
+                     outlook_item_kind_name(call->kind), box->address, code);
             fail(call, DELIVERY_NOT_FOUND, code, reason, -1);
             return;
         case OP_FIND:
         case OP_CREATE:
-            if (call->kind == EWS_ITEM_TASK) {
+            if (call->kind == OUTLOOK_TASK) {
                 /* The list itself went away: look it up again next time. */
                 if (box->list_id && call->list_id && strcmp(box->list_id, call->list_id) == 0) {
                     free(box->list_id);
@@ -726,11 +724,11 @@ static int on_flush(sd_event_source *source, void *userdata)
 
 /* ---- the operations ------------------------------------------------------------- */
 
-static graph_call *new_call(graph_backend *b, graph_op op, ews_item_kind kind,
+static graph_call *new_call(graph_backend *b, graph_op op, outlook_item_kind kind,
                             const char *mailbox, delivery_done_fn done, void *userdata, int *error)
 {
     *error = -EINVAL;
-    if (!mailbox || !*mailbox || (kind != EWS_ITEM_APPOINTMENT && kind != EWS_ITEM_TASK))
+    if (!mailbox || !*mailbox || (kind != OUTLOOK_APPOINTMENT && kind != OUTLOOK_TASK))
         return NULL;
     for (const unsigned char *p = (const unsigned char *)mailbox; *p; p++)
         if (*p < 0x20 || *p == 0x7f || *p == '/')
@@ -757,7 +755,6 @@ static graph_call *new_call(graph_backend *b, graph_op op, ews_item_kind kind,
 static int submit(graph_backend *b, graph_call *call)
 {
     graph_mailbox *box = call->box;
-    b->n_calls++;
     if (call->path) {
         enqueue(b, call);
         return 0;
@@ -767,7 +764,6 @@ static int submit(graph_backend *b, graph_call *call)
         if (!call->list_id || asprintf(&call->path, "/users/%s/todo/lists/%s%s", box->escaped,
                                        box->list_id, call->suffix) < 0) {
             call->path = NULL;
-            b->n_calls--;
             call_free(call);
             return -ENOMEM;
         }
@@ -787,14 +783,13 @@ static int submit(graph_backend *b, graph_call *call)
             lookup->path = NULL;
         free(lookup);
         box->waiting = call->next;
-        b->n_calls--;
         call_free(call);
         return -ENOMEM;
     }
     free(filter);
     lookup->b = b;
     lookup->op = OP_LIST;
-    lookup->kind = EWS_ITEM_TASK;
+    lookup->kind = OUTLOOK_TASK;
     lookup->box = box;
     lookup->method = "GET";
     box->list_pending = true;
@@ -824,13 +819,13 @@ static int split_task_ref(const char *item_id, char **list, char **task)
 }
 
 /* The path of an existing item: its event, or its task in the list it names. */
-static int item_path(graph_call *call, const ews_item_ref *ref)
+static int item_path(graph_call *call, const outlook_item_ref *ref)
 {
     char *list = NULL, *task = NULL;
     int r;
     if (!ref || !ref->item_id || !*ref->item_id)
         return -EINVAL;
-    if (call->kind == EWS_ITEM_APPOINTMENT) {
+    if (call->kind == OUTLOOK_APPOINTMENT) {
         char *id = graph_url_escape(ref->item_id, false);
         r = id && asprintf(&call->path, "/users/%s/events/%s", call->box->escaped, id) >= 0
                 ? 0 : -ENOMEM;
@@ -853,7 +848,7 @@ static int item_path(graph_call *call, const ews_item_ref *ref)
     return 0;
 }
 
-static int graph_find(void *impl, const char *mailbox, ews_item_kind kind, int64_t log_id,
+static int graph_find(void *impl, const char *mailbox, outlook_item_kind kind, int64_t log_id,
                       delivery_done_fn done, void *userdata)
 {
     graph_backend *b = impl;
@@ -862,11 +857,11 @@ static int graph_find(void *impl, const char *mailbox, ews_item_kind kind, int64
     if (!call)
         return error;
     call->method = "GET";
-    char *filter = kind == EWS_ITEM_APPOINTMENT ? graph_json_event_filter(log_id)
+    char *filter = kind == OUTLOOK_APPOINTMENT ? graph_json_event_filter(log_id)
                                                 : graph_json_task_filter(log_id);
     char *escaped = filter ? graph_url_escape(filter, false) : NULL;
     int r;
-    if (kind == EWS_ITEM_APPOINTMENT)
+    if (kind == OUTLOOK_APPOINTMENT)
         r = escaped ? asprintf(&call->path, "/users/%s/events?$filter=%s&$select=id,changeKey",
                                call->box->escaped, escaped) : -1;
     else
@@ -881,7 +876,7 @@ static int graph_find(void *impl, const char *mailbox, ews_item_kind kind, int64
     return submit(b, call);
 }
 
-static int graph_create(void *impl, const char *mailbox, const ews_item *item,
+static int graph_create(void *impl, const char *mailbox, const outlook_item *item,
                         delivery_done_fn done, void *userdata)
 {
     graph_backend *b = impl;
@@ -890,7 +885,7 @@ static int graph_create(void *impl, const char *mailbox, const ews_item *item,
     if (!call)
         return error;
     call->method = "POST";
-    if (item->kind == EWS_ITEM_APPOINTMENT) {
+    if (item->kind == OUTLOOK_APPOINTMENT) {
         unsigned char random[16];
         char transaction[40];
         const char *transaction_id = item->transaction_id;
@@ -923,8 +918,8 @@ static int graph_create(void *impl, const char *mailbox, const ews_item *item,
     return submit(b, call);
 }
 
-static int graph_update(void *impl, const char *mailbox, const ews_item_ref *ref,
-                        const ews_item *item, delivery_done_fn done, void *userdata)
+static int graph_update(void *impl, const char *mailbox, const outlook_item_ref *ref,
+                        const outlook_item *item, delivery_done_fn done, void *userdata)
 {
     graph_backend *b = impl;
     int error;
@@ -937,7 +932,7 @@ static int graph_update(void *impl, const char *mailbox, const ews_item_ref *ref
         return error;
     }
     call->ref_id = strdup(ref->item_id);
-    call->body = item->kind == EWS_ITEM_APPOINTMENT ? graph_json_event(item)
+    call->body = item->kind == OUTLOOK_APPOINTMENT ? graph_json_event(item)
                                                     : graph_json_task(item, false);
     if (!call->ref_id || !call->body) {
         call_free(call);
@@ -946,8 +941,8 @@ static int graph_update(void *impl, const char *mailbox, const ews_item_ref *ref
     return submit(b, call);
 }
 
-static int graph_remove(void *impl, const char *mailbox, ews_item_kind kind,
-                        const ews_item_ref *ref, delivery_done_fn done, void *userdata)
+static int graph_remove(void *impl, const char *mailbox, outlook_item_kind kind,
+                        const outlook_item_ref *ref, delivery_done_fn done, void *userdata)
 {
     graph_backend *b = impl;
     int error;
@@ -1028,11 +1023,6 @@ static void graph_free(void *impl)
     free(b);
 }
 
-static size_t graph_in_flight(void *impl)
-{
-    return ((graph_backend *)impl)->n_calls;
-}
-
 static int graph_configure(void *impl, const config *cfg, char *err, size_t errlen)
 {
     graph_backend *b = impl;
@@ -1082,7 +1072,7 @@ static int graph_configure(void *impl, const config *cfg, char *err, size_t errl
  * cannot exist (id 0) proves the token, the permissions and the mailbox. */
 static int graph_probe(void *impl, const char *mailbox, delivery_done_fn done, void *userdata)
 {
-    return graph_find(impl, mailbox, EWS_ITEM_APPOINTMENT, 0, done, userdata);
+    return graph_find(impl, mailbox, OUTLOOK_APPOINTMENT, 0, done, userdata);
 }
 
 static void graph_stop(void *impl)
@@ -1100,6 +1090,5 @@ const delivery_ops delivery_graph_ops = {
     .update = graph_update,
     .remove = graph_remove,
     .configure = graph_configure,
-    .in_flight = graph_in_flight,
     .free = graph_free,
 };

@@ -6,7 +6,7 @@
 
 #include <systemd/sd-event.h>
 
-#include "delivery.h"
+#include "daemon/delivery.h"
 
 /* The item id recorded for a task is "<list id>/<task id>", both percent-encoded
  * (so neither contains '/'); an event's is its Graph id as Graph sent it. */

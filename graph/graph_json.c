@@ -1,7 +1,7 @@
 /* graph_json — see graph_json.h. Built with json-c's object API, never by string
  * concatenation; parsed with a depth-limited tokener over a size-capped buffer. */
-#include "graph_json.h"
-#include "http_client.h"
+#include "graph/graph_json.h"
+#include "http/http_client.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -84,7 +84,7 @@ static json_object *utc_time(int64_t unix_seconds)
  * (SPEC section 3), e.g. {"dateTime": "2030-05-04T00:00:00.0000000", "timeZone":
  * "W. Europe Standard Time"}; Graph keeps the date as a date in that zone. Without a
  * day from the caller: the UTC date of start. */
-static json_object *due_date_time(const ews_item *item)
+static json_object *due_date_time(const outlook_item *item)
 {
     char text[40];
     bool ok = true;
@@ -120,20 +120,20 @@ static json_object *html_body(const char *html)
     return obj;
 }
 
-static const char *importance_name(ews_importance importance)
+static const char *importance_name(outlook_importance importance)
 {
     switch (importance) {
-    case EWS_IMPORTANCE_LOW: return "low";
-    case EWS_IMPORTANCE_HIGH: return "high";
-    case EWS_IMPORTANCE_NORMAL: break;
+    case OUTLOOK_IMPORTANCE_LOW: return "low";
+    case OUTLOOK_IMPORTANCE_HIGH: return "high";
+    case OUTLOOK_IMPORTANCE_NORMAL: break;
     }
     return "normal";
 }
 
-json_object *graph_json_event(const ews_item *item)
+json_object *graph_json_event(const outlook_item *item)
 {
     char tag[96];
-    bool ok = ews_item_tag(tag, sizeof tag, item->log_id, EWS_ITEM_APPOINTMENT) > 0;
+    bool ok = outlook_item_tag(tag, sizeof tag, item->log_id, OUTLOOK_APPOINTMENT) > 0;
     json_object *event = json_object_new_object();
 
     add(event, "subject", string_or_empty(item->subject), &ok);
@@ -162,7 +162,7 @@ json_object *graph_json_event(const ews_item *item)
     return event;
 }
 
-json_object *graph_json_task(const ews_item *item, bool with_link)
+json_object *graph_json_task(const outlook_item *item, bool with_link)
 {
     bool ok = true;
     json_object *task = json_object_new_object();
@@ -177,7 +177,7 @@ json_object *graph_json_task(const ews_item *item, bool with_link)
                                                                      : "notStarted"), &ok);
     if (with_link) {
         char tag[96], name[64];
-        ok = ok && ews_item_tag(tag, sizeof tag, item->log_id, EWS_ITEM_TASK) > 0;
+        ok = ok && outlook_item_tag(tag, sizeof tag, item->log_id, OUTLOOK_TASK) > 0;
         snprintf(name, sizeof name, "Contact log %" PRId64, item->log_id);
         json_object *links = json_object_new_array();
         json_object *link = json_object_new_object();
@@ -215,7 +215,7 @@ char *graph_json_text(json_object *obj, size_t *len)
 char *graph_json_event_filter(int64_t log_id)
 {
     char tag[96], *filter = NULL;
-    if (ews_item_tag(tag, sizeof tag, log_id, EWS_ITEM_APPOINTMENT) < 0)
+    if (outlook_item_tag(tag, sizeof tag, log_id, OUTLOOK_APPOINTMENT) < 0)
         return NULL;
     if (asprintf(&filter, "singleValueExtendedProperties/Any(ep: ep/id eq '%s' and "
                           "ep/value eq '%s')", GRAPH_PROPERTY_ID, tag) < 0)
@@ -226,7 +226,7 @@ char *graph_json_event_filter(int64_t log_id)
 char *graph_json_task_filter(int64_t log_id)
 {
     char tag[96], *filter = NULL;
-    if (ews_item_tag(tag, sizeof tag, log_id, EWS_ITEM_TASK) < 0)
+    if (outlook_item_tag(tag, sizeof tag, log_id, OUTLOOK_TASK) < 0)
         return NULL;
     if (asprintf(&filter, "linkedResources/any(r: r/externalId eq '%s')", tag) < 0)
         return NULL;

@@ -1,5 +1,5 @@
 /* graph_json — Microsoft Graph request bodies and answers as JSON (json-c): the
- * event and To Do task of an ews_item, the OData $filter that finds an item by the
+ * event and To Do task of an outlook_item, the OData $filter that finds an item by the
  * name of its contact log, $batch envelopes, and safe parsers for what Graph sends
  * back. Pure functions: no I/O, no event loop, so the unit tests call them directly. */
 #ifndef FOLLOWUPD_GRAPH_JSON_H
@@ -11,11 +11,11 @@
 
 #include <json-c/json.h>
 
-#include "ews_item.h"
+#include "daemon/outlook_item.h"
 
-/* The same MAPI property as EWS uses (ews_item.h), spelt as a Graph
+/* The same MAPI property as EWS uses (outlook_item.h), spelt as a Graph
  * singleValueExtendedProperty id. */
-#define GRAPH_PROPERTY_ID "String {" EWS_PROPERTY_SET_ID "} Name " EWS_PROPERTY_NAME
+#define GRAPH_PROPERTY_ID "String {" OUTLOOK_TAG_PROPERTY_SET_ID "} Name " OUTLOOK_TAG_PROPERTY_NAME
 
 /* linkedResources applicationName of every task. */
 #define GRAPH_APPLICATION_NAME "CRM"
@@ -37,13 +37,13 @@ void graph_json_datetime(char *buf, size_t size, int64_t unix_seconds);
  * originalEndTimeZone (item->time_zone, when set), reminder, importance, showAs busy,
  * no attendees, and the singleValueExtendedProperty naming the log. The same body
  * serves POST (create) and PATCH (update). NULL when out of memory. */
-json_object *graph_json_event(const ews_item *item);
+json_object *graph_json_event(const outlook_item *item);
 
 /* A To Do task: title, HTML body, importance, dueDateTime (midnight of the due day in
  * item->time_zone, SPEC section 3), reminderDateTime in UTC (the follow-up itself),
  * status; with_link adds the linkedResources entry (webUrl = item->link, externalId =
  * the log's tag), which only a create can carry. NULL when out of memory. */
-json_object *graph_json_task(const ews_item *item, bool with_link);
+json_object *graph_json_task(const outlook_item *item, bool with_link);
 
 /* The body as compact JSON text (malloc'd, '/' not escaped); *len gets its length. */
 char *graph_json_text(json_object *obj, size_t *len);

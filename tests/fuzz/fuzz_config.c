@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "daemon/config.h"
 
 #define CHECK(cond)                                                                  \
     do {                                                                             \

@@ -3,7 +3,7 @@
  * The parser's promise (ews/ews_response.h): whatever bytes arrive, it returns 0 with
  * a complete result or -1 with a one-line reason, never crashes, never leaks, never
  * reads outside the buffer, never prints. This target checks that promise plus the
- * invariants the caller (daemon/delivery_ews.c) relies on:
+ * invariants the caller (ews/delivery_ews.c) relies on:
  *   - on failure *out is NULL and err holds a non-empty, printable, NUL-terminated line;
  *   - on success every message has a non-NULL, non-empty response_code, every found
  *     item a non-empty item_id, back-off values are -1 or within [0, MAX_BACK_OFF];
@@ -21,7 +21,7 @@
 
 #include <libxml/parser.h>
 
-#include "ews_response.h"
+#include "ews/ews_response.h"
 
 #define CHECK(cond)                                                                  \
     do {                                                                             \

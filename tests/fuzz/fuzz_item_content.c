@@ -26,8 +26,8 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
-#include "ews_request.h"
-#include "item_content.h"
+#include "daemon/item_content.h"
+#include "ews/ews_request.h"
 
 #define CHECK(cond)                                                                  \
     do {                                                                             \
@@ -180,7 +180,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * Windows id; clean it like the daemon must before it reaches the builder. */
         .time_zone = NULL,
     };
-    ews_item_kind kind = (flags & 0x20) ? EWS_ITEM_TASK : EWS_ITEM_APPOINTMENT;
+    outlook_item_kind kind = (flags & 0x20) ? OUTLOOK_TASK : OUTLOOK_APPOINTMENT;
     item_content c;
 
     if (item_content_build(&log, &settings, kind, (flags & 0x40) != 0, &c) != 0)
@@ -212,7 +212,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_envelope(xml, len, &c);
     free(xml);
 
-    ews_item_ref ref = { .item_id = "AAMkAD+/=", .change_key = "DwAAAB" };
+    outlook_item_ref ref = { .item_id = "AAMkAD+/=", .change_key = "DwAAAB" };
     xml = ews_request_update_item(&opt, &ref, &c.item, &len);
     check_envelope(xml, len, &c);
     free(xml);

@@ -67,15 +67,14 @@ trap 'exit 130' INT TERM
 
 # -fno-sanitize-recover: undefined behaviour is a finding, not a warning in a log.
 cflags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-        -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE -Wall -Wextra
-        -I$top/ews -I$top/daemon"
+        -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE -Wall -Wextra -I$top"
 
 # Sources per target: only what each entry point needs, never main().
 sources_for() {
     case $1 in
-        ews_response) echo "ews/ews_response.c ews/ews_errors.c ews/ews_item.c" ;;
+        ews_response) echo "ews/ews_response.c ews/ews_errors.c daemon/outlook_item.c" ;;
         config) echo "daemon/config.c" ;;
-        item_content) echo "daemon/item_content.c daemon/timezone.c ews/ews_request.c ews/ews_item.c" ;;
+        item_content) echo "daemon/item_content.c daemon/timezone.c ews/ews_request.c daemon/outlook_item.c" ;;
         *) return 1 ;;
     esac
 }

@@ -35,7 +35,7 @@ HAVE_SCHEMA = bool(SCHEMA_DIR) and os.path.isfile(os.path.join(SCHEMA_DIR, "ews-
 needs_schema = pytest.mark.skipif(not HAVE_SCHEMA, reason="FOLLOWUPD_EWS_SCHEMA not set")
 
 NS = {"s": ews_sim.NS_SOAP, "m": ews_sim.NS_M, "t": ews_sim.NS_T, "e": ews_sim.NS_E}
-PSET = "6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86"          # ews/ews_item.h EWS_PROPERTY_SET_ID
+PSET = "6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86"          # daemon/outlook_item.h OUTLOOK_TAG_PROPERTY_SET_ID
 PNAME = "FollowupdContactLog"
 EXAMPLE_PSET_KEY = "c11ff724-aa03-4555-9952-8fa248a11c3e/CrmContactLogId"
 START_DEADLINE_S = 20

@@ -747,13 +747,14 @@ static void test_options_list_every_key(void **state)
         { "exchange", "impersonation" }, { "exchange", "version" },
         { "exchange", "tls_verify" }, { "exchange", "ca_file" }, { "exchange", "timeout" },
         { "exchange", "time_zone" },
-        { "graph", "base_url" },
+        { "graph", "base_url" }, { "graph", "poll_interval" },
         { "oauth2", "token_url" }, { "oauth2", "client_id" },
         { "oauth2", "client_secret_file" }, { "oauth2", "scope" },
         { "delivery", "concurrency" }, { "delivery", "max_attempts" },
         { "delivery", "batch_size" },
         { "delivery", "backoff_initial_ms" }, { "delivery", "backoff_max_ms" },
         { "delivery", "settle_ms" }, { "delivery", "lease_seconds" },
+        { "metrics", "listen" },
     };
     size_t n = 0;
     const config_option_info *opts = config_options(&n);
@@ -768,9 +769,10 @@ static void test_options_list_every_key(void **state)
         assert_string_equal(opts[i].section, want[i][0]);
         assert_string_equal(opts[i].key, want[i][1]);
         assert_non_null(opts[i].default_value);
-        /* only the database connection and the back end need a restart */
+        /* only the database connection, the back end and the metrics socket need a restart */
         assert_int_equal(opts[i].reloadable, strcmp(opts[i].section, "database") != 0 &&
-                                                 strcmp(opts[i].key, "api") != 0);
+                                                 strcmp(opts[i].key, "api") != 0 &&
+                                                 strcmp(opts[i].section, "metrics") != 0);
     }
 
     /* Every row's key is accepted in its section, with its documented default. */

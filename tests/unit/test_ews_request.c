@@ -20,8 +20,8 @@
 #include <libxml/xpath.h>
 #include <libxml/xpathInternals.h>
 
-#include "ews_item.h"
-#include "ews_request.h"
+#include "daemon/outlook_item.h"
+#include "ews/ews_request.h"
 #include "xsd_check.h"
 
 #define NS_SOAP "http://schemas.xmlsoap.org/soap/envelope/"
@@ -57,13 +57,13 @@ static const ews_request_options delegating = {
     .impersonation = false,
 };
 
-static const ews_item_ref ref_with_key = { "AAMkADk0=", "DwAAABYA" };
-static const ews_item_ref ref_without_key = { "AAMkADk1=", NULL };
+static const outlook_item_ref ref_with_key = { "AAMkADk0=", "DwAAABYA" };
+static const outlook_item_ref ref_without_key = { "AAMkADk1=", NULL };
 
-static ews_item appointment(int64_t log_id)
+static outlook_item appointment(int64_t log_id)
 {
-    ews_item item = {
-        .kind = EWS_ITEM_APPOINTMENT,
+    outlook_item item = {
+        .kind = OUTLOOK_APPOINTMENT,
         .log_id = log_id,
         .subject = "Call back Mrs Example",
         .body_html = "<p>Call back <b>Mrs Example</b></p>"
@@ -71,18 +71,18 @@ static ews_item appointment(int64_t log_id)
         .start = T_START,
         .end = T_END,
         .reminder_minutes = 15,
-        .importance = EWS_IMPORTANCE_HIGH,
+        .importance = OUTLOOK_IMPORTANCE_HIGH,
         .task_completed = false,
         .time_zone = NULL,
     };
     return item;
 }
 
-static ews_item task(int64_t log_id)
+static outlook_item task(int64_t log_id)
 {
-    ews_item item = appointment(log_id);
-    item.kind = EWS_ITEM_TASK;
-    item.importance = EWS_IMPORTANCE_LOW;
+    outlook_item item = appointment(log_id);
+    item.kind = OUTLOOK_TASK;
+    item.importance = OUTLOOK_IMPORTANCE_LOW;
     item.end = 0;
     item.reminder_minutes = 0;
     return item;
@@ -242,38 +242,38 @@ static void check_naming_uri(xmlDocPtr doc, const char *uri_path)
     char path[512];
 
     snprintf(path, sizeof path, "%s/@PropertySetId", uri_path);
-    check_xpath(doc, path, EWS_PROPERTY_SET_ID);
+    check_xpath(doc, path, OUTLOOK_TAG_PROPERTY_SET_ID);
     snprintf(path, sizeof path, "%s/@PropertyName", uri_path);
-    check_xpath(doc, path, EWS_PROPERTY_NAME);
+    check_xpath(doc, path, OUTLOOK_TAG_PROPERTY_NAME);
     snprintf(path, sizeof path, "%s/@PropertyType", uri_path);
     check_xpath(doc, path, "String");
 }
 
-/* ---- ews_item ----------------------------------------------------------------- */
+/* ---- outlook_item ----------------------------------------------------------------- */
 
 static void test_item_tag(void **state)
 {
     char buf[64];
 
     (void)state;
-    assert_int_equal(ews_item_tag(buf, sizeof buf, 42, EWS_ITEM_APPOINTMENT), 25);
+    assert_int_equal(outlook_item_tag(buf, sizeof buf, 42, OUTLOOK_APPOINTMENT), 25);
     assert_string_equal(buf, "contactlog:42:appointment");
-    assert_int_equal(ews_item_tag(buf, sizeof buf, INT64_MAX, EWS_ITEM_TASK), 35);
+    assert_int_equal(outlook_item_tag(buf, sizeof buf, INT64_MAX, OUTLOOK_TASK), 35);
     assert_string_equal(buf, "contactlog:9223372036854775807:task");
     /* snprintf semantics: the full length even when cut. */
-    assert_int_equal(ews_item_tag(buf, 8, 42, EWS_ITEM_TASK), 18);
+    assert_int_equal(outlook_item_tag(buf, 8, 42, OUTLOOK_TASK), 18);
     assert_string_equal(buf, "contact");
-    assert_true(ews_item_tag(buf, sizeof buf, 42, (ews_item_kind)7) < 0);
+    assert_true(outlook_item_tag(buf, sizeof buf, 42, (outlook_item_kind)7) < 0);
     assert_string_equal(buf, "");
-    assert_string_equal(ews_item_kind_name(EWS_ITEM_APPOINTMENT), "appointment");
-    assert_string_equal(ews_item_kind_name(EWS_ITEM_TASK), "task");
+    assert_string_equal(outlook_item_kind_name(OUTLOOK_APPOINTMENT), "appointment");
+    assert_string_equal(outlook_item_kind_name(OUTLOOK_TASK), "task");
 }
 
 /* ---- CreateItem --------------------------------------------------------------- */
 
 static void test_create_appointment_impersonated(void **state)
 {
-    ews_item item = appointment(42);
+    outlook_item item = appointment(42);
     built b = { 0 };
 
     (void)state;
@@ -305,12 +305,12 @@ static void test_create_appointment_impersonated(void **state)
 
 static void test_create_appointment_time_zone_delegate(void **state)
 {
-    ews_item item = appointment(43);
+    outlook_item item = appointment(43);
     built b = { 0 };
 
     (void)state;
     item.time_zone = "W. Europe Standard Time";
-    item.importance = EWS_IMPORTANCE_NORMAL;
+    item.importance = OUTLOOK_IMPORTANCE_NORMAL;
     item.reminder_minutes = 0;
     b.xml = ews_request_create_items(&delegating, &item, 1, &b.len);
     check_built(&b);
@@ -340,7 +340,7 @@ static void test_create_appointment_time_zone_delegate(void **state)
 
 static void test_create_task_impersonated(void **state)
 {
-    ews_item item = task(7);
+    outlook_item item = task(7);
     built b = { 0 };
 
     (void)state;
@@ -371,7 +371,7 @@ static void test_create_task_impersonated(void **state)
 
 static void test_create_task_completed_delegate(void **state)
 {
-    ews_item item = task(8);
+    outlook_item item = task(8);
     built b = { 0 };
 
     (void)state;
@@ -393,9 +393,9 @@ static void test_create_task_completed_delegate(void **state)
  * section 3. 2025-03-01 00:00 in Berlin (+01:00) is 2025-02-28T23:00:00Z. */
 #define BERLIN_MARCH_1 INT64_C(1740783600)
 
-static ews_item berlin_task(int64_t log_id)
+static outlook_item berlin_task(int64_t log_id)
 {
-    ews_item item = task(log_id);
+    outlook_item item = task(log_id);
     item.time_zone = "W. Europe Standard Time";
     item.has_due_day = true;
     item.due_day_start = BERLIN_MARCH_1;
@@ -405,7 +405,7 @@ static ews_item berlin_task(int64_t log_id)
 
 static void test_create_task_due_day_in_zone(void **state)
 {
-    ews_item item = berlin_task(11);
+    outlook_item item = berlin_task(11);
     built b = { 0 };
 
     (void)state;
@@ -464,7 +464,7 @@ static void test_create_task_due_day_in_zone(void **state)
     assert_null(ews_request_create_items(&impersonating, &item, 1, &b.len));
 
     /* Several tasks of one mailbox: one header, each its own date. */
-    ews_item tasks[2] = { berlin_task(12), berlin_task(13) };
+    outlook_item tasks[2] = { berlin_task(12), berlin_task(13) };
     tasks[1].due_day_start += 86400;
     b.xml = ews_request_create_items(&impersonating, tasks, 2, &b.len);
     check_built(&b);
@@ -474,7 +474,7 @@ static void test_create_task_due_day_in_zone(void **state)
     built_free(&b);
 
     /* Appointments never carry the header, zone or not. */
-    ews_item appt = appointment(14);
+    outlook_item appt = appointment(14);
     appt.time_zone = "W. Europe Standard Time";
     b.xml = ews_request_create_items(&impersonating, &appt, 1, &b.len);
     check_built(&b);
@@ -490,7 +490,7 @@ static void test_impersonation_by_any_address(void **state)
         .mailbox = "ada.alias@sales.example.org",
         .impersonation = true,
     };
-    ews_item item = appointment(15);
+    outlook_item item = appointment(15);
     built b = { 0 };
 
     (void)state;
@@ -500,7 +500,7 @@ static void test_impersonation_by_any_address(void **state)
     check_xpath(b.doc, IMPERSONATED, "ada.alias@sales.example.org");
     built_free(&b);
 
-    b.xml = ews_request_delete_item(&alias, EWS_ITEM_TASK, &ref_with_key, &b.len);
+    b.xml = ews_request_delete_item(&alias, OUTLOOK_TASK, &ref_with_key, &b.len);
     check_built(&b);
     check_addressing(b.doc, &alias, NULL);
     built_free(&b);
@@ -508,7 +508,7 @@ static void test_impersonation_by_any_address(void **state)
 
 static void test_create_several_items(void **state)
 {
-    ews_item items[3] = { appointment(100), appointment(101), appointment(102) };
+    outlook_item items[3] = { appointment(100), appointment(101), appointment(102) };
     built b = { 0 };
 
     (void)state;
@@ -527,7 +527,7 @@ static void test_create_several_items(void **state)
     check_count(b.doc, CREATE "/m:SavedItemFolderId", 1);
     built_free(&b);
 
-    ews_item tasks[2] = { task(200), task(201) };
+    outlook_item tasks[2] = { task(200), task(201) };
     tasks[1].task_completed = true;
     b.xml = ews_request_create_items(&delegating, tasks, 2, &b.len);
     check_built(&b);
@@ -540,9 +540,9 @@ static void test_create_several_items(void **state)
 
 static void test_create_refuses_mixed_kinds_and_bad_arguments(void **state)
 {
-    ews_item mixed[2] = { appointment(1), task(1) };
-    ews_item one = appointment(1);
-    ews_item bad;
+    outlook_item mixed[2] = { appointment(1), task(1) };
+    outlook_item one = appointment(1);
+    outlook_item bad;
     ews_request_options no_mailbox = impersonating;
     ews_request_options no_version = impersonating;
     size_t len = 12345;
@@ -564,10 +564,10 @@ static void test_create_refuses_mixed_kinds_and_bad_arguments(void **state)
     assert_null(ews_request_create_items(&no_version, &one, 1, &len));
 
     bad = one;
-    bad.kind = (ews_item_kind)5;
+    bad.kind = (outlook_item_kind)5;
     assert_null(ews_request_create_items(&impersonating, &bad, 1, &len));
     bad = one;
-    bad.importance = (ews_importance)9;
+    bad.importance = (outlook_importance)9;
     assert_null(ews_request_create_items(&impersonating, &bad, 1, &len));
     bad = one;
     bad.reminder_minutes = -1;
@@ -629,7 +629,7 @@ static char *updated_fields(xmlDocPtr doc)
 
 static void test_update_appointment(void **state)
 {
-    ews_item item = appointment(42);
+    outlook_item item = appointment(42);
     built b = { 0 };
     char *fields;
 
@@ -672,7 +672,7 @@ static void test_update_appointment(void **state)
 
 static void test_update_appointment_time_zone_delegate(void **state)
 {
-    ews_item item = appointment(42);
+    outlook_item item = appointment(42);
     built b = { 0 };
     char *fields;
 
@@ -698,7 +698,7 @@ static void test_update_appointment_time_zone_delegate(void **state)
 
 static void test_update_task(void **state)
 {
-    ews_item item = task(9);
+    outlook_item item = task(9);
     built b = { 0 };
     char *fields;
 
@@ -745,9 +745,9 @@ static void test_update_task(void **state)
 
 static void test_update_refuses_bad_arguments(void **state)
 {
-    ews_item item = appointment(1);
-    ews_item_ref no_id = { NULL, "ck" };
-    ews_item_ref empty_id = { "", NULL };
+    outlook_item item = appointment(1);
+    outlook_item_ref no_id = { NULL, "ck" };
+    outlook_item_ref empty_id = { "", NULL };
     size_t len;
 
     (void)state;
@@ -760,8 +760,8 @@ static void test_update_refuses_bad_arguments(void **state)
 
 /* ---- DeleteItem --------------------------------------------------------------- */
 
-static void check_delete(const ews_request_options *opt, ews_item_kind kind,
-                         const ews_item_ref *ref)
+static void check_delete(const ews_request_options *opt, outlook_item_kind kind,
+                         const outlook_item_ref *ref)
 {
     built b = { 0 };
 
@@ -785,17 +785,17 @@ static void test_delete(void **state)
     size_t len;
 
     (void)state;
-    check_delete(&impersonating, EWS_ITEM_APPOINTMENT, &ref_with_key);
-    check_delete(&delegating, EWS_ITEM_APPOINTMENT, &ref_without_key);
-    check_delete(&impersonating, EWS_ITEM_TASK, &ref_without_key);
-    check_delete(&delegating, EWS_ITEM_TASK, &ref_with_key);
-    assert_null(ews_request_delete_item(&impersonating, (ews_item_kind)3, &ref_with_key, &len));
-    assert_null(ews_request_delete_item(&impersonating, EWS_ITEM_TASK, NULL, &len));
+    check_delete(&impersonating, OUTLOOK_APPOINTMENT, &ref_with_key);
+    check_delete(&delegating, OUTLOOK_APPOINTMENT, &ref_without_key);
+    check_delete(&impersonating, OUTLOOK_TASK, &ref_without_key);
+    check_delete(&delegating, OUTLOOK_TASK, &ref_with_key);
+    assert_null(ews_request_delete_item(&impersonating, (outlook_item_kind)3, &ref_with_key, &len));
+    assert_null(ews_request_delete_item(&impersonating, OUTLOOK_TASK, NULL, &len));
 }
 
 /* ---- FindItem ----------------------------------------------------------------- */
 
-static void check_find(const ews_request_options *opt, ews_item_kind kind, int64_t log_id,
+static void check_find(const ews_request_options *opt, outlook_item_kind kind, int64_t log_id,
                        const char *tag, const char *folder)
 {
     built b = { 0 };
@@ -821,11 +821,11 @@ static void test_find(void **state)
     size_t len;
 
     (void)state;
-    check_find(&impersonating, EWS_ITEM_APPOINTMENT, 42, "contactlog:42:appointment", "calendar");
-    check_find(&delegating, EWS_ITEM_APPOINTMENT, 43, "contactlog:43:appointment", "calendar");
-    check_find(&impersonating, EWS_ITEM_TASK, 44, "contactlog:44:task", "tasks");
-    check_find(&delegating, EWS_ITEM_TASK, INT64_MAX, "contactlog:9223372036854775807:task", "tasks");
-    assert_null(ews_request_find_item(&impersonating, (ews_item_kind)2, 1, &len));
+    check_find(&impersonating, OUTLOOK_APPOINTMENT, 42, "contactlog:42:appointment", "calendar");
+    check_find(&delegating, OUTLOOK_APPOINTMENT, 43, "contactlog:43:appointment", "calendar");
+    check_find(&impersonating, OUTLOOK_TASK, 44, "contactlog:44:task", "tasks");
+    check_find(&delegating, OUTLOOK_TASK, INT64_MAX, "contactlog:9223372036854775807:task", "tasks");
+    assert_null(ews_request_find_item(&impersonating, (outlook_item_kind)2, 1, &len));
 }
 
 /* ---- GetFolder ---------------------------------------------------------------- */
@@ -864,18 +864,18 @@ static void test_hostile_strings(void **state)
         .mailbox = "o'brien+<test>&co\"@example.com",
         .impersonation = true,
     };
-    ews_item_ref ref = { "id\"<>&'", "key ]]> \xF0\x9F\x98\x80" };
+    outlook_item_ref ref = { "id\"<>&'", "key ]]> \xF0\x9F\x98\x80" };
     built b = { 0 };
 
     (void)state;
-    for (int kind = EWS_ITEM_APPOINTMENT; kind <= EWS_ITEM_TASK; kind++) {
-        ews_item item = kind == EWS_ITEM_TASK ? task(5) : appointment(5);
+    for (int kind = OUTLOOK_APPOINTMENT; kind <= OUTLOOK_TASK; kind++) {
+        outlook_item item = kind == OUTLOOK_TASK ? task(5) : appointment(5);
         item.subject = HOSTILE_SUBJECT;
         item.body_html = HOSTILE_BODY;
         item.time_zone = "Zone \"<&>' \xE2\x80\x8F";
         for (int impersonate = 0; impersonate <= 1; impersonate++) {
             odd.impersonation = impersonate;
-            const char *item_path = kind == EWS_ITEM_TASK ? TASK : CAL;
+            const char *item_path = kind == OUTLOOK_TASK ? TASK : CAL;
             char path[256];
 
             b.xml = ews_request_create_items(&odd, &item, 1, &b.len);
@@ -888,7 +888,7 @@ static void test_hostile_strings(void **state)
             check_xpath(b.doc, path, HOSTILE_SUBJECT);
             snprintf(path, sizeof path, "%s/t:Body", item_path);
             check_xpath(b.doc, path, HOSTILE_BODY);
-            if (kind == EWS_ITEM_APPOINTMENT)
+            if (kind == OUTLOOK_APPOINTMENT)
                 check_xpath(b.doc, CAL "/t:StartTimeZone/@Id", item.time_zone);
             if (impersonate)
                 check_xpath(b.doc, IMPERSONATED, odd.mailbox);
@@ -904,12 +904,12 @@ static void test_hostile_strings(void **state)
             check_xpath(b.doc, SET "[t:FieldURI/@FieldURI='item:Subject']/*/t:Subject", HOSTILE_SUBJECT);
             built_free(&b);
 
-            b.xml = ews_request_delete_item(&odd, (ews_item_kind)kind, &ref, &b.len);
+            b.xml = ews_request_delete_item(&odd, (outlook_item_kind)kind, &ref, &b.len);
             check_built(&b);
             check_xpath(b.doc, DELETE "/m:ItemIds/t:ItemId/@Id", ref.item_id);
             built_free(&b);
 
-            b.xml = ews_request_find_item(&odd, (ews_item_kind)kind, 5, &b.len);
+            b.xml = ews_request_find_item(&odd, (outlook_item_kind)kind, 5, &b.len);
             check_built(&b);
             built_free(&b);
 
@@ -927,7 +927,7 @@ static void test_one_megabyte_body(void **state)
     size_t total = 1024 * 1024;
     char *body = malloc(total + chunk_len + 1);
     size_t used = 0;
-    ews_item item = appointment(77);
+    outlook_item item = appointment(77);
     built b = { 0 };
 
     (void)state;
@@ -956,7 +956,7 @@ static void test_one_megabyte_body(void **state)
 
 static void test_extreme_times(void **state)
 {
-    ews_item item = appointment(1);
+    outlook_item item = appointment(1);
     built b = { 0 };
 
     (void)state;
@@ -991,7 +991,7 @@ static char *mutated(const char *xml, const char *from, const char *to)
 /* The checker itself must be able to say no, or every "validates" above is hollow. */
 static void test_validator_rejects_broken_requests(void **state)
 {
-    ews_item item = appointment(1);
+    outlook_item item = appointment(1);
     char err[512];
     size_t len;
     char *xml, *bad;

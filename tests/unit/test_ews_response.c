@@ -17,9 +17,9 @@
 
 #include <libxml/parser.h>
 
-#include "ews_errors.h"
-#include "ews_item.h"
-#include "ews_response.h"
+#include "daemon/outlook_item.h"
+#include "ews/ews_errors.h"
+#include "ews/ews_response.h"
 
 #define NS_S "http://schemas.xmlsoap.org/soap/envelope/"
 #define NS_M "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -34,8 +34,8 @@
     "Version=\"V2017_07_11\"/></s:Header>"
 #define OPERATION_NS "xmlns:m=\"" NS_M "\" xmlns:t=\"" NS_T "\""
 #define OUR_URI                                                                            \
-    "<t:ExtendedFieldURI PropertySetId=\"" EWS_PROPERTY_SET_ID "\" PropertyName=\""        \
-    EWS_PROPERTY_NAME "\" PropertyType=\"String\"/>"
+    "<t:ExtendedFieldURI PropertySetId=\"" OUTLOOK_TAG_PROPERTY_SET_ID "\" PropertyName=\""        \
+    OUTLOOK_TAG_PROPERTY_NAME "\" PropertyType=\"String\"/>"
 
 static const char create_success[] =
     XML_DECL ENVELOPE_OPEN SERVER_VERSION_HEADER
@@ -135,16 +135,16 @@ static const char find_two[] =
     "<Items xmlns=\"" NS_T "\">"
     "<Task><ItemId Id=\"ID-A\" ChangeKey=\"CK-A\"/>"
     "<ExtendedProperty><ExtendedFieldURI PropertySetId=\"6F1C3E2A-8B4D-4F5E-9A7C-2D3B1E0F4A86\" "
-    "PropertyName=\"" EWS_PROPERTY_NAME "\" PropertyType=\"String\"/>"
+    "PropertyName=\"" OUTLOOK_TAG_PROPERTY_NAME "\" PropertyType=\"String\"/>"
     "<Value>contactlog:7:task</Value></ExtendedProperty></Task>"
     "<Task><ItemId Id=\"ID-B\"/>"
     "<ExtendedProperty><ExtendedFieldURI PropertySetId=\"00020329-0000-0000-C000-000000000046\" "
-    "PropertyName=\"" EWS_PROPERTY_NAME "\" PropertyType=\"String\"/><Value>spoof</Value></ExtendedProperty>"
-    "<ExtendedProperty><ExtendedFieldURI PropertySetId=\"" EWS_PROPERTY_SET_ID "\" "
-    "PropertyName=\"" EWS_PROPERTY_NAME "\" PropertyType=\"String\"/>"
+    "PropertyName=\"" OUTLOOK_TAG_PROPERTY_NAME "\" PropertyType=\"String\"/><Value>spoof</Value></ExtendedProperty>"
+    "<ExtendedProperty><ExtendedFieldURI PropertySetId=\"" OUTLOOK_TAG_PROPERTY_SET_ID "\" "
+    "PropertyName=\"" OUTLOOK_TAG_PROPERTY_NAME "\" PropertyType=\"String\"/>"
     "<Value>\n  contactlog:7:task  \n</Value></ExtendedProperty></Task>"
     "<Task><ItemId Id=\"ID-C\" ChangeKey=\"CK-C\"/>"
-    "<ExtendedProperty><ExtendedFieldURI PropertySetId=\"" EWS_PROPERTY_SET_ID "\" "
+    "<ExtendedProperty><ExtendedFieldURI PropertySetId=\"" OUTLOOK_TAG_PROPERTY_SET_ID "\" "
     "PropertyName=\"SomethingElse\" PropertyType=\"String\"/><Value>x</Value></ExtendedProperty></Task>"
     "</Items></RootFolder>"
     "</FindItemResponseMessage></ResponseMessages></FindItemResponse></s:Body></s:Envelope>";

@@ -14,34 +14,34 @@
 
 #include <cmocka.h>
 
-#include "graph_json.h"
-#include "http_client.h"
-#include "timezone.h"
+#include "daemon/timezone.h"
+#include "graph/graph_json.h"
+#include "http/http_client.h"
 
 /* 2025-03-01T09:00:00Z and 09:30. */
 #define T_START INT64_C(1740819600)
 #define T_END INT64_C(1740821400)
 
-static const ews_item appointment = {
-    .kind = EWS_ITEM_APPOINTMENT,
+static const outlook_item appointment = {
+    .kind = OUTLOOK_APPOINTMENT,
     .log_id = 42,
     .subject = "Call back \"soon\" / <today>",
     .body_html = "<p>Ada &amp; Grace</p><a href=\"https://crm.example.org/contact-logs/42\">x</a>",
     .start = T_START,
     .end = T_END,
     .reminder_minutes = 15,
-    .importance = EWS_IMPORTANCE_HIGH,
+    .importance = OUTLOOK_IMPORTANCE_HIGH,
     .time_zone = "W. Europe Standard Time",
     .link = "https://crm.example.org/contact-logs/42",
 };
 
-static const ews_item task = {
-    .kind = EWS_ITEM_TASK,
+static const outlook_item task = {
+    .kind = OUTLOOK_TASK,
     .log_id = 7,
     .subject = "Ring back",
     .body_html = "<p>Body</p>",
     .start = T_START,
-    .importance = EWS_IMPORTANCE_LOW,
+    .importance = OUTLOOK_IMPORTANCE_LOW,
     .task_completed = true,
     .link = "https://crm.example.org/contact-logs/7",
 };
@@ -110,9 +110,9 @@ static void test_event_body(void **state)
     assert_false(json_object_object_get_ex(e, "attendees", &unused));
     json_object_put(e);
 
-    ews_item no_zone = appointment;
+    outlook_item no_zone = appointment;
     no_zone.time_zone = NULL;
-    no_zone.importance = EWS_IMPORTANCE_NORMAL;
+    no_zone.importance = OUTLOOK_IMPORTANCE_NORMAL;
     e = round_trip(graph_json_event(&no_zone));
     assert_false(json_object_object_get_ex(e, "originalStartTimeZone", &unused));
     has(e, "importance", "normal");
@@ -139,7 +139,7 @@ static void test_task_body(void **state)
     has(t, "linkedResources.0.externalId", "contactlog:7:task");
     json_object_put(t);
 
-    ews_item open_task = task;
+    outlook_item open_task = task;
     open_task.task_completed = false;
     t = round_trip(graph_json_task(&open_task, false));   /* PATCH: no linkedResources */
     has(t, "status", "notStarted");
@@ -150,7 +150,7 @@ static void test_task_body(void **state)
     /* SPEC section 3 on Graph: the due day at midnight in the employee's zone (here a
      * follow-up at 2030-05-04 00:30 in Berlin, 22:30 UTC the day before); the reminder
      * stays the follow-up's UTC instant. */
-    ews_item berlin = task;
+    outlook_item berlin = task;
     berlin.start = INT64_C(1904077800);
     berlin.time_zone = "W. Europe Standard Time";
     berlin.has_due_day = true;
@@ -354,7 +354,7 @@ static void test_batch(void **state)
     assert_int_equal(graph_json_parse_batch("{}", 2, &r, &n, err, sizeof err), -1);
 }
 
-/* The one Retry-After parser (ews/http_client.c), as the HTTP header of an answer and
+/* The one Retry-After parser (http/http_client.c), as the HTTP header of an answer and
  * a $batch member's header both use it: delay-seconds and all three HTTP-date forms. */
 static void test_retry_after(void **state)
 {

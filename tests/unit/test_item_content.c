@@ -8,8 +8,8 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "item_content.h"
-#include "timezone.h"
+#include "daemon/item_content.h"
+#include "daemon/timezone.h"
 
 static reconcile_settings default_settings(void)
 {
@@ -38,12 +38,12 @@ static void appointment_fields(void **state)
     reconcile_log log = sample_log();
     item_content c;
 
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_APPOINTMENT, false, &c), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_APPOINTMENT, false, &c), 0);
     assert_string_equal(c.item.subject, "Call back");
     assert_int_equal(c.item.start, 1900000000);
     assert_int_equal(c.item.end, 1900000000 + 30 * 60);
     assert_int_equal(c.item.reminder_minutes, 15);
-    assert_int_equal(c.item.importance, EWS_IMPORTANCE_HIGH);
+    assert_int_equal(c.item.importance, OUTLOOK_IMPORTANCE_HIGH);
     assert_string_equal(c.item.time_zone, "W. Europe Standard Time");
     assert_non_null(strstr(c.body_html, "href=\"https://crm.example.org/contact-logs/42\""));
     assert_non_null(strstr(c.body_html, "Ada Lovelace"));
@@ -62,16 +62,16 @@ static void hash_follows_content(void **state)
     reconcile_log log = sample_log();
     item_content a, b;
 
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, &a), 0);
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, &b), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_TASK, false, &a), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_TASK, false, &b), 0);
     assert_string_equal(a.hash, b.hash);
     item_content_clear(&b);
     log.next_contact_at += 60;
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, &b), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_TASK, false, &b), 0);
     assert_string_not_equal(a.hash, b.hash);
     item_content_clear(&b);
     log.next_contact_at -= 60;
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, true, &b), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_TASK, true, &b), 0);
     assert_string_not_equal(a.hash, b.hash);
     assert_true(b.item.task_completed);
     item_content_clear(&b);
@@ -152,14 +152,14 @@ static void link_only_http(void **state)
     s.link_template = "javascript:alert(1)//{id}";
     reconcile_log log = sample_log();
     item_content c;
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_APPOINTMENT, false, &c), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_APPOINTMENT, false, &c), 0);
     assert_null(strstr(c.body_html, "javascript"));
     assert_non_null(strstr(c.body_html, "https://crm.example.org/contact-logs/42"));
     item_content_clear(&c);
 
     /* Quotes in a template cannot break out of the href attribute. */
     s.link_template = "https://crm/{id}\"onmouseover=\"x";
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_APPOINTMENT, false, &c), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_APPOINTMENT, false, &c), 0);
     assert_null(strstr(c.body_html, "\"onmouseover"));
     assert_non_null(strstr(c.body_html, "&quot;onmouseover=&quot;x"));
     item_content_clear(&c);
@@ -176,7 +176,7 @@ static void large_reason(void **state)
     reconcile_log log = sample_log();
     log.reason = reason;
     item_content c;
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, &c), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_TASK, false, &c), 0);
     assert_int_equal(strlen(c.item.subject), ITEM_SUBJECT_MAX_UTF16);
     assert_true(strlen(c.body_html) > n);
     item_content_clear(&c);
@@ -194,7 +194,7 @@ static void build_task(const char *zone, int64_t at, item_content *c)
 
     s.time_zone = zone;
     log.next_contact_at = at;
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_TASK, false, c), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_TASK, false, c), 0);
     assert_true(c->item.has_due_day);
     /* The reminder stays at the follow-up itself. */
     assert_int_equal(c->item.start, at);
@@ -283,7 +283,7 @@ static void due_date_default_zone(void **state)
     /* Appointments are untouched: their zone is StartTimeZone, no due day. */
     reconcile_settings s = default_settings();
     reconcile_log log = sample_log();
-    assert_int_equal(item_content_build(&log, &s, EWS_ITEM_APPOINTMENT, false, &c), 0);
+    assert_int_equal(item_content_build(&log, &s, OUTLOOK_APPOINTMENT, false, &c), 0);
     assert_false(c.item.has_due_day);
     item_content_clear(&c);
 }

@@ -6,11 +6,11 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "reconcile.h"
+#include "daemon/reconcile.h"
 
 #define NOW 1800000000
-#define APPT EWS_ITEM_APPOINTMENT
-#define TASK EWS_ITEM_TASK
+#define APPT OUTLOOK_APPOINTMENT
+#define TASK OUTLOOK_TASK
 
 static reconcile_settings settings(bool calendar, bool tasks, bool sync)
 {
@@ -29,7 +29,7 @@ static reconcile_log new_log(void)
 
 static const char *const hashes[RECONCILE_KINDS] = {"hA", "hT"};
 
-static void have(reconcile_log *log, ews_item_kind kind, const char *hash)
+static void have(reconcile_log *log, outlook_item_kind kind, const char *hash)
 {
     log->current[kind] = (reconcile_current){.present = true, .mailbox = "a@x",
                                              .item_id = "ID", .content_hash = hash};

@@ -48,6 +48,10 @@ typedef struct http_response {
 
 typedef void (*http_done_fn)(const http_response *response, void *userdata);
 
+/* Once per process, before any other thread exists (libcurl's global state). */
+void http_global_init(void);
+void http_global_cleanup(void);
+
 http_client *http_client_new(sd_event *event) __attribute__((warn_unused_result));
 void http_client_free(http_client *client);   /* aborts in-flight requests silently */
 

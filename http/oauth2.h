@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
-#include "config.h"
+#include "daemon/config.h"
 
 typedef struct oauth2_client oauth2_client;
 

@@ -2,7 +2,7 @@
  * POST token_url (application/x-www-form-urlencoded): grant_type=client_credentials,
  * client_id, client_secret, scope. The answer's access_token is kept until
  * expires_in minus a tenth of it (at most 5 minutes early). */
-#include "oauth2.h"
+#include "http/oauth2.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -14,8 +14,8 @@
 #include <curl/curl.h>
 #include <json-c/json.h>
 
-#include "http_client.h"
-#include "log.h"
+#include "daemon/log.h"
+#include "http/http_client.h"
 
 #define TOKEN_RESPONSE_MAX_BYTES (256u * 1024u)
 #define EARLY_RENEWAL_MAX_SECONDS 300

@@ -2,8 +2,8 @@
  * libcurl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to
  * wake (CURLMOPT_TIMERFUNCTION); we turn those into sd_event sources and hand
  * events back with curl_multi_socket_action. */
-#include "http_client.h"
-#include "loop_timer.h"
+#include "http/http_client.h"
+#include "http/loop_timer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -53,6 +53,16 @@ static void free_settings(http_settings *s)
     }
     free((char *)s->ca_file);
     memset(s, 0, sizeof *s);
+}
+
+void http_global_init(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+void http_global_cleanup(void)
+{
+    curl_global_cleanup();
 }
 
 static char *dup_or_null(const char *s)

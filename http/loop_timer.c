@@ -1,5 +1,5 @@
 /* loop_timer — see loop_timer.h. */
-#include "loop_timer.h"
+#include "http/loop_timer.h"
 
 #include <errno.h>
 #include <stdlib.h>

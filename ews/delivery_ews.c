@@ -1,7 +1,7 @@
 /* delivery_ews — the delivery interface spoken as Exchange Web Services: builds the
  * SOAP request (ews_request), posts it (http_client), parses the answer
  * (ews_response) and classifies it (ews_errors) into a delivery_result. */
-#include "delivery.h"
+#include "ews/delivery_ews.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -12,12 +12,12 @@
 
 #include <openssl/sha.h>
 
-#include "ews_request.h"
-#include "ews_response.h"
-#include "http_client.h"
-#include "log.h"
-#include "loop_timer.h"
-#include "oauth2.h"
+#include "daemon/log.h"
+#include "ews/ews_request.h"
+#include "ews/ews_response.h"
+#include "http/http_client.h"
+#include "http/loop_timer.h"
+#include "http/oauth2.h"
 
 struct ews_backend;
 
@@ -32,7 +32,7 @@ typedef struct ews_call {
     delivery_done_fn done;
     void *userdata;
     char *mailbox;
-    const ews_item *item;        /* create: owned by the caller until done */
+    const outlook_item *item;        /* create: owned by the caller until done */
     char *body;                  /* other kinds: the request, built when asked */
     size_t len;
     struct ews_call *next;       /* in the waiting queue */
@@ -131,12 +131,6 @@ static void ews_free(void *impl)
     free(b->url);
     free(b->server_version);
     free(b);
-}
-
-static size_t ews_in_flight(void *impl)
-{
-    ews_backend *b = impl;
-    return b->in_flight;
 }
 
 static http_auth auth_from_config(config_auth auth)
@@ -319,7 +313,7 @@ static void post_free(ews_post *post)
 /* What one response message says about the call it answers. */
 static void classify_message(const ews_response_message *m, ews_call_kind kind,
                              delivery_result *r, char *reason, size_t reason_size, char *code,
-                             size_t code_size, ews_item_ref **found)
+                             size_t code_size, outlook_item_ref **found)
 {
     snprintf(code, code_size, "%s", m->response_code);
     if (m->response_class == EWS_CLASS_ERROR) {
@@ -369,7 +363,7 @@ static void finish_post(ews_post *post, const delivery_result *common,
     for (size_t i = 0; i < post->n_calls; i++) {
         ews_call *call = post->calls[i];
         delivery_result r = common ? *common : (delivery_result){.retry_after_ms = -1};
-        ews_item_ref *found = NULL;
+        outlook_item_ref *found = NULL;
         char reason[1024], code[64];
         if (!common) {
             /* Response messages come in the order of the items sent. */
@@ -581,7 +575,7 @@ static bool build_post_body(ews_backend *b, ews_post *post)
         post->calls[0]->body = NULL;
         return post->body != NULL;
     }
-    ews_item *items = calloc(post->n_calls, sizeof *items);
+    outlook_item *items = calloc(post->n_calls, sizeof *items);
     if (!items)
         return false;
     for (size_t i = 0; i < post->n_calls; i++)
@@ -663,7 +657,7 @@ static void on_flush(void *userdata)
 /* Queues a call. It leaves on a later loop turn, so that creates queued in this one
  * for the same mailbox travel together. */
 static int queue_call(ews_backend *b, ews_call_kind kind, const char *mailbox, char *body,
-                      size_t len, const ews_item *item, delivery_done_fn done, void *userdata)
+                      size_t len, const outlook_item *item, delivery_done_fn done, void *userdata)
 {
     if (kind != CALL_CREATE && !body)
         return -ENOMEM;
@@ -699,7 +693,7 @@ static ews_request_options options_for(const ews_backend *b, const char *mailbox
                                  .impersonation = b->impersonation};
 }
 
-static int ews_find(void *impl, const char *mailbox, ews_item_kind kind, int64_t log_id,
+static int ews_find(void *impl, const char *mailbox, outlook_item_kind kind, int64_t log_id,
                     delivery_done_fn done, void *userdata)
 {
     ews_backend *b = impl;
@@ -709,14 +703,14 @@ static int ews_find(void *impl, const char *mailbox, ews_item_kind kind, int64_t
     return queue_call(b, CALL_FIND, mailbox, body, len, NULL, done, userdata);
 }
 
-static int ews_create(void *impl, const char *mailbox, const ews_item *item,
+static int ews_create(void *impl, const char *mailbox, const outlook_item *item,
                       delivery_done_fn done, void *userdata)
 {
     return queue_call(impl, CALL_CREATE, mailbox, NULL, 0, item, done, userdata);
 }
 
-static int ews_update(void *impl, const char *mailbox, const ews_item_ref *ref,
-                      const ews_item *item, delivery_done_fn done, void *userdata)
+static int ews_update(void *impl, const char *mailbox, const outlook_item_ref *ref,
+                      const outlook_item *item, delivery_done_fn done, void *userdata)
 {
     ews_backend *b = impl;
     ews_request_options opt = options_for(b, mailbox);
@@ -725,8 +719,8 @@ static int ews_update(void *impl, const char *mailbox, const ews_item_ref *ref,
     return queue_call(b, CALL_UPDATE, mailbox, body, len, NULL, done, userdata);
 }
 
-static int ews_remove(void *impl, const char *mailbox, ews_item_kind kind,
-                      const ews_item_ref *ref, delivery_done_fn done, void *userdata)
+static int ews_remove(void *impl, const char *mailbox, outlook_item_kind kind,
+                      const outlook_item_ref *ref, delivery_done_fn done, void *userdata)
 {
     ews_backend *b = impl;
     ews_request_options opt = options_for(b, mailbox);
@@ -761,7 +755,6 @@ const delivery_ops delivery_ews_ops = {
     .update = ews_update,
     .remove = ews_remove,
     .configure = ews_configure,
-    .in_flight = ews_in_flight,
     .free = ews_free,
 };
 
