@@ -1,0 +1,106 @@
+-- Views on followupd's queue, for followupctl (status, failed, mailboxes), the
+-- daemon's STATUS= line, monitoring and tests. Replaced on every run.
+
+-- Each log's place in the queue, for followupctl, monitoring and tests.
+CREATE OR REPLACE VIEW contactlog.followupd_log_state AS
+SELECT coalesce(q.contact_log_id, s.contact_log_id) AS contact_log_id,
+       coalesce(s.version, q.synced_version) AS version,
+       coalesce(q.synced_version, 0) AS synced_version,
+       coalesce(q.failed_version IS NOT NULL
+                AND q.failed_version >= coalesce(s.version, q.failed_version), false) AS failed,
+       (coalesce(s.version, 0) > coalesce(q.synced_version, 0)
+        OR coalesce(q.redo > q.synced_redo, false)) AS dirty,
+       coalesce(q.attempts, 0) AS attempts,
+       q.last_error, q.last_error_at, q.next_attempt_at, q.not_before,
+       q.claimed_by, q.claimed_until, q.delivered_at, s.changed_at
+FROM contactlog.outlook_queue q
+FULL JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id;
+
+-- The queue's depth for sd_notify STATUS= (every few seconds): read from the
+-- outbox, which holds the backlog only, and from partial indexes of the daemon's
+-- table; its cost follows the backlog, never the history.
+CREATE OR REPLACE VIEW contactlog.followupd_queue_depth AS
+SELECT (SELECT count(*)
+        FROM contactlog.outlook_sync s
+        LEFT JOIN contactlog.outlook_queue q ON q.contact_log_id = s.contact_log_id
+        WHERE q.contact_log_id IS NULL
+           OR (s.version > q.synced_version
+               AND (q.failed_version IS NULL OR q.failed_version < s.version)))
+     + (SELECT count(*)
+        FROM contactlog.outlook_queue q
+        WHERE q.redo > q.synced_redo
+          AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_sync s
+                          WHERE s.contact_log_id = q.contact_log_id
+                            AND s.version > q.synced_version))                AS pending,
+       (SELECT count(*)
+        FROM contactlog.outlook_queue q
+        LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id
+        WHERE q.failed_version IS NOT NULL
+          AND q.failed_version >= coalesce(s.version, q.failed_version))       AS failed;
+
+-- Queue figures for followupctl status.
+CREATE OR REPLACE VIEW contactlog.followupd_status AS
+SELECT d.pending,
+       (SELECT count(*) FROM contactlog.outlook_queue
+        WHERE claimed_until > now())                                            AS in_flight,
+       d.failed,
+       (SELECT count(*) FROM contactlog.outlook_item WHERE item_id IS NOT NULL) AS delivered,
+       (SELECT extract(epoch FROM now() - min(s.changed_at))::bigint
+        FROM contactlog.outlook_sync s
+        LEFT JOIN contactlog.outlook_queue q ON q.contact_log_id = s.contact_log_id
+        WHERE q.contact_log_id IS NULL
+           OR (s.version > q.synced_version
+               AND (q.failed_version IS NULL OR q.failed_version < s.version))) AS oldest_pending_seconds,
+       (SELECT last_error FROM contactlog.outlook_queue
+        WHERE last_error IS NOT NULL ORDER BY last_error_at DESC NULLS LAST LIMIT 1) AS last_error
+FROM contactlog.followupd_queue_depth d;
+
+-- followupctl failed: the parked logs (postfix's mailq), each with the mailbox
+-- its items are (or would be) in and why it was parked.
+CREATE OR REPLACE VIEW contactlog.followupd_failed AS
+SELECT st.contact_log_id,
+       coalesce((SELECT min(i.mailbox) FROM contactlog.outlook_item i
+                 WHERE i.contact_log_id = st.contact_log_id), e.email) AS mailbox,
+       st.attempts,
+       st.last_error AS reason,
+       st.last_error_at AS failed_at
+FROM contactlog.followupd_log_state st
+LEFT JOIN contactlog.contact_log l ON l.id = st.contact_log_id
+LEFT JOIN contactlog.employee e ON e.id = l.created_by
+WHERE st.failed;
+
+-- followupctl mailboxes: per mailbox (the creator's email, or where a log's items
+-- are), which staff members' Outlook is not being served and why. A throttling
+-- hold is in the daemon's memory only, so it is not here.
+CREATE OR REPLACE VIEW contactlog.followupd_mailboxes AS
+WITH logs AS (
+    SELECT coalesce((SELECT min(i.mailbox) FROM contactlog.outlook_item i
+                     WHERE i.contact_log_id = st.contact_log_id), e.email) AS mailbox,
+           st.dirty, st.failed, st.delivered_at, st.last_error, st.last_error_at
+    FROM contactlog.followupd_log_state st
+    LEFT JOIN contactlog.contact_log l ON l.id = st.contact_log_id
+    LEFT JOIN contactlog.employee e ON e.id = l.created_by
+), per_log AS (
+    SELECT mailbox,
+           count(*) FILTER (WHERE dirty AND NOT failed) AS pending,
+           count(*) FILTER (WHERE failed) AS failed,
+           max(delivered_at) AS last_success,
+           (array_agg(last_error ORDER BY last_error_at DESC NULLS LAST)
+                FILTER (WHERE last_error IS NOT NULL))[1] AS last_error,
+           max(last_error_at) FILTER (WHERE last_error IS NOT NULL) AS last_error_at
+    FROM logs
+    WHERE mailbox IS NOT NULL
+    GROUP BY mailbox
+), items AS (
+    SELECT mailbox, count(*) AS items_held
+    FROM contactlog.outlook_item
+    WHERE item_id IS NOT NULL
+    GROUP BY mailbox
+)
+SELECT coalesce(p.mailbox, i.mailbox) AS mailbox,
+       coalesce(i.items_held, 0) AS items_held,
+       coalesce(p.pending, 0) AS pending,
+       coalesce(p.failed, 0) AS failed,
+       p.last_success, p.last_error, p.last_error_at
+FROM per_log p
+FULL JOIN items i ON i.mailbox = p.mailbox;
