@@ -48,7 +48,9 @@ WITH defaults (name, default_value, rule) AS (
            ('AppointmentDurationInMinutes', '30', 'minutes_1_10080'),
            ('ReminderMinutesBeforeStart',   '15', 'minutes_0_40320'),
            ('LinkUrlTemplate',              'https://crm.example.org/contact-logs/{id}', 'link'),
-           ('SyncUpdates',                  '1',  'flag')
+           ('SyncUpdates',                  '1',  'flag'),
+           ('FollowUpMailbox',              'creator', 'mailbox'),
+           ('SyncFromOutlook',              '0',  'flag')
 ), checked AS (
     SELECT d.name, d.default_value, a.value, d.rule,
            CASE
@@ -66,6 +68,8 @@ WITH defaults (name, default_value, rule) AS (
                WHEN d.rule = 'text' THEN NULL
                WHEN d.rule = 'flag' AND a.value NOT IN ('0', '1')
                    THEN 'must be 0 or 1'
+               WHEN d.rule = 'mailbox' AND btrim(a.value) NOT IN ('creator', 'owner')
+                   THEN 'must be creator or owner'
                WHEN d.rule LIKE 'minutes_%' AND a.value !~ '^\s*[0-9]{1,6}\s*$'
                    THEN 'must be a whole number of minutes'
                WHEN d.rule = 'minutes_1_10080' AND NOT a.value::int BETWEEN 1 AND 10080

@@ -420,7 +420,9 @@ WITH defaults (name, default_value, rule) AS (
            ('AppointmentDurationInMinutes', '30', 'minutes_1_10080'),
            ('ReminderMinutesBeforeStart',   '15', 'minutes_0_40320'),
            ('LinkUrlTemplate',              'https://crm.example.org/contact-logs/{id}', 'link'),
-           ('SyncUpdates',                  '1',  'flag')
+           ('SyncUpdates',                  '1',  'flag'),
+           ('FollowUpMailbox',              'creator', 'mailbox'),
+           ('SyncFromOutlook',              '0',  'flag')
 ), checked AS (
     SELECT d.name, d.default_value, a.value, d.rule,
            CASE
@@ -438,6 +440,8 @@ WITH defaults (name, default_value, rule) AS (
                WHEN d.rule = 'text' THEN NULL
                WHEN d.rule = 'flag' AND a.value NOT IN ('0', '1')
                    THEN 'must be 0 or 1'
+               WHEN d.rule = 'mailbox' AND btrim(a.value) NOT IN ('creator', 'owner')
+                   THEN 'must be creator or owner'
                WHEN d.rule LIKE 'minutes_%' AND a.value !~ '^\s*[0-9]{1,6}\s*$'
                    THEN 'must be a whole number of minutes'
                WHEN d.rule = 'minutes_1_10080' AND NOT a.value::int BETWEEN 1 AND 10080
@@ -1272,7 +1276,11 @@ BEGIN
        AND NEW.forward_to      IS NOT DISTINCT FROM OLD.forward_to
        AND NEW.contact_name    IS NOT DISTINCT FROM OLD.contact_name
        AND NEW.created_by      IS NOT DISTINCT FROM OLD.created_by
-       AND (NEW.status = 'completed') = (OLD.status = 'completed') THEN
+       AND (NEW.status = 'completed') = (OLD.status = 'completed')
+       -- a new owner matters only when the items follow the owner
+       AND (NEW.owner_id IS NOT DISTINCT FROM OLD.owner_id
+            OR (SELECT a.effective_value FROM contactlog.effective_attribute a
+                WHERE a.name = 'FollowUpMailbox') IS DISTINCT FROM 'owner') THEN
         RETURN NULL;   -- nothing Outlook shows has changed (e.g. a lock taken)
     END IF;
 
@@ -1297,6 +1305,34 @@ DROP TRIGGER IF EXISTS contact_log_outlook_dirty ON contactlog.contact_log;
 CREATE TRIGGER contact_log_outlook_dirty
     AFTER INSERT OR UPDATE OR DELETE ON contactlog.contact_log
     FOR EACH ROW EXECUTE FUNCTION contactlog.outlook_mark_dirty();
+
+-- FollowUpMailbox switched (either way, by any means): every log that has items
+-- in Outlook is dirty, so the queue moves them home at its normal pace
+-- (docs/architecture.md "Moves between mailboxes"). Completed logs' items stay.
+CREATE OR REPLACE FUNCTION contactlog.outlook_home_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
+BEGIN
+    IF coalesce(NEW.name, OLD.name) <> 'FollowUpMailbox'
+       OR (TG_OP = 'UPDATE' AND NEW.value IS NOT DISTINCT FROM OLD.value) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO contactlog.outlook_sync AS s (contact_log_id, version, inserted_with_follow_up)
+    SELECT DISTINCT i.contact_log_id, nextval('contactlog.outlook_version_seq'), false
+    FROM contactlog.outlook_item i
+    JOIN contactlog.contact_log l ON l.id = i.contact_log_id AND l.status <> 'completed'
+    ORDER BY 1
+    ON CONFLICT (contact_log_id) DO UPDATE
+        SET version    = nextval('contactlog.outlook_version_seq'),
+            changed_at = now();
+    PERFORM pg_notify('followupd', 'FollowUpMailbox');
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS attribute_outlook_home ON contactlog.attribute;
+CREATE TRIGGER attribute_outlook_home
+    AFTER INSERT OR UPDATE OR DELETE ON contactlog.attribute
+    FOR EACH ROW EXECUTE FUNCTION contactlog.outlook_home_changed();
 
 -- ---- The queue (issue 11: fenced claims; docs/architecture.md "Claiming") ----
 --
@@ -1342,6 +1378,8 @@ $$;
 -- them consistently).
 -- (Its result columns grow now and then: a new row type needs a new function.)
 DROP FUNCTION IF EXISTS contactlog.followupd_claim(integer, integer, text, integer);
+-- (Issue 16 added owner_email and owner_time_zone: a new result type.)
+DROP FUNCTION IF EXISTS contactlog.followupd_claim(integer, integer, text, integer);
 CREATE OR REPLACE FUNCTION contactlog.followupd_claim(batch_size integer,
                                                       lease_seconds integer,
                                                       worker text,
@@ -1358,7 +1396,9 @@ RETURNS TABLE (
     appointment_change_key text, appointment_hash text, appointment_pending boolean,
     task_mailbox text, task_item_id text,
     task_change_key text, task_hash text, task_pending boolean,
-    problem text)
+    problem text,
+    -- the owner, when one who can hold the items (active, with an email address)
+    owner_email text, owner_time_zone text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -1436,13 +1476,16 @@ BEGIN
            -- what this one row cannot do (the log is parked, nothing else waits)
            CASE WHEN NOT isfinite(l.next_contact_at)
                 THEN format('next_contact_at is %s: set a real date and time',
-                            l.next_contact_at) END
+                            l.next_contact_at) END,
+           nullif(btrim(owner.email), ''), owner.time_zone
     FROM contactlog.outlook_queue q
     LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id
     LEFT JOIN contactlog.contact_log l ON l.id = q.contact_log_id
     LEFT JOIN contactlog.employee creator ON creator.id = l.created_by
     LEFT JOIN contactlog.employee assignee ON assignee.id = l.assigned_to
     LEFT JOIN contactlog.employee forwardee ON forwardee.id = l.forward_to
+    LEFT JOIN contactlog.employee owner
+           ON owner.id = l.owner_id AND owner.active AND nullif(btrim(owner.email), '') IS NOT NULL
     LEFT JOIN contactlog.outlook_item ia
            ON ia.contact_log_id = q.contact_log_id AND ia.kind = 'appointment'
     LEFT JOIN contactlog.outlook_item it
@@ -1859,6 +1902,30 @@ SELECT (SELECT count(*)
         WHERE q.failed_version IS NOT NULL
           AND q.failed_version >= coalesce(s.version, q.failed_version))       AS failed;
 
+-- Items not (yet) in their log's home mailbox (docs/architecture.md "Moves between
+-- mailboxes"; the rule of daemon/reconcile.c, stated again for counting): after
+-- FollowUpMailbox is switched or ownership moves, the queue moves them; followupctl
+-- status shows how many are left. Completed logs' items stay where they are, and
+-- with SyncUpdates = 0 nothing moves.
+CREATE OR REPLACE VIEW contactlog.followupd_misplaced AS
+WITH settings AS (
+    SELECT max(effective_value) FILTER (WHERE name = 'FollowUpMailbox') AS follow_up_mailbox,
+           max(effective_value) FILTER (WHERE name = 'SyncUpdates') AS sync_updates
+    FROM contactlog.effective_attribute
+)
+SELECT i.contact_log_id, i.kind, i.mailbox,
+       CASE WHEN st.follow_up_mailbox = 'owner' AND nullif(btrim(owner.email), '') IS NOT NULL
+            THEN btrim(owner.email) ELSE btrim(creator.email) END AS home
+FROM contactlog.outlook_item i
+JOIN contactlog.contact_log l ON l.id = i.contact_log_id AND l.status <> 'completed'
+JOIN contactlog.employee creator ON creator.id = l.created_by
+LEFT JOIN contactlog.employee owner ON owner.id = l.owner_id AND owner.active
+CROSS JOIN settings st
+WHERE st.sync_updates = '1'
+  AND lower(btrim(i.mailbox)) IS DISTINCT FROM
+      lower(CASE WHEN st.follow_up_mailbox = 'owner' AND nullif(btrim(owner.email), '') IS NOT NULL
+                 THEN btrim(owner.email) ELSE btrim(creator.email) END);
+
 -- Queue figures for followupctl status.
 CREATE OR REPLACE VIEW contactlog.followupd_status AS
 SELECT d.pending,
@@ -1873,7 +1940,8 @@ SELECT d.pending,
            OR (s.version > q.synced_version
                AND (q.failed_version IS NULL OR q.failed_version < s.version))) AS oldest_pending_seconds,
        (SELECT last_error FROM contactlog.outlook_queue
-        WHERE last_error IS NOT NULL ORDER BY last_error_at DESC NULLS LAST LIMIT 1) AS last_error
+        WHERE last_error IS NOT NULL ORDER BY last_error_at DESC NULLS LAST LIMIT 1) AS last_error,
+       (SELECT count(*) FROM contactlog.followupd_misplaced)                   AS items_to_move
 FROM contactlog.followupd_queue_depth d;
 
 -- followupctl failed: the parked logs (postfix's mailq), each with the mailbox
@@ -1925,6 +1993,7 @@ SELECT coalesce(p.mailbox, i.mailbox) AS mailbox,
        p.last_success, p.last_error, p.last_error_at
 FROM per_log p
 FULL JOIN items i ON i.mailbox = p.mailbox;
+
 
 -- ======== sql/roles.sql ========
 
@@ -1996,6 +2065,7 @@ REVOKE EXECUTE ON FUNCTION
     contactlog.complete(bigint, bigint),
     contactlog.contact_log_defaults(),
     contactlog.contact_log_check_owner(),
+    contactlog.outlook_home_changed(),
     contactlog.contact_log_tally_add(text, bigint, boolean, bigint),
     contactlog.contact_log_tally_track(),
     contactlog.contact_log_tally_clear(),

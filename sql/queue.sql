@@ -17,7 +17,11 @@ BEGIN
        AND NEW.forward_to      IS NOT DISTINCT FROM OLD.forward_to
        AND NEW.contact_name    IS NOT DISTINCT FROM OLD.contact_name
        AND NEW.created_by      IS NOT DISTINCT FROM OLD.created_by
-       AND (NEW.status = 'completed') = (OLD.status = 'completed') THEN
+       AND (NEW.status = 'completed') = (OLD.status = 'completed')
+       -- a new owner matters only when the items follow the owner
+       AND (NEW.owner_id IS NOT DISTINCT FROM OLD.owner_id
+            OR (SELECT a.effective_value FROM contactlog.effective_attribute a
+                WHERE a.name = 'FollowUpMailbox') IS DISTINCT FROM 'owner') THEN
         RETURN NULL;   -- nothing Outlook shows has changed (e.g. a lock taken)
     END IF;
 
@@ -42,6 +46,34 @@ DROP TRIGGER IF EXISTS contact_log_outlook_dirty ON contactlog.contact_log;
 CREATE TRIGGER contact_log_outlook_dirty
     AFTER INSERT OR UPDATE OR DELETE ON contactlog.contact_log
     FOR EACH ROW EXECUTE FUNCTION contactlog.outlook_mark_dirty();
+
+-- FollowUpMailbox switched (either way, by any means): every log that has items
+-- in Outlook is dirty, so the queue moves them home at its normal pace
+-- (docs/architecture.md "Moves between mailboxes"). Completed logs' items stay.
+CREATE OR REPLACE FUNCTION contactlog.outlook_home_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, contactlog, pg_temp AS $$
+BEGIN
+    IF coalesce(NEW.name, OLD.name) <> 'FollowUpMailbox'
+       OR (TG_OP = 'UPDATE' AND NEW.value IS NOT DISTINCT FROM OLD.value) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO contactlog.outlook_sync AS s (contact_log_id, version, inserted_with_follow_up)
+    SELECT DISTINCT i.contact_log_id, nextval('contactlog.outlook_version_seq'), false
+    FROM contactlog.outlook_item i
+    JOIN contactlog.contact_log l ON l.id = i.contact_log_id AND l.status <> 'completed'
+    ORDER BY 1
+    ON CONFLICT (contact_log_id) DO UPDATE
+        SET version    = nextval('contactlog.outlook_version_seq'),
+            changed_at = now();
+    PERFORM pg_notify('followupd', 'FollowUpMailbox');
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS attribute_outlook_home ON contactlog.attribute;
+CREATE TRIGGER attribute_outlook_home
+    AFTER INSERT OR UPDATE OR DELETE ON contactlog.attribute
+    FOR EACH ROW EXECUTE FUNCTION contactlog.outlook_home_changed();
 
 -- ---- The queue (issue 11: fenced claims; docs/architecture.md "Claiming") ----
 --
@@ -87,6 +119,8 @@ $$;
 -- them consistently).
 -- (Its result columns grow now and then: a new row type needs a new function.)
 DROP FUNCTION IF EXISTS contactlog.followupd_claim(integer, integer, text, integer);
+-- (Issue 16 added owner_email and owner_time_zone: a new result type.)
+DROP FUNCTION IF EXISTS contactlog.followupd_claim(integer, integer, text, integer);
 CREATE OR REPLACE FUNCTION contactlog.followupd_claim(batch_size integer,
                                                       lease_seconds integer,
                                                       worker text,
@@ -103,7 +137,9 @@ RETURNS TABLE (
     appointment_change_key text, appointment_hash text, appointment_pending boolean,
     task_mailbox text, task_item_id text,
     task_change_key text, task_hash text, task_pending boolean,
-    problem text)
+    problem text,
+    -- the owner, when one who can hold the items (active, with an email address)
+    owner_email text, owner_time_zone text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -181,13 +217,16 @@ BEGIN
            -- what this one row cannot do (the log is parked, nothing else waits)
            CASE WHEN NOT isfinite(l.next_contact_at)
                 THEN format('next_contact_at is %s: set a real date and time',
-                            l.next_contact_at) END
+                            l.next_contact_at) END,
+           nullif(btrim(owner.email), ''), owner.time_zone
     FROM contactlog.outlook_queue q
     LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id
     LEFT JOIN contactlog.contact_log l ON l.id = q.contact_log_id
     LEFT JOIN contactlog.employee creator ON creator.id = l.created_by
     LEFT JOIN contactlog.employee assignee ON assignee.id = l.assigned_to
     LEFT JOIN contactlog.employee forwardee ON forwardee.id = l.forward_to
+    LEFT JOIN contactlog.employee owner
+           ON owner.id = l.owner_id AND owner.active AND nullif(btrim(owner.email), '') IS NOT NULL
     LEFT JOIN contactlog.outlook_item ia
            ON ia.contact_log_id = q.contact_log_id AND ia.kind = 'appointment'
     LEFT JOIN contactlog.outlook_item it

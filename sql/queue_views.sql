@@ -38,6 +38,30 @@ SELECT (SELECT count(*)
         WHERE q.failed_version IS NOT NULL
           AND q.failed_version >= coalesce(s.version, q.failed_version))       AS failed;
 
+-- Items not (yet) in their log's home mailbox (docs/architecture.md "Moves between
+-- mailboxes"; the rule of daemon/reconcile.c, stated again for counting): after
+-- FollowUpMailbox is switched or ownership moves, the queue moves them; followupctl
+-- status shows how many are left. Completed logs' items stay where they are, and
+-- with SyncUpdates = 0 nothing moves.
+CREATE OR REPLACE VIEW contactlog.followupd_misplaced AS
+WITH settings AS (
+    SELECT max(effective_value) FILTER (WHERE name = 'FollowUpMailbox') AS follow_up_mailbox,
+           max(effective_value) FILTER (WHERE name = 'SyncUpdates') AS sync_updates
+    FROM contactlog.effective_attribute
+)
+SELECT i.contact_log_id, i.kind, i.mailbox,
+       CASE WHEN st.follow_up_mailbox = 'owner' AND nullif(btrim(owner.email), '') IS NOT NULL
+            THEN btrim(owner.email) ELSE btrim(creator.email) END AS home
+FROM contactlog.outlook_item i
+JOIN contactlog.contact_log l ON l.id = i.contact_log_id AND l.status <> 'completed'
+JOIN contactlog.employee creator ON creator.id = l.created_by
+LEFT JOIN contactlog.employee owner ON owner.id = l.owner_id AND owner.active
+CROSS JOIN settings st
+WHERE st.sync_updates = '1'
+  AND lower(btrim(i.mailbox)) IS DISTINCT FROM
+      lower(CASE WHEN st.follow_up_mailbox = 'owner' AND nullif(btrim(owner.email), '') IS NOT NULL
+                 THEN btrim(owner.email) ELSE btrim(creator.email) END);
+
 -- Queue figures for followupctl status.
 CREATE OR REPLACE VIEW contactlog.followupd_status AS
 SELECT d.pending,
@@ -52,7 +76,8 @@ SELECT d.pending,
            OR (s.version > q.synced_version
                AND (q.failed_version IS NULL OR q.failed_version < s.version))) AS oldest_pending_seconds,
        (SELECT last_error FROM contactlog.outlook_queue
-        WHERE last_error IS NOT NULL ORDER BY last_error_at DESC NULLS LAST LIMIT 1) AS last_error
+        WHERE last_error IS NOT NULL ORDER BY last_error_at DESC NULLS LAST LIMIT 1) AS last_error,
+       (SELECT count(*) FROM contactlog.followupd_misplaced)                   AS items_to_move
 FROM contactlog.followupd_queue_depth d;
 
 -- followupctl failed: the parked logs (postfix's mailq), each with the mailbox
@@ -104,3 +129,4 @@ SELECT coalesce(p.mailbox, i.mailbox) AS mailbox,
        p.last_success, p.last_error, p.last_error_at
 FROM per_log p
 FULL JOIN items i ON i.mailbox = p.mailbox;
+

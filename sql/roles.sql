@@ -66,6 +66,7 @@ REVOKE EXECUTE ON FUNCTION
     contactlog.complete(bigint, bigint),
     contactlog.contact_log_defaults(),
     contactlog.contact_log_check_owner(),
+    contactlog.outlook_home_changed(),
     contactlog.contact_log_tally_add(text, bigint, boolean, bigint),
     contactlog.contact_log_tally_track(),
     contactlog.contact_log_tally_clear(),
