@@ -2,6 +2,7 @@
 #include "daemon/reconcile.h"
 
 #include <string.h>
+#include <strings.h>
 
 const char *reconcile_action_name(reconcile_action action)
 {
@@ -10,6 +11,7 @@ const char *reconcile_action_name(reconcile_action action)
     case RECONCILE_CREATE: return "create";
     case RECONCILE_UPDATE: return "update";
     case RECONCILE_DELETE: return "delete";
+    case RECONCILE_MOVE: return "move";
     }
     return "?";
 }
@@ -40,9 +42,23 @@ static reconcile_action classic_action(const reconcile_log *log, const reconcile
     return cur->present && !cur->pending ? RECONCILE_NOTHING : RECONCILE_CREATE;
 }
 
-/* Outlook follows the log (SyncUpdates = 1). */
+/* Where a log's items belong: the owner's mailbox when they follow the owner and
+ * the owner can hold them, else the creator's (an open log's, too). */
+static const char *home_of(const reconcile_log *log, const reconcile_settings *s)
+{
+    return s->follow_owner && log->owner_email ? log->owner_email : log->creator_email;
+}
+
+static bool away_from_home(const reconcile_current *cur, const char *home)
+{
+    return home && cur->mailbox && strcasecmp(cur->mailbox, home) != 0;
+}
+
+/* Outlook follows the log (SyncUpdates = 1). A completed log's items stay where
+ * they are; an open or in-progress log's move home first. */
 static reconcile_action following_action(const reconcile_log *log, const reconcile_settings *s,
-                                         outlook_item_kind kind, int64_t now, const char *hash)
+                                         outlook_item_kind kind, int64_t now, const char *hash,
+                                         const char *home)
 {
     const reconcile_current *cur = &log->current[kind];
     bool have = cur->present;   /* pending counts: it may exist in Outlook */
@@ -61,7 +77,10 @@ static reconcile_action following_action(const reconcile_log *log, const reconci
 
     if (!have)
         return kind_enabled(s, kind) ? RECONCILE_CREATE : RECONCILE_NOTHING;
-    /* A switched-off kind makes no new items but keeps existing ones current. */
+    /* A switched-off kind makes no new items but keeps existing ones current (and
+     * moves them with the log). */
+    if (away_from_home(cur, home))
+        return RECONCILE_MOVE;
     if (cur->pending)
         return RECONCILE_UPDATE;
     return hash_differs(cur, hash) ? RECONCILE_UPDATE : RECONCILE_NOTHING;
@@ -74,19 +93,22 @@ void reconcile_plan_log(const reconcile_log *log, const reconcile_settings *sett
     memset(plan, 0, sizeof *plan);
     if (!settings->outlook_enabled)
         return;   /* another message system: nothing at all goes to Exchange */
+    plan->home = home_of(log, settings);
+    plan->home_is_owner = plan->home && plan->home == log->owner_email;
     for (int k = 0; k < RECONCILE_KINDS; k++) {
         outlook_item_kind kind = (outlook_item_kind)k;
         reconcile_step *step = &plan->steps[k];
         const reconcile_current *cur = &log->current[k];
 
         step->action = settings->sync_updates
-                           ? following_action(log, settings, kind, now, content_hash[k])
+                           ? following_action(log, settings, kind, now, content_hash[k],
+                                              plan->home)
                            : classic_action(log, settings, kind);
         step->task_completed = kind == OUTLOOK_TASK && log->completed;
         /* A create whose answer was lost may have made the item: find it first. */
         step->lookup_first = cur->present && cur->pending && step->action != RECONCILE_NOTHING;
 
-        if (step->action == RECONCILE_CREATE && !log->creator_email) {
+        if (step->action == RECONCILE_CREATE && !plan->home) {
             plan->permanent_error = "the creator of the log has no email address "
                                     "(set contactlog.employee.email)";
             step->action = RECONCILE_NOTHING;

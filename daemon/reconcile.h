@@ -15,6 +15,7 @@ typedef struct reconcile_settings {
     bool add_to_calendar;
     bool add_to_tasks;
     bool sync_updates;
+    bool follow_owner;           /* FollowUpMailbox = owner (else creator) */
     int duration_minutes;
     int reminder_minutes;
     const char *link_template;   /* validated: http(s), contains {id} */
@@ -45,6 +46,8 @@ typedef struct reconcile_log {
     const char *contact_name;
     const char *priority;        /* low / normal / high */
     const char *creator_email;   /* NULL: the creator has no mailbox */
+    const char *owner_email;     /* the owner's mailbox; NULL: open log, or an owner
+                                    who cannot hold items (inactive, no email) */
     const char *assigned_name;
     const char *forward_name;
     reconcile_current current[RECONCILE_KINDS];
@@ -55,6 +58,7 @@ typedef enum reconcile_action {
     RECONCILE_CREATE,            /* make the item (want it, have none) */
     RECONCILE_UPDATE,            /* overwrite the item's fields (content changed) */
     RECONCILE_DELETE,            /* remove the item */
+    RECONCILE_MOVE,              /* delete it where it is, then create it in the home */
 } reconcile_action;
 
 typedef struct reconcile_step {
@@ -65,6 +69,10 @@ typedef struct reconcile_step {
 
 typedef struct reconcile_plan {
     reconcile_step steps[RECONCILE_KINDS];
+    /* The log's home (docs/architecture.md "Moves between mailboxes"): where creates
+     * and moves go. Points into the log; NULL when nobody's mailbox can hold items. */
+    const char *home;
+    bool home_is_owner;          /* the owner's mailbox (the owner's time zone applies) */
     const char *permanent_error; /* set when an item is wanted but cannot be delivered */
 } reconcile_plan;
 

@@ -181,6 +181,93 @@ static void creator_without_email_is_a_permanent_error(void **state)
     assert_null(p.permanent_error);
 }
 
+/* FollowUpMailbox = owner (docs/architecture.md "Moves between mailboxes"). */
+static void items_follow_the_owner(void **state)
+{
+    (void)state;
+    reconcile_settings owner = settings(true, true, true);
+    owner.follow_owner = true;
+    reconcile_log log = new_log();
+    log.owner_email = "b@x";
+
+    reconcile_plan p = plan_for(&log, owner);
+    assert_string_equal(p.home, "b@x");
+    assert_true(p.home_is_owner);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_CREATE);
+
+    /* In the creator's mailbox, owned by Bob: moved, content change or not. */
+    have(&log, APPT, hashes[APPT]);
+    have(&log, TASK, "old");
+    p = plan_for(&log, owner);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_MOVE);
+    assert_int_equal(p.steps[TASK].action, RECONCILE_MOVE);
+    assert_false(p.steps[APPT].lookup_first);
+
+    /* Mailboxes compare without case. */
+    log.owner_email = "A@X";
+    p = plan_for(&log, owner);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_NOTHING);
+    assert_int_equal(p.steps[TASK].action, RECONCILE_UPDATE);
+
+    /* With creator, the owner does not matter. */
+    log.owner_email = "b@x";
+    p = plan_for(&log, settings(true, true, true));
+    assert_string_equal(p.home, "a@x");
+    assert_false(p.home_is_owner);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_NOTHING);
+}
+
+static void open_log_or_unreachable_owner_goes_to_the_creator(void **state)
+{
+    (void)state;
+    reconcile_settings owner = settings(true, true, true);
+    owner.follow_owner = true;
+    reconcile_log log = new_log();
+    log.owner_email = NULL;   /* open, inactive owner, or an owner without email */
+    log.current[APPT] = (reconcile_current){.present = true, .mailbox = "b@x",
+                                            .item_id = "ID", .content_hash = hashes[APPT]};
+    reconcile_plan p = plan_for(&log, owner);
+    assert_string_equal(p.home, "a@x");
+    assert_int_equal(p.steps[APPT].action, RECONCILE_MOVE);
+    assert_int_equal(p.steps[TASK].action, RECONCILE_CREATE);
+}
+
+static void completed_or_classic_items_stay_where_they_are(void **state)
+{
+    (void)state;
+    reconcile_settings owner = settings(true, true, true);
+    owner.follow_owner = true;
+    reconcile_log log = new_log();
+    log.owner_email = "b@x";
+    have(&log, TASK, "old");
+    log.current[APPT] = (reconcile_current){.present = true, .mailbox = "a@x",
+                                            .item_id = "ID", .content_hash = hashes[APPT]};
+    log.completed = true;
+    reconcile_plan p = plan_for(&log, owner);
+    assert_int_equal(p.steps[TASK].action, RECONCILE_UPDATE);    /* completed where it is */
+    assert_int_equal(p.steps[APPT].action, RECONCILE_DELETE);    /* future: removed there */
+
+    log.completed = false;
+    log.ever_synced = true;
+    owner.sync_updates = false;
+    p = plan_for(&log, owner);
+    assert_int_equal(p.steps[TASK].action, RECONCILE_NOTHING);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_NOTHING);
+}
+
+static void lost_create_in_the_old_mailbox_is_looked_up_then_moved(void **state)
+{
+    (void)state;
+    reconcile_settings owner = settings(true, false, true);
+    owner.follow_owner = true;
+    reconcile_log log = new_log();
+    log.owner_email = "b@x";
+    log.current[APPT] = (reconcile_current){.present = true, .pending = true, .mailbox = "a@x"};
+    reconcile_plan p = plan_for(&log, owner);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_MOVE);
+    assert_true(p.steps[APPT].lookup_first);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,6 +280,10 @@ int main(void)
         cmocka_unit_test(classic_mode_creates_once_then_ignores_edits),
         cmocka_unit_test(lost_create_is_looked_up_first),
         cmocka_unit_test(creator_without_email_is_a_permanent_error),
+        cmocka_unit_test(items_follow_the_owner),
+        cmocka_unit_test(open_log_or_unreachable_owner_goes_to_the_creator),
+        cmocka_unit_test(completed_or_classic_items_stay_where_they_are),
+        cmocka_unit_test(lost_create_in_the_old_mailbox_is_looked_up_then_moved),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
