@@ -3,9 +3,13 @@
  * command may block); exit status 0 success, 1 failure, 2 usage error. */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 #include <libxml/parser.h>
@@ -14,10 +18,15 @@
 #include "daemon/config.h"
 #include "daemon/delivery.h"
 #include "daemon/log.h"
+#include "daemon/rundir.h"
 #include "daemon/sql_install.h"
 #include "http/http_client.h"
+#include "http/loop_timer.h"
 
-#define EXIT_USAGE 2
+#include "daemon/followupctl.h"
+
+/* The command being run, for hints. */
+const char *ctl_command_name = "";
 
 static void usage(FILE *out)
 {
@@ -34,12 +43,14 @@ static void usage(FILE *out)
             "  attr [NAME [VALUE]]       list, show or set administrator attributes\n"
             "  test-connection [EMAIL]   one harmless Exchange call: URL, TLS, credentials, access\n"
             "  migrate                   install or upgrade the database schema\n"
+            "  reload [PID]              make the daemon re-read its configuration and\n"
+            "                            report whether it took it (ExecReload=)\n"
             "\n"
             "  -c, --config FILE  configuration file (default " CONFIG_DEFAULT_PATH ")\n"
             "  -h, --help         print this help\n");
 }
 
-static int fail(const char *fmt, const char *detail)
+int ctl_fail(const char *fmt, const char *detail)
 {
     fprintf(stderr, "followupctl: ");
     fprintf(stderr, fmt, detail);
@@ -48,7 +59,7 @@ static int fail(const char *fmt, const char *detail)
 }
 
 /* libpq messages end with a newline; one-line errors read better without it. */
-static const char *one_line(const char *message)
+const char *ctl_one_line(const char *message)
 {
     static char line[1024];
     snprintf(line, sizeof line, "%s", message);
@@ -56,356 +67,6 @@ static const char *one_line(const char *message)
     return line;
 }
 
-static PGresult *query(PGconn *conn, const char *sql, int n, const char *const *params)
-{
-    PGresult *result = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType status = PQresultStatus(result);
-    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
-        fail("%s", one_line(PQresultErrorMessage(result)));
-        PQclear(result);
-        return NULL;
-    }
-    return result;
-}
-
-static bool parse_log_id(const char *text, long long *id)
-{
-    char *end;
-    errno = 0;
-    *id = strtoll(text, &end, 10);
-    return errno == 0 && end != text && *end == '\0' && *id > 0;
-}
-
-static void print_json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
-/* A column as a JSON value: null, a number (numeric true) or a string. */
-static void print_json_value(const PGresult *r, int row, int col, bool numeric)
-{
-    if (PQgetisnull(r, row, col))
-        printf("null");
-    else if (numeric)
-        printf("%s", PQgetvalue(r, row, col));
-    else
-        print_json_string(PQgetvalue(r, row, col));
-}
-
-/* The rows of r as a JSON array of objects keyed by column name; the columns whose
- * bit is set in numeric are numbers, the others strings (NULL: null). */
-static void print_json_rows(const PGresult *r, unsigned numeric)
-{
-    printf("[");
-    for (int i = 0; i < PQntuples(r); i++) {
-        printf("%s{", i ? ", " : "");
-        for (int c = 0; c < PQnfields(r); c++) {
-            printf("%s\"%s\": ", c ? ", " : "", PQfname(r, c));
-            print_json_value(r, i, c, numeric & (1u << c));
-        }
-        printf("}");
-    }
-    printf("]\n");
-}
-
-static const char *text_or_dash(const PGresult *r, int row, int col)
-{
-    return PQgetisnull(r, row, col) ? "-" : PQgetvalue(r, row, col);
-}
-
-/* status --json when the database cannot be reached: still one JSON object. */
-static void print_status_unreachable(const char *error)
-{
-    printf("{\"database\": \"unreachable\", \"error\": ");
-    print_json_string(error);
-    printf(", \"pending\": null, \"in_flight\": null, \"delivered\": null, "
-           "\"items_in_outlook\": null, \"failed\": null, \"oldest_pending_seconds\": null, "
-           "\"last_error\": null, \"attribute_problems\": null, \"delivery_off\": null}\n");
-}
-
-static int cmd_status(PGconn *conn, bool json)
-{
-    static const char *const numeric[] = {"pending", "in_flight", "delivered", "failed",
-                                          "oldest_pending_seconds"};
-    PGresult *r = query(conn, "SELECT pending, in_flight, delivered, failed, "
-                              "oldest_pending_seconds, last_error "
-                              "FROM contactlog.followupd_status", 0, NULL);
-    if (!r)
-        return 1;
-    PGresult *problems = query(conn, "SELECT problem FROM contactlog.effective_attribute "
-                                     "WHERE problem IS NOT NULL ORDER BY name", 0, NULL);
-    if (!problems) {
-        PQclear(r);
-        return 1;
-    }
-    /* DefaultMessageSystem other than exactly 'Outlook Mail' turns delivery off. */
-    PGresult *off = query(conn, "SELECT value FROM contactlog.effective_attribute "
-                                "WHERE name = 'DefaultMessageSystem' "
-                                "AND effective_value IS DISTINCT FROM 'Outlook Mail'", 0, NULL);
-    if (!off) {
-        PQclear(problems);
-        PQclear(r);
-        return 1;
-    }
-    bool delivery_off = PQntuples(off) > 0;
-    if (json) {
-        printf("{\"database\": \"ok\", ");
-        for (int c = 0; c < 5; c++)
-            printf("%s\"%s\": %s", c ? ", " : "", numeric[c],
-                   PQgetisnull(r, 0, c) ? "null" : PQgetvalue(r, 0, c));
-        printf(", \"items_in_outlook\": %s", PQgetvalue(r, 0, 2));
-        printf(", \"delivery_off\": ");
-        if (delivery_off) {
-            printf("{\"DefaultMessageSystem\": ");
-            print_json_value(off, 0, 0, false);
-            printf("}");
-        } else {
-            printf("null");
-        }
-        printf(", \"last_error\": ");
-        if (PQgetisnull(r, 0, 5))
-            printf("null");
-        else
-            print_json_string(PQgetvalue(r, 0, 5));
-        printf(", \"attribute_problems\": [");
-        for (int i = 0; i < PQntuples(problems); i++) {
-            printf(i ? ", " : "");
-            print_json_string(PQgetvalue(problems, i, 0));
-        }
-        printf("]}\n");
-    } else {
-        if (delivery_off)
-            printf("delivery to Exchange is off: DefaultMessageSystem = '%s'\n",
-                   PQgetisnull(off, 0, 0) ? "" : PQgetvalue(off, 0, 0));
-        printf("pending:             %s\n", PQgetvalue(r, 0, 0));
-        printf("in flight:           %s\n", PQgetvalue(r, 0, 1));
-        printf("items in Outlook:    %s\n", PQgetvalue(r, 0, 2));
-        printf("failed (parked):     %s\n", PQgetvalue(r, 0, 3));
-        if (PQgetisnull(r, 0, 4))
-            printf("oldest pending:      -\n");
-        else
-            printf("oldest pending:      %s s\n", PQgetvalue(r, 0, 4));
-        printf("last error:          %s\n", PQgetisnull(r, 0, 5) ? "-" : PQgetvalue(r, 0, 5));
-        for (int i = 0; i < PQntuples(problems); i++)
-            printf("attribute problem:   %s\n", PQgetvalue(problems, i, 0));
-    }
-    PQclear(off);
-    PQclear(problems);
-    PQclear(r);
-    return 0;
-}
-
-/* retry and flush: one log (what) or all (NULL); sql returns how many moved.
- * bad_id and not_moved are messages with one %s: the argument, the log id. */
-static int move_logs(PGconn *conn, const char *what, const char *sql,
-                     const char *bad_id, const char *not_moved, const char *moved)
-{
-    long long id = 0;
-    char id_text[32];
-    const char *params[1] = {NULL};
-
-    if (what) {
-        if (!parse_log_id(what, &id))
-            return fail(bad_id, what), EXIT_USAGE;
-        snprintf(id_text, sizeof id_text, "%lld", id);
-        params[0] = id_text;
-    }
-    PGresult *r = query(conn, sql, 1, params);
-    if (!r)
-        return 1;
-    int n = atoi(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    if (id && n == 0)
-        return fail(not_moved, params[0]);
-    printf("%d log%s %s\n", n, n == 1 ? "" : "s", moved);
-    return 0;
-}
-
-static int cmd_flush(PGconn *conn, const char *what)
-{
-    return move_logs(conn, what, "SELECT contactlog.followupd_flush($1)",
-                     "flush: '%s' is not a contact log id",
-                     "flush: contact log %s is not waiting out a retry back-off (parked "
-                     "logs: followupctl retry)", "flushed");
-}
-
-#define ISO_TIME(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
-
-static int cmd_failed(PGconn *conn, bool json)
-{
-    PGresult *r = query(conn, "SELECT contact_log_id, mailbox, attempts, reason, "
-                              ISO_TIME("failed_at") " AS failed_at"
-                              " FROM contactlog.followupd_failed ORDER BY contact_log_id",
-                        0, NULL);
-    if (!r)
-        return 1;
-    int rows = PQntuples(r);
-    if (json) {
-        print_json_rows(r, 1u << 0 | 1u << 2);   /* contact_log_id, attempts */
-    } else if (rows == 0) {
-        printf("no parked logs\n");
-    } else {
-        printf("%-10s %-32s %-20s %s\n", "LOG", "MAILBOX", "SINCE (UTC)", "REASON");
-        for (int i = 0; i < rows; i++)
-            printf("%-10s %-32s %-20s %s\n", PQgetvalue(r, i, 0), text_or_dash(r, i, 1),
-                   text_or_dash(r, i, 4), text_or_dash(r, i, 3));
-    }
-    PQclear(r);
-    return 0;
-}
-
-static int cmd_mailboxes(PGconn *conn, bool json)
-{
-    PGresult *r = query(conn, "SELECT mailbox, items_held, pending, failed, "
-                              ISO_TIME("last_success") " AS last_success, last_error, "
-                              ISO_TIME("last_error_at") " AS last_error_at"
-                              " FROM contactlog.followupd_mailboxes ORDER BY mailbox",
-                        0, NULL);
-    if (!r)
-        return 1;
-    int rows = PQntuples(r);
-    if (json) {
-        print_json_rows(r, 1u << 1 | 1u << 2 | 1u << 3);   /* the counts */
-    } else if (rows == 0) {
-        printf("no mailboxes yet\n");
-    } else {
-        printf("%-32s %6s %7s %6s  %-20s  %s\n", "MAILBOX", "ITEMS", "PENDING", "FAILED",
-               "LAST SUCCESS (UTC)", "LAST ERROR (UTC)");
-        for (int i = 0; i < rows; i++) {
-            printf("%-32s %6s %7s %6s  %-20s  %s", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-                   PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), text_or_dash(r, i, 4),
-                   text_or_dash(r, i, 6));
-            if (!PQgetisnull(r, i, 5))
-                printf(" %s", PQgetvalue(r, i, 5));
-            putchar('\n');
-        }
-    }
-    PQclear(r);
-    return 0;
-}
-
-static int cmd_retry(PGconn *conn, const char *what)
-{
-    return move_logs(conn, strcmp(what, "--failed") == 0 ? NULL : what,
-                     "SELECT contactlog.followupd_requeue_failed($1)",
-                     "retry: '%s' is not a contact log id (or use --failed)",
-                     "retry: contact log %s is not parked as failed", "queued again");
-}
-
-static int cmd_resync(PGconn *conn, const char *what)
-{
-    long long id;
-    char id_text[32];
-
-    if (!parse_log_id(what, &id))
-        return fail("resync: '%s' is not a contact log id", what), EXIT_USAGE;
-    snprintf(id_text, sizeof id_text, "%lld", id);
-    const char *params[] = {id_text};
-    PGresult *r = query(conn, "SELECT contactlog.followupd_resync($1)", 1, params);
-    if (!r)
-        return 1;
-    bool found = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-    PQclear(r);
-    if (!found)
-        return fail("resync: no contact log %s", id_text);
-    printf("contact log %s queued for resync\n", id_text);
-    return 0;
-}
-
-static int cmd_attr(PGconn *conn, const char *name, const char *value)
-{
-    if (!name) {
-        PGresult *r = query(conn, "SELECT name, coalesce(value, '(unset)'), problem "
-                                  "FROM contactlog.effective_attribute ORDER BY name", 0, NULL);
-        if (!r)
-            return 1;
-        for (int i = 0; i < PQntuples(r); i++)
-            printf("%-30s %s%s%s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-                   PQgetisnull(r, i, 2) ? "" : "    ! ",
-                   PQgetisnull(r, i, 2) ? "" : PQgetvalue(r, i, 2));
-        PQclear(r);
-        return 0;
-    }
-    const char *params[] = {name, value};
-    PGresult *known = query(conn, "SELECT value FROM contactlog.effective_attribute "
-                                  "WHERE name = $1", 1, params);
-    if (!known)
-        return 1;
-    if (PQntuples(known) == 0) {
-        PQclear(known);
-        return fail("attr: unknown attribute '%s' (followupctl attr lists them)", name);
-    }
-    if (!value) {
-        printf("%s\n", PQgetisnull(known, 0, 0) ? "(unset)" : PQgetvalue(known, 0, 0));
-        PQclear(known);
-        return 0;
-    }
-    PQclear(known);
-    /* Set and check in one transaction: an invalid value is never stored. */
-    PGresult *r = query(conn, "BEGIN", 0, NULL);
-    PQclear(r);
-    r = PQexecParams(conn, "INSERT INTO contactlog.attribute (name, value) VALUES ($1, $2) "
-                           "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                     2, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        fail("attr: %s", one_line(PQresultErrorMessage(r)));
-        /* The daemon's own configuration lands here: its role may not write attributes. */
-        if (state && strcmp(state, "42501") == 0)
-            fprintf(stderr, "followupctl: attr: setting an attribute needs a database role that "
-                            "is a member of contactlog_admin; this configuration connects as "
-                            "'%s' (use a configuration for administration: followupctl -c FILE, "
-                            "see the operator guide)\n", PQuser(conn));
-        PQclear(r);
-        PQclear(PQexec(conn, "ROLLBACK"));
-        return 1;
-    }
-    PQclear(r);
-    r = query(conn, "SELECT problem FROM contactlog.effective_attribute WHERE name = $1", 1,
-              params);
-    if (!r)
-        return 1;
-    if (!PQgetisnull(r, 0, 0)) {
-        fail("attr: %s", PQgetvalue(r, 0, 0));
-        PQclear(r);
-        PQclear(PQexec(conn, "ROLLBACK"));
-        return 1;
-    }
-    PQclear(r);
-    r = query(conn, "COMMIT", 0, NULL);
-    if (!r)
-        return 1;
-    PQclear(r);
-    printf("%s = %s\n", name, value);
-    return 0;
-}
-
-static int cmd_migrate(PGconn *conn)
-{
-    PGresult *r = PQexec(conn, sql_install_script);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-        fail("migrate failed, nothing changed: %s", one_line(PQresultErrorMessage(r)));
-        PQclear(r);
-        return 1;
-    }
-    PQclear(r);
-    r = query(conn, "SELECT max(version) FROM contactlog.schema_version", 0, NULL);
-    if (!r)
-        return 1;
-    printf("schema contactlog is at version %s\n", PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return 0;
-}
 
 typedef struct probe_state {
     bool done;
@@ -462,22 +123,22 @@ static int cmd_test_connection(const config *cfg, const char *email)
 
     if (!mailbox) {
         if (!cfg->username || !strchr(cfg->username, '@'))
-            return fail("%s", "test-connection: give the EMAIL of a mailbox to test "
+            return ctl_fail("%s", "test-connection: give the EMAIL of a mailbox to test "
                               "(the service account's user name is not an address)");
         mailbox = cfg->username;
     }
     if (sd_event_new(&event) < 0)
-        return fail("%s", "cannot create an event loop");
+        return ctl_fail("%s", "cannot create an event loop");
     http_global_init();
     xmlInitParser();
     delivery *backend = delivery_new(event, cfg, err, sizeof err);
     if (!backend) {
-        fail("%s", err);
+        ctl_fail("%s", err);
         goto out;
     }
     int r = delivery_probe(backend, mailbox, on_probe, &probe);
     if (r < 0) {
-        fail("test-connection: cannot start the request: %s", strerror(-r));
+        ctl_fail("test-connection: cannot start the request: %s", strerror(-r));
         goto out;
     }
     while (!probe.done)
@@ -497,6 +158,70 @@ out:
     xmlCleanupParser();
     http_global_cleanup();
     return status;
+}
+
+#define RELOAD_TIMEOUT_SECONDS 60
+
+/* reload [PID]: SIGHUP to the daemon, then wait for its verdict on the reload this
+ * process asked for (rundir.h). Exit 0 when the new file was taken, 1 when refused. */
+static int cmd_reload(const char *pid_text)
+{
+    char dir[512], message[2048];
+    pid_t pid, asker;
+    bool ok;
+    int r;
+
+    rundir_path(dir, sizeof dir);
+    if (pid_text) {
+        long long id;
+        if (!ctl_parse_id(pid_text, &id) || id > INT32_MAX)
+            return ctl_fail("reload: '%s' is not a process id", pid_text), EXIT_USAGE;
+        pid = (pid_t)id;
+    } else if ((r = rundir_read_pid(&pid)) < 0) {
+        fprintf(stderr, "followupctl: reload: cannot find the daemon's pid in %s/pid: %s "
+                        "(is followupd running under systemd? else name the PID)\n",
+                dir, strerror(-r));
+        return 1;
+    }
+    if (kill(pid, SIGHUP) < 0) {
+        fprintf(stderr, "followupctl: reload: cannot signal followupd (pid %ld): %s\n",
+                (long)pid, strerror(errno));
+        return 1;
+    }
+    struct timespec pause = {0, 50 * 1000 * 1000};
+    int64_t start_ms = loop_timer_now_ms();
+    for (;;) {
+        if (rundir_read_reload(&asker, &ok, message, sizeof message) == 0 &&
+            asker == getpid()) {
+            if (!ok) {
+                fprintf(stderr, "followupctl: %s\n", message);
+                return 1;
+            }
+            printf("%s\n", message);
+            return 0;
+        }
+        if (kill(pid, 0) < 0 && errno == ESRCH) {
+            fprintf(stderr, "followupctl: reload: followupd (pid %ld) exited; see journalctl "
+                            "-u followupd\n", (long)pid);
+            return 1;
+        }
+        if (loop_timer_now_ms() - start_ms >= RELOAD_TIMEOUT_SECONDS * 1000) {
+            fprintf(stderr, "followupctl: reload: no verdict from followupd (pid %ld) in %s "
+                            "within %d s; the unit needs RuntimeDirectory=followupd; see "
+                            "journalctl -u followupd\n", (long)pid, dir,
+                    RELOAD_TIMEOUT_SECONDS);
+            return 1;
+        }
+        nanosleep(&pause, NULL);
+    }
+}
+
+/* config_warn_fn: a bad line that a read-only use of the file may skip. */
+static void warn_skipped(const char *message, void *userdata)
+{
+    (void)userdata;
+    fprintf(stderr, "followupctl: warning: %s (line skipped; followupd --check and a reload "
+                    "refuse the file until it is fixed)\n", message);
 }
 
 int main(int argc, char **argv)
@@ -536,17 +261,35 @@ int main(int argc, char **argv)
                  (strcmp(command, "resync") == 0 && n_args == 1) ||
                  (strcmp(command, "attr") == 0 && n_args <= 2) ||
                  (strcmp(command, "migrate") == 0 && n_args == 0) ||
+                 (strcmp(command, "reload") == 0 && n_args <= 1) ||
                  (strcmp(command, "test-connection") == 0 && n_args <= 1);
     if (!known) {
         fprintf(stderr, "followupctl: unknown command or wrong arguments: %s\n", command);
         usage(stderr);
         return EXIT_USAGE;
     }
-    if (config_load(config_path, &cfg, err, sizeof err) < 0)
-        return fail("%s", err);
+    ctl_command_name = command;
+    /* reload talks to the daemon, which reads the file itself. */
+    if (strcmp(command, "reload") == 0)
+        return cmd_reload(n_args > 0 ? args[0] : NULL);
+    /* test-connection uses the whole file: it must be valid. The database commands need
+     * only [database] conninfo: they still work, with a warning, while someone edits
+     * another key. */
+    if (strcmp(command, "test-connection") == 0
+            ? config_load(config_path, &cfg, err, sizeof err) < 0
+            : config_load_lenient(config_path, &cfg, warn_skipped, NULL, err, sizeof err) < 0)
+        return ctl_fail("%s", err);
     if (strcmp(command, "test-connection") == 0) {
+        /* From a shell there is no $CREDENTIALS_DIRECTORY: read the file the unit's
+         * LoadCredential= hands the service, when we may (root). */
+        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+        if ((!cfg->password_file || !*cfg->password_file) && (!dir || !*dir) &&
+            access(CONFIG_CREDENTIAL_SOURCE, R_OK) == 0) {
+            free(cfg->password_file);
+            cfg->password_file = strdup(CONFIG_CREDENTIAL_SOURCE);
+        }
         int status = config_validate(cfg, err, sizeof err) < 0
-                         ? fail("%s", err)
+                         ? ctl_fail("%s", err)
                          : cmd_test_connection(cfg, n_args > 0 ? args[0] : NULL);
         config_free(cfg);
         return status;
@@ -555,8 +298,8 @@ int main(int argc, char **argv)
     config_free(cfg);
     if (PQstatus(conn) != CONNECTION_OK) {
         if (strcmp(command, "status") == 0 && n_args == 1)
-            print_status_unreachable(one_line(PQerrorMessage(conn)));
-        fail("cannot connect to the database: %s", one_line(PQerrorMessage(conn)));
+            print_status_unreachable(ctl_one_line(PQerrorMessage(conn)));
+        ctl_fail("cannot connect to the database: %s", ctl_one_line(PQerrorMessage(conn)));
         PQfinish(conn);
         return 1;
     }

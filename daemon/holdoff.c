@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
+
+#include "http/loop_timer.h"
 
 typedef struct mailbox_wait {
     char *mailbox;
@@ -14,15 +15,10 @@ typedef struct mailbox_wait {
 
 struct holdoff {
     mailbox_wait *mailboxes;
-    int64_t server_until_ms;
+    int64_t server_until_ms;     /* every request waits: throttling or a pause */
+    int64_t throttled_until_ms;  /* the part of it Exchange asked for */
+    uint64_t mailbox_holds, server_holds;
 };
-
-int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 holdoff *holdoff_new(void)
 {
@@ -44,7 +40,7 @@ void holdoff_free(holdoff *h)
 
 int64_t holdoff_remaining(holdoff *h, const char *mailbox)
 {
-    int64_t now = monotonic_ms(), wait = h->server_until_ms - now;
+    int64_t now = loop_timer_now_ms(), wait = h->server_until_ms - now;
 
     for (mailbox_wait **p = &h->mailboxes; *p;) {
         mailbox_wait *m = *p;
@@ -63,15 +59,18 @@ int64_t holdoff_remaining(holdoff *h, const char *mailbox)
 
 void holdoff_add(holdoff *h, delivery_throttle scope, const char *mailbox, int64_t wait_ms)
 {
-    int64_t until = monotonic_ms() + wait_ms;
+    int64_t until = loop_timer_now_ms() + wait_ms;
 
     if (wait_ms <= 0 || scope == DELIVERY_THROTTLE_NONE)
         return;
     if (scope == DELIVERY_THROTTLE_SERVER || !mailbox) {
-        if (until > h->server_until_ms)
-            h->server_until_ms = until;
+        h->server_holds++;
+        if (until > h->throttled_until_ms)
+            h->throttled_until_ms = until;
+        holdoff_pause(h, wait_ms);
         return;
     }
+    h->mailbox_holds++;
     for (mailbox_wait *m = h->mailboxes; m; m = m->next) {
         if (strcasecmp(m->mailbox, mailbox) == 0) {
             if (until > m->until_ms)
@@ -87,4 +86,20 @@ void holdoff_add(holdoff *h, delivery_throttle scope, const char *mailbox, int64
     m->until_ms = until;
     m->next = h->mailboxes;
     h->mailboxes = m;
+}
+
+void holdoff_pause(holdoff *h, int64_t wait_ms)
+{
+    int64_t until = loop_timer_now_ms() + wait_ms;
+    if (wait_ms > 0 && until > h->server_until_ms)
+        h->server_until_ms = until;
+}
+
+void holdoff_get_stats(holdoff *h, holdoff_stats *out)
+{
+    int64_t now = loop_timer_now_ms();
+    holdoff_remaining(h, NULL);   /* forgets the expired waits */
+    *out = (holdoff_stats){h->mailbox_holds, h->server_holds, 0, h->throttled_until_ms > now};
+    for (const mailbox_wait *m = h->mailboxes; m; m = m->next)
+        out->mailboxes_held++;
 }

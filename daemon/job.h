@@ -87,7 +87,6 @@ void job_renew(job *j);
 void job_stop_sending(job *j);
 
 int64_t job_log_id(const job *j);
-bool job_is_busy(const job *j);   /* a request or a write is outstanding */
 
 /* Frees the job once nothing outstanding refers to it; safe to call again. */
 void job_free_when_idle(job *j);

@@ -7,10 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SD_JOURNAL_SUPPRESS_LOCATION
 #include <systemd/sd-journal.h>
+
+#include "daemon/text.h"
 
 static bool debug_enabled;
 static bool stderr_is_journal;
@@ -43,17 +46,24 @@ bool log_debug_enabled(void)
 static void write_line(int priority, const char *text)
 {
     char line[2048];
-    size_t i;
 
     /* Text from servers, attributes and addresses may hold line breaks: one message
      * stays one line, so nobody can forge a line with a priority prefix of its own. */
-    for (i = 0; text[i] != '\0' && i + 1 < sizeof line; i++) {
-        unsigned char c = (unsigned char)text[i];
-        line[i] = c < 0x20 || c == 0x7F ? ' ' : (char)c;
+    text_copy_one_line(line, sizeof line, text);
+    /* Not the journal (a terminal, a file, a pipe): each line says when, in local time
+     * with its offset to UTC; the journal keeps its own timestamps. The priority prefix
+     * stays first, where journald and syslog look for it. */
+    char when[48] = "";
+    struct timespec now;
+    struct tm tm;
+    if (clock_gettime(CLOCK_REALTIME, &now) == 0 && localtime_r(&now.tv_sec, &tm)) {
+        char date[24], zone[8];
+        strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+        strftime(zone, sizeof zone, "%z", &tm);
+        snprintf(when, sizeof when, "%s.%03ld%s ", date, now.tv_nsec / 1000000L, zone);
     }
-    line[i] = '\0';
     /* One fprintf per line so concurrent writers never interleave within a line. */
-    fprintf(stderr, "<%d>%s\n", priority, line);
+    fprintf(stderr, "<%d>%s%s\n", priority, when, line);
 }
 
 /* log_id < 0: a line about no particular contact log (no structured fields). */

@@ -1,5 +1,7 @@
-/* log — leveled logging to stderr with <N> priority prefixes (journald reads them),
- * or straight to the journal with structured fields when stderr is the journal. */
+/* log — leveled logging to stderr with <N> priority prefixes (journald reads them)
+ * and a timestamp ("<6>2026-11-30T14:03:07.512+0100 message"), or straight to the
+ * journal with structured fields and no timestamp of ours when stderr is the
+ * journal (JOURNAL_STREAM matches it). */
 #ifndef FOLLOWUPD_LOG_H
 #define FOLLOWUPD_LOG_H
 

@@ -44,9 +44,12 @@ static reconcile_action classic_action(const reconcile_log *log, const reconcile
 
 /* Where a log's items belong: the owner's mailbox when they follow the owner and
  * the owner can hold them, else the creator's (an open log's, too). */
-static const char *home_of(const reconcile_log *log, const reconcile_settings *s)
+const char *reconcile_home(const reconcile_log *log, const reconcile_settings *s, bool *is_owner)
 {
-    return s->follow_owner && log->owner_email ? log->owner_email : log->creator_email;
+    bool owner = s->follow_owner && log->owner_email;
+    if (is_owner)
+        *is_owner = owner;
+    return owner ? log->owner_email : log->creator_email;
 }
 
 static bool away_from_home(const reconcile_current *cur, const char *home)
@@ -93,8 +96,7 @@ void reconcile_plan_log(const reconcile_log *log, const reconcile_settings *sett
     memset(plan, 0, sizeof *plan);
     if (!settings->outlook_enabled)
         return;   /* another message system: nothing at all goes to Exchange */
-    plan->home = home_of(log, settings);
-    plan->home_is_owner = plan->home && plan->home == log->owner_email;
+    plan->home = reconcile_home(log, settings, &plan->home_is_owner);
     for (int k = 0; k < RECONCILE_KINDS; k++) {
         outlook_item_kind kind = (outlook_item_kind)k;
         reconcile_step *step = &plan->steps[k];

@@ -76,6 +76,12 @@ typedef struct reconcile_plan {
     const char *permanent_error; /* set when an item is wanted but cannot be delivered */
 } reconcile_plan;
 
+/* Where the log's items belong (docs/architecture.md "Moves between mailboxes"):
+ * the owner's mailbox when they follow the owner and the owner can hold them, else
+ * the creator's. NULL when neither has one. *is_owner tells which. */
+const char *reconcile_home(const reconcile_log *log, const reconcile_settings *settings,
+                           bool *is_owner);
+
 /* now: Unix seconds (a completed log keeps an appointment that already began). */
 void reconcile_plan_log(const reconcile_log *log, const reconcile_settings *settings,
                         int64_t now, const char *const content_hash[RECONCILE_KINDS],

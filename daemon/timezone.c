@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/text.h"
+
 struct timezone_entry {
     const char *iana;
     const char *windows;
@@ -133,7 +135,7 @@ int timezone_day_start(const char *zone, int64_t t, int64_t *day_start, int *utc
 
     /* glibc reads a zone's rules only through TZ; set it for this call, put it back. */
     const char *old = getenv("TZ");
-    char *saved = old ? strdup(old) : NULL;
+    char *saved = text_dup(old);
     if (old && !saved)
         return -ENOMEM;
     if (setenv("TZ", tz, 1) != 0) {

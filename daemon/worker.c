@@ -18,6 +18,7 @@
 
 #include "daemon/job.h"
 #include "daemon/log.h"
+#include "daemon/text.h"
 #include "http/loop_timer.h"
 
 #define SAFETY_POLL_SECONDS 30.0
@@ -342,6 +343,8 @@ static void apply_attributes(worker *w, PGresult *result)
             s->add_to_tasks = strcmp(value, "1") == 0;
         else if (strcmp(name, "SyncUpdates") == 0)
             s->sync_updates = strcmp(value, "1") == 0;
+        else if (strcmp(name, "FollowUpMailbox") == 0)
+            s->follow_owner = strcmp(value, "owner") == 0;
         else if (strcmp(name, "AppointmentDurationInMinutes") == 0)
             s->duration_minutes = atoi(value);
         else if (strcmp(name, "ReminderMinutesBeforeStart") == 0)
@@ -426,7 +429,7 @@ static void kick(worker *w)
     w->claiming = true;
     w->rescan_wanted = false;
     w->requested = w->max_jobs - (int)w->n_jobs;
-    w->batch_claimed_at_ms = monotonic_ms();
+    w->batch_claimed_at_ms = loop_timer_now_ms();
     snprintf(batch, sizeof batch, "%d", w->requested);
     snprintf(lease, sizeof lease, "%d", w->env.lease_seconds);
     settle_text(w, settle, sizeof settle);
@@ -459,7 +462,7 @@ void worker_apply_config(worker *w, const config *cfg)
     arm_heartbeat(w);
     /* How long after we gave up on a request Exchange may still perform it. */
     w->env.settle_ms = cfg->settle_ms > 0 ? cfg->settle_ms : 2000 * cfg->timeout_seconds;
-    char *time_zone = cfg->time_zone ? strdup(cfg->time_zone) : NULL;
+    char *time_zone = text_dup(cfg->time_zone);
     if (time_zone || !cfg->time_zone) {
         free(w->time_zone);
         w->time_zone = time_zone;
@@ -481,7 +484,7 @@ worker *worker_new(sd_event *event, db *database, delivery *backend, const confi
     w->database = database;
     gethostname(host, sizeof host - 1);
     if (getrandom(&nonce, sizeof nonce, 0) != (ssize_t)sizeof nonce)
-        nonce = (uint32_t)getpid() ^ (uint32_t)monotonic_ms();
+        nonce = (uint32_t)getpid() ^ (uint32_t)loop_timer_now_ms();
     snprintf(w->host_prefix, sizeof w->host_prefix, "%s:", host);
     snprintf(w->worker_id, sizeof w->worker_id, "%s%ld:%08x", w->host_prefix, (long)getpid(),
              nonce);
@@ -599,5 +602,6 @@ const worker_stats *worker_get_stats(const worker *w)
     mutable->stats.auth_failing = w->env.stats.auth_failing;
     memcpy(mutable->stats.auth_error, w->env.stats.auth_error, sizeof mutable->stats.auth_error);
     mutable->stats.held_ms = holdoff_remaining(w->env.holdoffs, NULL);
+    holdoff_get_stats(w->env.holdoffs, &mutable->stats.holds);
     return &w->stats;
 }

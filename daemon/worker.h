@@ -10,6 +10,7 @@
 #include "daemon/config.h"
 #include "daemon/db.h"
 #include "daemon/delivery.h"
+#include "daemon/holdoff.h"
 
 typedef struct worker worker;
 
@@ -22,6 +23,7 @@ typedef struct worker_stats {
     bool auth_failing;         /* Exchange refuses the service account: delivery pauses */
     char auth_error[256];
     int64_t held_ms;           /* every request waits this much longer (503/429, auth) */
+    holdoff_stats holds;       /* throttling: holds since start, what is held now */
 } worker_stats;
 
 worker *worker_new(sd_event *event, db *database, delivery *backend, const config *cfg)

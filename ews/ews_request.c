@@ -27,9 +27,7 @@
 
 #include <libxml/tree.h>
 
-#define NS_SOAP "http://schemas.xmlsoap.org/soap/envelope/"
-#define NS_TYPES "http://schemas.microsoft.com/exchange/services/2006/types"
-#define NS_MESSAGES "http://schemas.microsoft.com/exchange/services/2006/messages"
+#include "ews/ews_soap.h"
 
 /* types.xsd, ReminderMinutesBeforeStartType: 0 .. 2629800 (five years). */
 #define REMINDER_MINUTES_MAX 2629800
@@ -39,17 +37,6 @@
 
 /* The tag is "contactlog:<int64>:appointment": well under this. */
 #define TAG_SIZE 64
-
-typedef struct soap_builder {
-    xmlDocPtr doc;
-    xmlNodePtr body;
-    xmlNsPtr ns_soap;
-    xmlNsPtr ns_t;
-    xmlNsPtr ns_m;
-    /* Set by the first failed libxml2 call (out of memory); the helpers below do
-     * nothing once a parent is NULL, so builders check only at the end. */
-    bool failed;
-} soap_builder;
 
 /* ---- input checks ---------------------------------------------------------- */
 
@@ -225,129 +212,7 @@ static bool ref_ok(const outlook_item_ref *ref)
            (ref->change_key == NULL || is_xml_text(ref->change_key));
 }
 
-/* ---- tree helpers ---------------------------------------------------------- */
-
-static xmlNodePtr add_element(soap_builder *b, xmlNodePtr parent, xmlNsPtr ns,
-                              const char *name)
-{
-    if (parent == NULL) {
-        b->failed = true;
-        return NULL;
-    }
-    xmlNodePtr node = xmlNewChild(parent, ns, BAD_CAST name, NULL);
-    if (node == NULL)
-        b->failed = true;
-    return node;
-}
-
-/* An element whose text is escaped on output (xmlNewTextChild, unlike xmlNewChild,
- * does not interpret '&' in the content). */
-static xmlNodePtr add_text_element(soap_builder *b, xmlNodePtr parent, xmlNsPtr ns,
-                                   const char *name, const char *text)
-{
-    if (parent == NULL) {
-        b->failed = true;
-        return NULL;
-    }
-    xmlNodePtr node = xmlNewTextChild(parent, ns, BAD_CAST name, BAD_CAST text);
-    /* libxml2 ignores a failed text-node allocation inside xmlNewTextChild. */
-    if (node == NULL || (text[0] != '\0' && node->children == NULL))
-        b->failed = true;
-    return node;
-}
-
-static void set_attribute(soap_builder *b, xmlNodePtr node, const char *name,
-                          const char *value)
-{
-    if (node == NULL) {
-        b->failed = true;
-        return;
-    }
-    xmlAttrPtr attr = xmlNewProp(node, BAD_CAST name, BAD_CAST value);
-    if (attr == NULL || (value[0] != '\0' && attr->children == NULL))
-        b->failed = true;
-}
-
-/* The envelope, header and empty body shared by every request. time_zone: the
- * Windows id of the request's TimeZoneContext, NULL for none. */
-static bool builder_start(soap_builder *b, const ews_request_options *opt,
-                          const char *time_zone)
-{
-    memset(b, 0, sizeof *b);
-    b->doc = xmlNewDoc(BAD_CAST "1.0");
-    if (b->doc == NULL)
-        return false;
-
-    xmlNodePtr envelope = xmlNewDocNode(b->doc, NULL, BAD_CAST "Envelope", NULL);
-    if (envelope == NULL)
-        return false;
-    xmlDocSetRootElement(b->doc, envelope);
-
-    b->ns_soap = xmlNewNs(envelope, BAD_CAST NS_SOAP, BAD_CAST "soap");
-    b->ns_t = xmlNewNs(envelope, BAD_CAST NS_TYPES, BAD_CAST "t");
-    b->ns_m = xmlNewNs(envelope, BAD_CAST NS_MESSAGES, BAD_CAST "m");
-    if (b->ns_soap == NULL || b->ns_t == NULL || b->ns_m == NULL)
-        return false;
-    xmlSetNs(envelope, b->ns_soap);
-
-    xmlNodePtr header = add_element(b, envelope, b->ns_soap, "Header");
-    xmlNodePtr version = add_element(b, header, b->ns_t, "RequestServerVersion");
-    set_attribute(b, version, "Version", opt->server_version);
-
-    /* Impersonation names the mailbox once, in the header; delegate access names it
-     * in every DistinguishedFolderId instead (add_folder_id). SmtpAddress, not
-     * PrimarySmtpAddress: employee.email may be any of the mailbox's addresses, and
-     * only SmtpAddress resolves an alias (SPEC section 4). */
-    if (opt->impersonation) {
-        xmlNodePtr impersonation = add_element(b, header, b->ns_t, "ExchangeImpersonation");
-        xmlNodePtr sid = add_element(b, impersonation, b->ns_t, "ConnectingSID");
-        add_text_element(b, sid, b->ns_t, "SmtpAddress", opt->mailbox);
-    }
-
-    /* Exchange reads a task's DueDate as a date in this zone; without the header it
-     * would take the date in UTC, a day early east of Greenwich before dawn. */
-    if (time_zone != NULL) {
-        xmlNodePtr context = add_element(b, header, b->ns_t, "TimeZoneContext");
-        xmlNodePtr definition = add_element(b, context, b->ns_t, "TimeZoneDefinition");
-        set_attribute(b, definition, "Id", time_zone);
-    }
-
-    b->body = add_element(b, envelope, b->ns_soap, "Body");
-    return !b->failed;
-}
-
-/* Serialises the document into a malloc'd buffer (the header promises free(), and
- * xmlFree need not be free) and releases the tree. */
-static char *builder_finish(soap_builder *b, size_t *len)
-{
-    xmlChar *xml = NULL;
-    int size = 0;
-    char *out = NULL;
-
-    if (b->failed || b->doc == NULL)
-        goto done;
-    xmlDocDumpMemoryEnc(b->doc, &xml, &size, "UTF-8");
-    if (xml == NULL || size <= 0)
-        goto done;
-    out = malloc((size_t)size + 1);
-    if (out == NULL)
-        goto done;
-    memcpy(out, xml, (size_t)size);
-    out[size] = '\0';
-    if (len != NULL)
-        *len = (size_t)size;
-done:
-    xmlFree(xml);
-    xmlFreeDoc(b->doc);
-    b->doc = NULL;
-    return out;
-}
-
-static void builder_abandon(soap_builder *b)
-{
-    xmlFreeDoc(b->doc);
-    b->doc = NULL;
-}
+/* ---- elements -------------------------------------------------------------- */
 
 static const char *folder_name(outlook_item_kind kind)
 {
@@ -356,27 +221,27 @@ static const char *folder_name(outlook_item_kind kind)
 
 /* t:DistinguishedFolderId Id=calendar|tasks, with t:Mailbox when the mailbox is not
  * already named by an impersonation header. */
-static void add_folder_id(soap_builder *b, xmlNodePtr parent, const ews_request_options *opt,
+static void add_folder_id(ews_soap *b, xmlNodePtr parent, const ews_request_options *opt,
                           const char *folder)
 {
-    xmlNodePtr id = add_element(b, parent, b->ns_t, "DistinguishedFolderId");
-    set_attribute(b, id, "Id", folder);
+    xmlNodePtr id = ews_soap_element(b, parent, b->ns_t, "DistinguishedFolderId");
+    ews_soap_attribute(b, id, "Id", folder);
     if (!opt->impersonation) {
-        xmlNodePtr mailbox = add_element(b, id, b->ns_t, "Mailbox");
-        add_text_element(b, mailbox, b->ns_t, "EmailAddress", opt->mailbox);
+        xmlNodePtr mailbox = ews_soap_element(b, id, b->ns_t, "Mailbox");
+        ews_soap_text(b, mailbox, b->ns_t, "EmailAddress", opt->mailbox);
     }
 }
 
 /* t:ExtendedFieldURI of our naming property (item field, restriction, shape). */
-static void add_naming_field_uri(soap_builder *b, xmlNodePtr parent)
+static void add_naming_field_uri(ews_soap *b, xmlNodePtr parent)
 {
-    xmlNodePtr uri = add_element(b, parent, b->ns_t, "ExtendedFieldURI");
-    set_attribute(b, uri, "PropertySetId", OUTLOOK_TAG_PROPERTY_SET_ID);
-    set_attribute(b, uri, "PropertyName", OUTLOOK_TAG_PROPERTY_NAME);
-    set_attribute(b, uri, "PropertyType", "String");
+    xmlNodePtr uri = ews_soap_element(b, parent, b->ns_t, "ExtendedFieldURI");
+    ews_soap_attribute(b, uri, "PropertySetId", OUTLOOK_TAG_PROPERTY_SET_ID);
+    ews_soap_attribute(b, uri, "PropertyName", OUTLOOK_TAG_PROPERTY_NAME);
+    ews_soap_attribute(b, uri, "PropertyType", "String");
 }
 
-static void add_naming_property(soap_builder *b, xmlNodePtr item_node, const outlook_item *item)
+static void add_naming_property(ews_soap *b, xmlNodePtr item_node, const outlook_item *item)
 {
     char tag[TAG_SIZE];
     int n = outlook_item_tag(tag, sizeof tag, item->log_id, item->kind);
@@ -385,18 +250,18 @@ static void add_naming_property(soap_builder *b, xmlNodePtr item_node, const out
         b->failed = true;
         return;
     }
-    xmlNodePtr property = add_element(b, item_node, b->ns_t, "ExtendedProperty");
+    xmlNodePtr property = ews_soap_element(b, item_node, b->ns_t, "ExtendedProperty");
     add_naming_field_uri(b, property);
-    add_text_element(b, property, b->ns_t, "Value", tag);
+    ews_soap_text(b, property, b->ns_t, "Value", tag);
 }
 
-static void add_body(soap_builder *b, xmlNodePtr parent, const outlook_item *item)
+static void add_body(ews_soap *b, xmlNodePtr parent, const outlook_item *item)
 {
-    xmlNodePtr body = add_text_element(b, parent, b->ns_t, "Body", or_empty(item->body_html));
-    set_attribute(b, body, "BodyType", "HTML");
+    xmlNodePtr body = ews_soap_text(b, parent, b->ns_t, "Body", or_empty(item->body_html));
+    ews_soap_attribute(b, body, "BodyType", "HTML");
 }
 
-static void add_time(soap_builder *b, xmlNodePtr parent, const char *name, int64_t seconds)
+static void add_time(ews_soap *b, xmlNodePtr parent, const char *name, int64_t seconds)
 {
     char when[UTC_TIME_SIZE];
 
@@ -404,10 +269,10 @@ static void add_time(soap_builder *b, xmlNodePtr parent, const char *name, int64
         b->failed = true;
         return;
     }
-    add_text_element(b, parent, b->ns_t, name, when);
+    ews_soap_text(b, parent, b->ns_t, name, when);
 }
 
-static void add_due_date(soap_builder *b, xmlNodePtr parent, const outlook_item *item)
+static void add_due_date(ews_soap *b, xmlNodePtr parent, const outlook_item *item)
 {
     char when[UTC_TIME_SIZE];
 
@@ -415,23 +280,23 @@ static void add_due_date(soap_builder *b, xmlNodePtr parent, const outlook_item 
         b->failed = true;
         return;
     }
-    add_text_element(b, parent, b->ns_t, "DueDate", when);
+    ews_soap_text(b, parent, b->ns_t, "DueDate", when);
 }
 
-static void add_reminder_minutes(soap_builder *b, xmlNodePtr parent, int minutes)
+static void add_reminder_minutes(ews_soap *b, xmlNodePtr parent, int minutes)
 {
     char text[16];
 
     snprintf(text, sizeof text, "%d", minutes);
-    add_text_element(b, parent, b->ns_t, "ReminderMinutesBeforeStart", text);
+    ews_soap_text(b, parent, b->ns_t, "ReminderMinutesBeforeStart", text);
 }
 
-static void add_time_zone(soap_builder *b, xmlNodePtr parent, const char *name,
+static void add_time_zone(ews_soap *b, xmlNodePtr parent, const char *name,
                           const char *windows_id)
 {
     /* TimeZoneDefinitionType: an Id alone names one of the server's zones. */
-    xmlNodePtr zone = add_element(b, parent, b->ns_t, name);
-    set_attribute(b, zone, "Id", windows_id);
+    xmlNodePtr zone = ews_soap_element(b, parent, b->ns_t, name);
+    ews_soap_attribute(b, zone, "Id", windows_id);
 }
 
 static const char *task_status(const outlook_item *item)
@@ -441,19 +306,19 @@ static const char *task_status(const outlook_item *item)
 
 /* t:CalendarItem in types.xsd order: ItemType fields, then CalendarItemType fields
  * (Start, End, LegacyFreeBusyStatus, ... StartTimeZone, EndTimeZone). */
-static void add_calendar_item(soap_builder *b, xmlNodePtr items, const outlook_item *item)
+static void add_calendar_item(ews_soap *b, xmlNodePtr items, const outlook_item *item)
 {
-    xmlNodePtr node = add_element(b, items, b->ns_t, "CalendarItem");
+    xmlNodePtr node = ews_soap_element(b, items, b->ns_t, "CalendarItem");
 
-    add_text_element(b, node, b->ns_t, "Subject", or_empty(item->subject));
+    ews_soap_text(b, node, b->ns_t, "Subject", or_empty(item->subject));
     add_body(b, node, item);
-    add_text_element(b, node, b->ns_t, "Importance", importance_name(item->importance));
-    add_text_element(b, node, b->ns_t, "ReminderIsSet", "true");
+    ews_soap_text(b, node, b->ns_t, "Importance", importance_name(item->importance));
+    ews_soap_text(b, node, b->ns_t, "ReminderIsSet", "true");
     add_reminder_minutes(b, node, item->reminder_minutes);
     add_naming_property(b, node, item);
     add_time(b, node, "Start", item->start);
     add_time(b, node, "End", item->end);
-    add_text_element(b, node, b->ns_t, "LegacyFreeBusyStatus", "Busy");
+    ews_soap_text(b, node, b->ns_t, "LegacyFreeBusyStatus", "Busy");
     if (has_time_zone(item)) {
         add_time_zone(b, node, "StartTimeZone", item->time_zone);
         add_time_zone(b, node, "EndTimeZone", item->time_zone);
@@ -461,26 +326,26 @@ static void add_calendar_item(soap_builder *b, xmlNodePtr items, const outlook_i
 }
 
 /* t:Task in types.xsd order: ItemType fields, then TaskType's DueDate ... Status. */
-static void add_task(soap_builder *b, xmlNodePtr items, const outlook_item *item)
+static void add_task(ews_soap *b, xmlNodePtr items, const outlook_item *item)
 {
-    xmlNodePtr node = add_element(b, items, b->ns_t, "Task");
+    xmlNodePtr node = ews_soap_element(b, items, b->ns_t, "Task");
 
-    add_text_element(b, node, b->ns_t, "Subject", or_empty(item->subject));
+    ews_soap_text(b, node, b->ns_t, "Subject", or_empty(item->subject));
     add_body(b, node, item);
-    add_text_element(b, node, b->ns_t, "Importance", importance_name(item->importance));
+    ews_soap_text(b, node, b->ns_t, "Importance", importance_name(item->importance));
     add_time(b, node, "ReminderDueBy", item->start);
-    add_text_element(b, node, b->ns_t, "ReminderIsSet", "true");
+    ews_soap_text(b, node, b->ns_t, "ReminderIsSet", "true");
     add_naming_property(b, node, item);
     add_due_date(b, node, item);
-    add_text_element(b, node, b->ns_t, "Status", task_status(item));
+    ews_soap_text(b, node, b->ns_t, "Status", task_status(item));
 }
 
-static void add_item_id(soap_builder *b, xmlNodePtr parent, const outlook_item_ref *ref)
+static void add_item_id(ews_soap *b, xmlNodePtr parent, const outlook_item_ref *ref)
 {
-    xmlNodePtr id = add_element(b, parent, b->ns_t, "ItemId");
-    set_attribute(b, id, "Id", ref->item_id);
+    xmlNodePtr id = ews_soap_element(b, parent, b->ns_t, "ItemId");
+    ews_soap_attribute(b, id, "Id", ref->item_id);
     if (ref->change_key != NULL && ref->change_key[0] != '\0')
-        set_attribute(b, id, "ChangeKey", ref->change_key);
+        ews_soap_attribute(b, id, "ChangeKey", ref->change_key);
 }
 
 /* ---- CreateItem ------------------------------------------------------------ */
@@ -488,7 +353,7 @@ static void add_item_id(soap_builder *b, xmlNodePtr parent, const outlook_item_r
 char *ews_request_create_items(const ews_request_options *opt, const outlook_item *items,
                                size_t n, size_t *len)
 {
-    soap_builder b;
+    ews_soap b;
 
     if (!options_ok(opt) || items == NULL || n == 0 || len == NULL)
         return NULL;
@@ -501,29 +366,29 @@ char *ews_request_create_items(const ews_request_options *opt, const outlook_ite
      * per mailbox, so the tasks are normally in one employee's zone; a task in another
      * zone keeps its own midnight and offset, read in the first one's context. */
     outlook_item_kind kind = items[0].kind;
-    if (!builder_start(&b, opt, due_zone(&items[0])))
+    if (!ews_soap_start(&b, opt, due_zone(&items[0])))
         goto fail;
 
-    xmlNodePtr create = add_element(&b, b.body, b.ns_m, "CreateItem");
+    xmlNodePtr create = ews_soap_element(&b, b.body, b.ns_m, "CreateItem");
     if (kind == OUTLOOK_APPOINTMENT)
-        set_attribute(&b, create, "SendMeetingInvitations", "SendToNone");
+        ews_soap_attribute(&b, create, "SendMeetingInvitations", "SendToNone");
     else
-        set_attribute(&b, create, "MessageDisposition", "SaveOnly");
+        ews_soap_attribute(&b, create, "MessageDisposition", "SaveOnly");
 
-    xmlNodePtr folder = add_element(&b, create, b.ns_m, "SavedItemFolderId");
+    xmlNodePtr folder = ews_soap_element(&b, create, b.ns_m, "SavedItemFolderId");
     add_folder_id(&b, folder, opt, folder_name(kind));
 
-    xmlNodePtr list = add_element(&b, create, b.ns_m, "Items");
+    xmlNodePtr list = ews_soap_element(&b, create, b.ns_m, "Items");
     for (size_t i = 0; i < n && !b.failed; i++) {
         if (kind == OUTLOOK_APPOINTMENT)
             add_calendar_item(&b, list, &items[i]);
         else
             add_task(&b, list, &items[i]);
     }
-    return builder_finish(&b, len);
+    return ews_soap_finish(&b, len);
 
 fail:
-    builder_abandon(&b);
+    ews_soap_abandon(&b);
     return NULL;
 }
 
@@ -531,23 +396,23 @@ fail:
 
 /* <t:SetItemField><t:FieldURI FieldURI=uri/><t:CalendarItem|Task>VALUE</...></...>
  * Returns the CalendarItem/Task node for the caller to put the one field into. */
-static xmlNodePtr add_set_field(soap_builder *b, xmlNodePtr updates, outlook_item_kind kind,
+static xmlNodePtr add_set_field(ews_soap *b, xmlNodePtr updates, outlook_item_kind kind,
                                 const char *field_uri)
 {
-    xmlNodePtr set = add_element(b, updates, b->ns_t, "SetItemField");
-    xmlNodePtr uri = add_element(b, set, b->ns_t, "FieldURI");
-    set_attribute(b, uri, "FieldURI", field_uri);
-    return add_element(b, set, b->ns_t, kind == OUTLOOK_TASK ? "Task" : "CalendarItem");
+    xmlNodePtr set = ews_soap_element(b, updates, b->ns_t, "SetItemField");
+    xmlNodePtr uri = ews_soap_element(b, set, b->ns_t, "FieldURI");
+    ews_soap_attribute(b, uri, "FieldURI", field_uri);
+    return ews_soap_element(b, set, b->ns_t, kind == OUTLOOK_TASK ? "Task" : "CalendarItem");
 }
 
-static void add_set_text_field(soap_builder *b, xmlNodePtr updates, outlook_item_kind kind,
+static void add_set_text_field(ews_soap *b, xmlNodePtr updates, outlook_item_kind kind,
                                const char *field_uri, const char *element, const char *text)
 {
     xmlNodePtr holder = add_set_field(b, updates, kind, field_uri);
-    add_text_element(b, holder, b->ns_t, element, text);
+    ews_soap_text(b, holder, b->ns_t, element, text);
 }
 
-static void add_set_time_field(soap_builder *b, xmlNodePtr updates, outlook_item_kind kind,
+static void add_set_time_field(ews_soap *b, xmlNodePtr updates, outlook_item_kind kind,
                                const char *field_uri, const char *element, int64_t seconds)
 {
     xmlNodePtr holder = add_set_field(b, updates, kind, field_uri);
@@ -556,7 +421,7 @@ static void add_set_time_field(soap_builder *b, xmlNodePtr updates, outlook_item
 
 /* Every field we own, so that an update makes the item match the log whatever the
  * user did to it in Outlook. The naming property is left alone: it never changes. */
-static void add_updates(soap_builder *b, xmlNodePtr updates, const outlook_item *item)
+static void add_updates(ews_soap *b, xmlNodePtr updates, const outlook_item *item)
 {
     outlook_item_kind kind = item->kind;
 
@@ -592,28 +457,28 @@ static void add_updates(soap_builder *b, xmlNodePtr updates, const outlook_item 
 char *ews_request_update_item(const ews_request_options *opt, const outlook_item_ref *ref,
                               const outlook_item *item, size_t *len)
 {
-    soap_builder b;
+    ews_soap b;
 
     if (!options_ok(opt) || !ref_ok(ref) || !item_ok(item) || len == NULL)
         return NULL;
-    if (!builder_start(&b, opt, due_zone(item)))
+    if (!ews_soap_start(&b, opt, due_zone(item)))
         goto fail;
 
     /* The item id already names the mailbox, so no folder (and no t:Mailbox) here. */
-    xmlNodePtr update = add_element(&b, b.body, b.ns_m, "UpdateItem");
-    set_attribute(&b, update, "ConflictResolution", "AlwaysOverwrite");
-    set_attribute(&b, update, "MessageDisposition", "SaveOnly");
+    xmlNodePtr update = ews_soap_element(&b, b.body, b.ns_m, "UpdateItem");
+    ews_soap_attribute(&b, update, "ConflictResolution", "AlwaysOverwrite");
+    ews_soap_attribute(&b, update, "MessageDisposition", "SaveOnly");
     if (item->kind == OUTLOOK_APPOINTMENT)
-        set_attribute(&b, update, "SendMeetingInvitationsOrCancellations", "SendToNone");
+        ews_soap_attribute(&b, update, "SendMeetingInvitationsOrCancellations", "SendToNone");
 
-    xmlNodePtr changes = add_element(&b, update, b.ns_m, "ItemChanges");
-    xmlNodePtr change = add_element(&b, changes, b.ns_t, "ItemChange");
+    xmlNodePtr changes = ews_soap_element(&b, update, b.ns_m, "ItemChanges");
+    xmlNodePtr change = ews_soap_element(&b, changes, b.ns_t, "ItemChange");
     add_item_id(&b, change, ref);
-    add_updates(&b, add_element(&b, change, b.ns_t, "Updates"), item);
-    return builder_finish(&b, len);
+    add_updates(&b, ews_soap_element(&b, change, b.ns_t, "Updates"), item);
+    return ews_soap_finish(&b, len);
 
 fail:
-    builder_abandon(&b);
+    ews_soap_abandon(&b);
     return NULL;
 }
 
@@ -622,28 +487,28 @@ fail:
 char *ews_request_delete_item(const ews_request_options *opt, outlook_item_kind kind,
                               const outlook_item_ref *ref, size_t *len)
 {
-    soap_builder b;
+    ews_soap b;
 
     if (!options_ok(opt) || !kind_ok(kind) || !ref_ok(ref) || len == NULL)
         return NULL;
-    if (!builder_start(&b, opt, NULL))
+    if (!ews_soap_start(&b, opt, NULL))
         goto fail;
 
     /* Exchange demands SendMeetingCancellations for calendar items and
      * AffectedTaskOccurrences for tasks (schema-optional, required at run time);
      * each is ignored for the other kind, so both always go out: a delete never
      * fails because the stored kind and the real item disagree. */
-    xmlNodePtr del = add_element(&b, b.body, b.ns_m, "DeleteItem");
-    set_attribute(&b, del, "DeleteType", "MoveToDeletedItems");
-    set_attribute(&b, del, "SendMeetingCancellations", "SendToNone");
-    set_attribute(&b, del, "AffectedTaskOccurrences", "AllOccurrences");
+    xmlNodePtr del = ews_soap_element(&b, b.body, b.ns_m, "DeleteItem");
+    ews_soap_attribute(&b, del, "DeleteType", "MoveToDeletedItems");
+    ews_soap_attribute(&b, del, "SendMeetingCancellations", "SendToNone");
+    ews_soap_attribute(&b, del, "AffectedTaskOccurrences", "AllOccurrences");
 
-    xmlNodePtr ids = add_element(&b, del, b.ns_m, "ItemIds");
+    xmlNodePtr ids = ews_soap_element(&b, del, b.ns_m, "ItemIds");
     add_item_id(&b, ids, ref);
-    return builder_finish(&b, len);
+    return ews_soap_finish(&b, len);
 
 fail:
-    builder_abandon(&b);
+    ews_soap_abandon(&b);
     return NULL;
 }
 
@@ -652,7 +517,7 @@ fail:
 char *ews_request_find_item(const ews_request_options *opt, outlook_item_kind kind,
                             int64_t log_id, size_t *len)
 {
-    soap_builder b;
+    ews_soap b;
     char tag[TAG_SIZE];
 
     if (!options_ok(opt) || !kind_ok(kind) || len == NULL)
@@ -660,36 +525,36 @@ char *ews_request_find_item(const ews_request_options *opt, outlook_item_kind ki
     int n = outlook_item_tag(tag, sizeof tag, log_id, kind);
     if (n < 0 || (size_t)n >= sizeof tag)
         return NULL;
-    if (!builder_start(&b, opt, NULL))
+    if (!ews_soap_start(&b, opt, NULL))
         goto fail;
 
-    xmlNodePtr find = add_element(&b, b.body, b.ns_m, "FindItem");
-    set_attribute(&b, find, "Traversal", "Shallow");
+    xmlNodePtr find = ews_soap_element(&b, b.body, b.ns_m, "FindItem");
+    ews_soap_attribute(&b, find, "Traversal", "Shallow");
 
     /* IdOnly plus our property: the answer carries ids and the tag, nothing else. */
-    xmlNodePtr shape = add_element(&b, find, b.ns_m, "ItemShape");
-    add_text_element(&b, shape, b.ns_t, "BaseShape", "IdOnly");
-    add_naming_field_uri(&b, add_element(&b, shape, b.ns_t, "AdditionalProperties"));
+    xmlNodePtr shape = ews_soap_element(&b, find, b.ns_m, "ItemShape");
+    ews_soap_text(&b, shape, b.ns_t, "BaseShape", "IdOnly");
+    add_naming_field_uri(&b, ews_soap_element(&b, shape, b.ns_t, "AdditionalProperties"));
 
     /* More than one hit means an earlier duplicate; ten is plenty to clean those up. */
-    xmlNodePtr view = add_element(&b, find, b.ns_m, "IndexedPageItemView");
-    set_attribute(&b, view, "MaxEntriesReturned", "10");
-    set_attribute(&b, view, "Offset", "0");
-    set_attribute(&b, view, "BasePoint", "Beginning");
+    xmlNodePtr view = ews_soap_element(&b, find, b.ns_m, "IndexedPageItemView");
+    ews_soap_attribute(&b, view, "MaxEntriesReturned", "10");
+    ews_soap_attribute(&b, view, "Offset", "0");
+    ews_soap_attribute(&b, view, "BasePoint", "Beginning");
 
-    xmlNodePtr restriction = add_element(&b, find, b.ns_m, "Restriction");
-    xmlNodePtr equal = add_element(&b, restriction, b.ns_t, "IsEqualTo");
+    xmlNodePtr restriction = ews_soap_element(&b, find, b.ns_m, "Restriction");
+    xmlNodePtr equal = ews_soap_element(&b, restriction, b.ns_t, "IsEqualTo");
     add_naming_field_uri(&b, equal);
-    xmlNodePtr operand = add_element(&b, equal, b.ns_t, "FieldURIOrConstant");
-    xmlNodePtr constant = add_element(&b, operand, b.ns_t, "Constant");
-    set_attribute(&b, constant, "Value", tag);
+    xmlNodePtr operand = ews_soap_element(&b, equal, b.ns_t, "FieldURIOrConstant");
+    xmlNodePtr constant = ews_soap_element(&b, operand, b.ns_t, "Constant");
+    ews_soap_attribute(&b, constant, "Value", tag);
 
-    xmlNodePtr parents = add_element(&b, find, b.ns_m, "ParentFolderIds");
+    xmlNodePtr parents = ews_soap_element(&b, find, b.ns_m, "ParentFolderIds");
     add_folder_id(&b, parents, opt, folder_name(kind));
-    return builder_finish(&b, len);
+    return ews_soap_finish(&b, len);
 
 fail:
-    builder_abandon(&b);
+    ews_soap_abandon(&b);
     return NULL;
 }
 
@@ -697,21 +562,21 @@ fail:
 
 char *ews_request_get_folder(const ews_request_options *opt, size_t *len)
 {
-    soap_builder b;
+    ews_soap b;
 
     if (!options_ok(opt) || len == NULL)
         return NULL;
-    if (!builder_start(&b, opt, NULL))
+    if (!ews_soap_start(&b, opt, NULL))
         goto fail;
 
-    xmlNodePtr get = add_element(&b, b.body, b.ns_m, "GetFolder");
-    xmlNodePtr shape = add_element(&b, get, b.ns_m, "FolderShape");
-    add_text_element(&b, shape, b.ns_t, "BaseShape", "IdOnly");
-    xmlNodePtr ids = add_element(&b, get, b.ns_m, "FolderIds");
+    xmlNodePtr get = ews_soap_element(&b, b.body, b.ns_m, "GetFolder");
+    xmlNodePtr shape = ews_soap_element(&b, get, b.ns_m, "FolderShape");
+    ews_soap_text(&b, shape, b.ns_t, "BaseShape", "IdOnly");
+    xmlNodePtr ids = ews_soap_element(&b, get, b.ns_m, "FolderIds");
     add_folder_id(&b, ids, opt, "calendar");
-    return builder_finish(&b, len);
+    return ews_soap_finish(&b, len);
 
 fail:
-    builder_abandon(&b);
+    ews_soap_abandon(&b);
     return NULL;
 }

@@ -1,7 +1,6 @@
 /* graph_json — see graph_json.h. Built with json-c's object API, never by string
  * concatenation; parsed with a depth-limited tokener over a size-capped buffer. */
 #include "graph/graph_json.h"
-#include "http/http_client.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -11,6 +10,9 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+
+#include "daemon/text.h"
+#include "http/http_client.h"
 
 #define PARSE_DEPTH 32
 
@@ -297,24 +299,14 @@ static const char *get_string(json_object *obj, const char *key)
     return json_object_get_string(value);
 }
 
-static void copy_text(char *dst, size_t size, const char *src)
-{
-    if (size == 0)
-        return;
-    snprintf(dst, size, "%s", src ? src : "");
-    /* Keep the text printable: it goes into logs and followupctl status. */
-    for (char *p = dst; *p; p++)
-        if ((unsigned char)*p < 0x20)
-            *p = ' ';
-}
-
 int graph_json_parse_error(const char *body, size_t len, char *code, size_t code_size,
                            char *message, size_t message_size)
 {
     char err[128];
     json_object *error = NULL;
-    copy_text(code, code_size, "");
-    copy_text(message, message_size, "");
+    /* One line, printable: they go into logs and followupctl status. */
+    text_copy_one_line(code, code_size, "");
+    text_copy_one_line(message, message_size, "");
     json_object *root = parse(body, len, err, sizeof err);
     if (!root)
         return -1;
@@ -323,8 +315,8 @@ int graph_json_parse_error(const char *body, size_t len, char *code, size_t code
         json_object_put(root);
         return -1;
     }
-    copy_text(code, code_size, get_string(error, "code"));
-    copy_text(message, message_size, get_string(error, "message"));
+    text_copy_one_line(code, code_size, get_string(error, "code"));
+    text_copy_one_line(message, message_size, get_string(error, "message"));
     json_object_put(root);
     return 0;
 }
@@ -338,7 +330,7 @@ static int entity_ids(json_object *obj, char **id, char **change_key)
     if (!i || !*i)
         return -1;
     *id = strdup(i);
-    *change_key = k ? strdup(k) : NULL;
+    *change_key = text_dup(k);
     if (!*id || (k && !*change_key)) {
         free(*id);
         free(*change_key);

@@ -14,12 +14,13 @@
 
 #include <curl/curl.h>
 
+#include "daemon/text.h"
+
 struct http_client {
     sd_event *event;
     CURLM *multi;
     loop_timer *timer;
     http_settings settings;      /* owned copies of the strings */
-    size_t in_flight;
     struct http_transfer *transfers;   /* in flight, for freeing on shutdown */
 };
 
@@ -65,17 +66,12 @@ void http_global_cleanup(void)
     curl_global_cleanup();
 }
 
-static char *dup_or_null(const char *s)
-{
-    return s ? strdup(s) : NULL;
-}
-
 int http_client_configure(http_client *client, const http_settings *settings)
 {
     http_settings copy = *settings;
-    copy.username = dup_or_null(settings->username);
-    copy.password = dup_or_null(settings->password);
-    copy.ca_file = dup_or_null(settings->ca_file);
+    copy.username = text_dup(settings->username);
+    copy.password = text_dup(settings->password);
+    copy.ca_file = text_dup(settings->ca_file);
     if ((settings->username && !copy.username) || (settings->password && !copy.password) ||
         (settings->ca_file && !copy.ca_file)) {
         free_settings(&copy);
@@ -104,7 +100,6 @@ static void unlink_transfer(http_client *client, http_transfer *t)
         client->transfers = t->next;
     if (t->next)
         t->next->prev = t->prev;
-    client->in_flight--;
 }
 
 /* Which stage failed, in words an operator can act on. */
@@ -472,14 +467,8 @@ int http_client_request(http_client *client, const char *method, const char *url
     if (t->next)
         t->next->prev = t;
     client->transfers = t;
-    client->in_flight++;
     return 0;
 fail:
     transfer_free(t);
     return -ENOMEM;
-}
-
-size_t http_client_in_flight(const http_client *client)
-{
-    return client->in_flight;
 }

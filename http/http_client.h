@@ -75,8 +75,6 @@ int http_client_post(http_client *client, const char *url, const char *content_t
                      http_done_fn done, void *userdata)
     __attribute__((warn_unused_result));
 
-size_t http_client_in_flight(const http_client *client);
-
 /* A Retry-After value (RFC 9110 10.2.3) as milliseconds to wait from now: delay-seconds,
  * or an HTTP-date (IMF-fixdate and the obsolete RFC 850 and asctime forms), a date
  * already past being 0. -1 for NULL, anything else, and waits of a week or more, which

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 struct loop_timer {
@@ -70,4 +71,16 @@ void loop_timer_disarm(loop_timer *timer)
 {
     struct itimerspec spec = {0};
     timerfd_settime(timer->fd, 0, &spec, NULL);
+}
+
+uint64_t loop_timer_now_usec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * UINT64_C(1000000) + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+int64_t loop_timer_now_ms(void)
+{
+    return (int64_t)(loop_timer_now_usec() / 1000u);
 }

@@ -18,4 +18,8 @@ void loop_timer_free(loop_timer *timer);
 int loop_timer_arm(loop_timer *timer, uint64_t delay_usec);
 void loop_timer_disarm(loop_timer *timer);
 
+/* CLOCK_MONOTONIC, the clock these timers run on, for deadlines and leases. */
+uint64_t loop_timer_now_usec(void);
+int64_t loop_timer_now_ms(void);
+
 #endif

@@ -15,6 +15,7 @@
 #include <json-c/json.h>
 
 #include "daemon/log.h"
+#include "daemon/text.h"
 #include "http/http_client.h"
 
 #define TOKEN_RESPONSE_MAX_BYTES (256u * 1024u)
@@ -147,9 +148,7 @@ static void token_error(const http_response *hr, const char *url, char *reason, 
     else if (code && strcmp(code, "invalid_scope") == 0)
         snprintf(reason + strlen(reason), size - strlen(reason), ": check [oauth2] scope");
     json_object_put(root);
-    for (char *p = reason; *p; p++)
-        if ((unsigned char)*p < 0x20)
-            *p = ' ';
+    text_one_line(reason, size);
 }
 
 static void on_token_answer(const http_response *hr, void *userdata)

@@ -33,13 +33,28 @@ def main():
         port_file = os.path.join(work, "sim.port")
         schema = os.environ.get("FOLLOWUPD_EWS_SCHEMA") or os.path.join(TOP, "..", "shared",
                                                                          "ews-schema")
+        if os.path.isfile(os.path.join(schema, "ews-envelope.xsd")):
+            print("   every request followupd sends is checked against Microsoft's EWS "
+                  "schema, as Exchange does")
+        else:
+            print(f"   note: Microsoft's EWS schema is not in {os.path.abspath(schema)}, so the\n"
+                  "   simulator answers requests without checking them against it: the demo\n"
+                  "   still shows what arrives in each mailbox, but would not notice a request\n"
+                  "   Exchange refuses (ErrorSchemaValidation). Set FOLLOWUPD_EWS_SCHEMA to the\n"
+                  "   directory holding ews-envelope.xsd, messages.xsd and types.xsd to check.")
+        sim_log = open(os.path.join(work, "sim.log"), "w")
         sim = subprocess.Popen([PYTHON, os.path.join(TOP, "tests", "sim", "ews_sim.py"),
                                 "--port", "0", "--port-file", port_file,
                                 "--users", "svc-followupd:demo-password",
-                                "--schema-dir", schema])
+                                "--schema-dir", schema], stderr=sim_log)
         started.append(lambda: (sim.terminate(), sim.wait()))
-        port = wait_for(lambda: os.path.exists(port_file) and open(port_file).read().strip(),
-                        timeout=15, what="the simulator")
+        try:
+            port = wait_for(lambda: os.path.exists(port_file) and open(port_file).read().strip(),
+                            timeout=15, what="the simulator")
+        except TimeoutError:
+            sim_log.flush()
+            sys.stderr.write(open(sim_log.name).read())
+            raise
         base = f"http://127.0.0.1:{port}"
 
         password_file = os.path.join(work, "ews-password")

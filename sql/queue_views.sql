@@ -16,9 +16,9 @@ SELECT coalesce(q.contact_log_id, s.contact_log_id) AS contact_log_id,
 FROM contactlog.outlook_queue q
 FULL JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id;
 
--- The queue's depth for sd_notify STATUS= (every few seconds): read from the
--- outbox, which holds the backlog only, and from partial indexes of the daemon's
--- table; its cost follows the backlog, never the history.
+-- The queue's depth for sd_notify STATUS= and the metrics (every few seconds):
+-- read from the outbox, which holds the backlog only, and from partial indexes of
+-- the daemon's table; its cost follows the backlog, never the history.
 CREATE OR REPLACE VIEW contactlog.followupd_queue_depth AS
 SELECT (SELECT count(*)
         FROM contactlog.outlook_sync s
@@ -36,7 +36,19 @@ SELECT (SELECT count(*)
         FROM contactlog.outlook_queue q
         LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id
         WHERE q.failed_version IS NOT NULL
-          AND q.failed_version >= coalesce(s.version, q.failed_version))       AS failed;
+          AND q.failed_version >= coalesce(s.version, q.failed_version))       AS failed,
+       coalesce((SELECT extract(epoch FROM now() - min(s.changed_at))::bigint
+                 FROM contactlog.outlook_sync s
+                 LEFT JOIN contactlog.outlook_queue q ON q.contact_log_id = s.contact_log_id
+                 WHERE q.contact_log_id IS NULL
+                    OR (s.version > q.synced_version
+                        AND (q.failed_version IS NULL OR q.failed_version < s.version))),
+                0)                                                              AS oldest_pending_seconds,
+       -- DefaultMessageSystem as stored when it turns delivery off (NULL: on)
+       (SELECT coalesce(a.value, '')
+        FROM contactlog.effective_attribute a
+        WHERE a.name = 'DefaultMessageSystem'
+          AND a.effective_value IS DISTINCT FROM 'Outlook Mail')               AS delivery_off;
 
 -- Items not (yet) in their log's home mailbox (docs/architecture.md "Moves between
 -- mailboxes"; the rule of daemon/reconcile.c, stated again for counting): after

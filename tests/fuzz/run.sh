@@ -72,9 +72,9 @@ cflags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 # Sources per target: only what each entry point needs, never main().
 sources_for() {
     case $1 in
-        ews_response) echo "ews/ews_response.c ews/ews_errors.c daemon/outlook_item.c" ;;
-        config) echo "daemon/config.c" ;;
-        item_content) echo "daemon/item_content.c daemon/timezone.c ews/ews_request.c daemon/outlook_item.c" ;;
+        ews_response) echo "ews/ews_response.c ews/ews_xml.c ews/ews_errors.c daemon/outlook_item.c daemon/text.c" ;;
+        config) echo "daemon/config.c daemon/config_check.c daemon/config_secret.c daemon/config_dump.c daemon/text.c" ;;
+        item_content) echo "daemon/item_content.c daemon/timezone.c ews/ews_request.c ews/ews_soap.c daemon/outlook_item.c daemon/text.c" ;;
         *) return 1 ;;
     esac
 }

@@ -683,9 +683,11 @@ def test_many_hostile_logs_at_once(db, sim, both, alice):
 # Secrets
 # ---------------------------------------------------------------------------
 
-def run_followupd(args, timeout=20):
+def run_followupd(args, timeout=20, credentials=None):
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM",
                                                             "CREDENTIALS_DIRECTORY")}
+    if credentials:
+        env["CREDENTIALS_DIRECTORY"] = credentials
     return subprocess.run([FOLLOWUPD] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, errors="replace", timeout=timeout, env=env)
 
@@ -807,5 +809,10 @@ def test_check_refuses_plain_http_to_remote_host(tmp_path, url):
 def test_check_accepts_https_and_loopback_http(tmp_path, url):
     conf = tmp_path / "followupd.conf"
     conf.write_text(f"[exchange]\nurl = {url}\nauth = basic\nusername = svc\n")
-    result = run_followupd(["--check", "-c", str(conf)])
+    # No password_file: --check opens the credential, as under systemd.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "ews-password").write_text("pw\n")
+    os.chmod(credentials / "ews-password", 0o400)
+    result = run_followupd(["--check", "-c", str(conf)], credentials=str(credentials))
     assert result.returncode == 0, result.stderr

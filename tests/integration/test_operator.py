@@ -1,12 +1,20 @@
 """followupctl for operators (issue 15): flush, failed, mailboxes, the words and
-units of status, status --json without a database, and a DefaultMessageSystem that
-switches delivery off."""
+units of status, status --json without a database, a DefaultMessageSystem that
+switches delivery off, status despite a typo elsewhere in the file, attr refusals
+and role hints, --check of the password file as the service user, timestamps on
+stderr, and a reload that reports its verdict."""
 import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
 import time
 
 import pytest
 
-from conftest import run_ctl
+from conftest import DAEMON_LOGIN, FOLLOWUPCTL, FOLLOWUPD, run_ctl
 from pgcluster import free_port, wait_for
 
 MAILBOX = "alice@example.org"
@@ -188,10 +196,19 @@ def test_other_default_message_system_is_off_without_a_problem(db, daemon):
     assert status["delivery_off"] == {"DefaultMessageSystem": "Lotus Notes"}
     text = run_ctl(daemon.config_path, "status").stdout
     assert "delivery to Exchange is off: DefaultMessageSystem = 'Lotus Notes'" in text
+    # STATUS= says it as what the daemon is doing, and the log says it once.
+    off = "STATUS=delivery to Exchange is OFF: DefaultMessageSystem = 'Lotus Notes'"
+    daemon.notify.wait_for(off, timeout=10)
+    wait_for(lambda: sum(off in m for m in daemon.notify.poll()) >= 3, timeout=15,
+             what="two more STATUS= refreshes")
+    logged = "delivery to Exchange is OFF: attribute DefaultMessageSystem = 'Lotus Notes'"
+    assert daemon.output().count(logged) == 1, daemon.output()
     # Blanks around the exact value are allowed (documented): on, no problem.
     db.set_attribute("DefaultMessageSystem", " Outlook Mail ")
     status = json.loads(run_ctl(daemon.config_path, "status", "--json").stdout)
     assert status["attribute_problems"] == [] and status["delivery_off"] is None
+    wait_for(lambda: "delivery to Exchange is on again" in daemon.output(), timeout=10,
+             what="the daemon to log that delivery is on again")
 
 
 def test_usage_errors_of_the_new_commands_exit_2(daemon):
@@ -203,3 +220,176 @@ def test_usage_errors_of_the_new_commands_exit_2(daemon):
     help_text = run_ctl(daemon.config_path, "--help").stdout
     for command in ("flush", "failed", "mailboxes"):
         assert command in help_text
+
+
+# ---- item 9: a typo in another key does not stop followupctl ------------------------
+
+def test_status_works_while_another_key_has_a_typo(db, daemon):
+    with open(daemon.config_path) as f:
+        good = f.read()
+    broken = good + "\n[delivery]\nconcurency = 3\n[smtp]\nhost = mail\n"
+    typo_line = broken.splitlines().index("concurency = 3") + 1
+    with open(daemon.config_path, "w") as f:
+        f.write(broken)
+    try:
+        text = run_ctl(daemon.config_path, "status")
+        assert text.returncode == 0, text.stderr
+        assert "pending:" in text.stdout
+        assert (f"followupctl: warning: {daemon.config_path}:{typo_line}: unknown key "
+                "'concurency'") in text.stderr
+        assert "line skipped" in text.stderr and "unknown section [smtp]" in text.stderr
+        result = run_ctl(daemon.config_path, "status", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["database"] == "ok"
+        # The daemon's own check refuses the file, with the same line.
+        check = subprocess.run([FOLLOWUPD, "--check", "--user", "root", "-c",
+                                daemon.config_path], capture_output=True, text=True, timeout=10)
+        assert check.returncode == 1 and f":{typo_line}: unknown key" in check.stderr
+    finally:
+        with open(daemon.config_path, "w") as f:
+            f.write(good)
+
+
+# ---- item 8: attr refusals say what happened and which role is needed ---------------
+
+def test_attr_invalid_value_is_refused_and_nothing_changed(pg, db, daemon, tmp_path):
+    pg.psql("-c", "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles "
+                  "WHERE rolname = 'followupd_admin_test') THEN "
+                  "CREATE ROLE followupd_admin_test LOGIN IN ROLE contactlog_admin; END IF; END $$")
+    admin = tmp_path / "admin.conf"
+    admin.write_text(open(daemon.config_path).read().replace(
+        pg.conninfo_as(DAEMON_LOGIN), pg.conninfo_as("followupd_admin_test")))
+    before = db.value("SELECT value FROM contactlog.attribute WHERE name = 'AddToCalendar'")
+    refused = run_ctl(str(admin), "attr", "AddToCalendar", "yes")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == ("followupctl: attr: refused, nothing changed: attribute "
+                                      "AddToCalendar = 'yes' must be 0 or 1"), refused.stderr
+    assert "using the default" not in refused.stderr
+    assert db.value("SELECT value FROM contactlog.attribute "
+                    "WHERE name = 'AddToCalendar'") == before
+
+
+def test_permission_denied_names_the_role_to_grant(pg, db, daemon, tmp_path):
+    # The daemon's login may not set attributes: the hint names contactlog_admin.
+    denied = run_ctl(daemon.config_path, "attr", "AddToTasks", "0")
+    assert denied.returncode == 1
+    assert "refused, nothing changed: permission denied for table attribute" in denied.stderr
+    assert "contactlog_admin" in denied.stderr and DAEMON_LOGIN in denied.stderr
+    # A login in no group role: status names contactlog_daemon and the GRANT.
+    pg.psql("-c", "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles "
+                  "WHERE rolname = 'followupd_nobody_test') THEN "
+                  "CREATE ROLE followupd_nobody_test LOGIN; END IF; END $$")
+    nobody = tmp_path / "nobody.conf"
+    nobody.write_text(open(daemon.config_path).read().replace(
+        pg.conninfo_as(DAEMON_LOGIN), pg.conninfo_as("followupd_nobody_test")))
+    status = run_ctl(str(nobody), "status")
+    assert status.returncode == 1
+    assert "permission denied" in status.stderr
+    assert ("status needs a database role that is a member of contactlog_daemon; this "
+            "configuration connects as 'followupd_nobody_test': GRANT contactlog_daemon TO "
+            "followupd_nobody_test") in status.stderr, status.stderr
+
+
+# ---- item 2: --check as root opens the password file as the service will -------------
+
+def test_check_as_root_opens_the_password_file_as_the_service_user():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    try:
+        service = pwd.getpwnam("followupd")
+    except KeyError:
+        pytest.skip("no user followupd (systemd-sysusers systemd/followupd.sysusers.conf)")
+    work = tempfile.mkdtemp(prefix="followupd-check-")   # under /tmp: the service may look
+    try:
+        os.chmod(work, 0o755)
+        secret = os.path.join(work, "ews-password")
+        with open(secret, "w") as f:
+            f.write("the-password\n")
+        os.chmod(secret, 0o600)                             # root:root 0600, as for a credential
+        conf = os.path.join(work, "followupd.conf")
+        with open(conf, "w") as f:
+            f.write("[exchange]\nurl = https://mail.example.org/EWS/Exchange.asmx\n"
+                    "auth = ntlm\nusername = svc-followupd\n\n"
+                    f"password_file = {secret}\n")
+        result = subprocess.run([FOLLOWUPD, "--check", "-c", conf], capture_output=True,
+                                text=True, timeout=10)
+        assert result.returncode == 1 and result.stdout == ""
+        message = result.stderr.strip()
+        assert len(message.splitlines()) == 1, message
+        assert message.startswith(
+            f"{conf}:6: [exchange] password_file: {secret}: the service user followupd cannot "
+            "read it (owner root:root, mode 0600): make it the service's: chown "
+            f"followupd:followupd {secret} (mode 0600 stays); or leave password_file empty"), \
+            message
+        assert "LoadCredential=ews-password:/etc/followupd/ews-password" in message
+        assert "the-password" not in message
+        # Done as it says: accepted.
+        os.chown(secret, service.pw_uid, service.pw_gid)
+        ok = subprocess.run([FOLLOWUPD, "--check", "-c", conf], capture_output=True, text=True,
+                            timeout=10)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.strip() == f"{conf}: configuration OK"
+    finally:
+        shutil.rmtree(work)
+
+
+# ---- timestamps and a reload that reports its verdict -------------------------------
+
+def test_stderr_lines_carry_a_timestamp_off_the_journal(daemon):
+    lines = [l for l in daemon.output().splitlines() if l.startswith("<")]
+    assert lines
+    for line in lines:
+        assert re.match(r"^<[0-7]>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4} ", line), line
+
+
+def reload_ctl(rundir, *args):
+    env = dict(os.environ, RUNTIME_DIRECTORY=rundir)
+    return subprocess.run([FOLLOWUPCTL, "reload"] + list(args), capture_output=True, text=True,
+                          env=env, timeout=90)
+
+
+def test_reload_waits_for_the_verdict_and_fails_when_refused(db, sim, daemon_factory, alice,
+                                                             tmp_path):
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    d = daemon_factory(start=False)
+    d.extra_env = {"RUNTIME_DIRECTORY": str(rundir)}
+    d.start()
+    assert (rundir / "pid").read_text().strip() == str(d.proc.pid)
+
+    good = open(d.config_path).read()
+    with open(d.config_path, "w") as f:
+        f.write(good + "\n[delivery]\nconcurrency = 3\n")
+    ok = reload_ctl(str(rundir))                       # the pid from the runtime directory
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == f"configuration reloaded from {d.config_path}"
+
+    # A refused file: exit 1 with the file, line, key and reason; the daemon goes on.
+    lines = good.splitlines()
+    url_line = next(i for i, l in enumerate(lines) if l.startswith("url = ")) + 1
+    lines[url_line - 1] = "url = http://mail.example.org/EWS/Exchange.asmx"
+    with open(d.config_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    refused = reload_ctl(str(rundir), str(d.proc.pid))  # as ExecReload= runs it
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stdout == ""
+    assert refused.stderr.startswith("followupctl: reload refused, keeping the running "
+                                     "configuration: "), refused.stderr
+    assert f"{d.config_path}:{url_line}: [exchange] url: " in refused.stderr
+    assert "plain http:// is allowed only for loopback hosts" in refused.stderr
+    assert d.proc.poll() is None
+    log_id = db.log(alice, reason="after a refused reload")
+    db.wait_synced(log_id)
+
+    # A key that needs a restart: taken, and said so.
+    with open(d.config_path, "w") as f:
+        f.write(good.replace("conninfo = ", "conninfo = application_name=changed ", 1))
+    restart = reload_ctl(str(rundir))
+    assert restart.returncode == 0, restart.stderr
+    assert ("[database] conninfo changed, which takes effect only after a restart "
+            "(systemctl restart followupd): the running value stays until then") in restart.stdout
+    assert "conninfo changed, which takes effect only after a restart" in d.output()
+
+    # No daemon: said so, exit 1.
+    gone = reload_ctl(str(rundir), "999999")
+    assert gone.returncode == 1 and "cannot signal followupd (pid 999999)" in gone.stderr

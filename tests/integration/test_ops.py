@@ -1,6 +1,7 @@
 """What an operator touches: followupctl, reload, sd_notify, OAuth2 for EWS."""
 import json
 import os
+import pwd
 import time
 import signal
 import socket
@@ -346,14 +347,22 @@ def test_an_idle_daemon_stays_idle(db, sim, daemon, alice):
 def test_check_refuses_a_secret_file_others_can_read(daemon):
     import subprocess
     from conftest import FOLLOWUPD
-    ok = subprocess.run([FOLLOWUPD, "--check", "-c", daemon.config_path], capture_output=True,
-                        text=True, timeout=10)
-    assert ok.returncode == 0 and "configuration OK" in ok.stdout
+    # The test daemon runs as the caller: --user says so (as root, --check would
+    # otherwise open the file as the unit's user followupd).
+    me = ["--user", pwd.getpwuid(os.geteuid()).pw_name]
+    ok = subprocess.run([FOLLOWUPD, "--check", "-c", daemon.config_path] + me,
+                        capture_output=True, text=True, timeout=10)
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout, ok.stderr
     os.chmod(daemon.password_file, 0o644)
-    bad = subprocess.run([FOLLOWUPD, "--check", "-c", daemon.config_path], capture_output=True,
-                         text=True, timeout=10)
+    bad = subprocess.run([FOLLOWUPD, "--check", "-c", daemon.config_path] + me,
+                         capture_output=True, text=True, timeout=10)
     assert bad.returncode == 1
     assert daemon.password_file in bad.stderr and "group or others" in bad.stderr
+    # The file, the line and the key that name it, and the fix.
+    line = open(daemon.config_path).read().splitlines().index(
+        f"password_file = {daemon.password_file}") + 1
+    assert bad.stderr.startswith(f"{daemon.config_path}:{line}: [exchange] password_file: ")
+    assert "chmod 600" in bad.stderr
     assert EWS_PASSWORD not in bad.stderr + bad.stdout
     os.chmod(daemon.password_file, 0o600)
 

@@ -1,5 +1,7 @@
-/* Unit tests for daemon/config.c: the parser, defaults, every kind of bad line,
- * config_validate, config_read_secret and the option table.
+/* Unit tests for the config module (daemon/config*.c): the parser, defaults, every
+ * kind of bad line, config_validate and where its messages point (file:line, key),
+ * the lenient load of followupctl, config_read_secret, config_check_secrets and the
+ * option table.
  * Env: top_srcdir (set by `make check`) enables the examples/followupd.conf test. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -536,6 +539,62 @@ static void test_example_file(void **state)
     config_free(cfg);
 }
 
+/* ---- config_load_lenient (followupctl, item 9) ----------------------------------- */
+
+struct warnings {
+    int n;
+    char text[4][512];
+};
+
+static void collect(const char *message, void *data)
+{
+    struct warnings *w = data;
+
+    if (w->n < 4)
+        snprintf(w->text[w->n], sizeof w->text[0], "%s", message);
+    w->n++;
+}
+
+static void test_load_lenient_skips_bad_lines(void **state)
+{
+    static const char text[] =
+        "[database]\n"
+        "conninfo = host=/run/postgresql dbname=crm\n"
+        "[exchange]\n"
+        "timeout = 30s\n"                    /* 4: bad value */
+        "frobs = 1\n"                        /* 5: unknown key */
+        "[smtp]\n"                           /* 6: unknown section... */
+        "host = mail\n"                      /* ...its keys go with it, silently */
+        "[delivery]\n"
+        "concurrency = 3\n";
+    struct tmp *t = *state;
+    const char *path = tmp_file(t, text, strlen(text), 0644);
+    struct warnings w = {0};
+    char want[256], absent[256];
+    config *cfg = NULL;
+
+    assert_int_equal(config_load(path, &cfg, err, sizeof err), -1);   /* the daemon: no */
+    assert_int_equal(config_load_lenient(path, &cfg, collect, &w, err, sizeof err), 0);
+    assert_non_null(cfg);
+    assert_string_equal(cfg->db_conninfo, "host=/run/postgresql dbname=crm");
+    assert_int_equal(cfg->timeout_seconds, 30);   /* the default */
+    assert_int_equal(cfg->concurrency, 3);
+    assert_int_equal(w.n, 3);
+    snprintf(want, sizeof want, "%s:4: invalid integer '30s'", path);
+    assert_true(strncmp(w.text[0], want, strlen(want)) == 0);
+    snprintf(want, sizeof want, "%s:5: unknown key 'frobs'", path);
+    assert_true(strncmp(w.text[1], want, strlen(want)) == 0);
+    snprintf(want, sizeof want, "%s:6: unknown section [smtp]", path);
+    assert_true(strncmp(w.text[2], want, strlen(want)) == 0);
+    config_free(cfg);
+
+    /* A file that cannot be read is still an error. */
+    snprintf(absent, sizeof absent, "%s/absent.conf", t->dir);
+    cfg = (config *)1;
+    assert_int_equal(config_load_lenient(absent, &cfg, collect, &w, err, sizeof err), -1);
+    assert_null(cfg);
+}
+
 /* ---- config_validate ------------------------------------------------------------ */
 
 static void test_validate_url(void **state)
@@ -561,7 +620,7 @@ static void test_validate_url(void **state)
     validate_fails("[exchange]\nusername = svc\nurl = ftp://mail.example.org/\n",
                    "must start with https://");
     validate_fails("[exchange]\nusername = svc\nurl = https:///EWS\n", "no host name");
-    validate_fails("[exchange]\nusername = svc\n", "[exchange] url is required when api = ews");
+    validate_fails("[exchange]\nusername = svc\n", "[exchange] url: required when api = ews");
     validate_fails(VALID_EWS "[graph]\nbase_url = http://graph.example.org/v1.0\n",
                    "[graph] base_url");
 }
@@ -570,9 +629,9 @@ static void test_validate_auth(void **state)
 {
     (void)state;
     validate_fails("[exchange]\nurl = https://m.example.org/EWS\nauth = basic\n",
-                   "username is required when auth = basic");
+                   "[exchange] username: required when auth = basic");
     validate_fails("[exchange]\nurl = https://m.example.org/EWS\n",
-                   "username is required when auth = ntlm");
+                   "[exchange] username: required when auth = ntlm");
     validate_ok("[exchange]\nurl = https://m.example.org/EWS\nauth = negotiate\n");
 
     validate_fails("[exchange]\nurl = https://m.example.org/EWS\nauth = oauth2\n"
@@ -595,6 +654,89 @@ static void test_validate_auth(void **state)
                 "client_id = abc\nclient_secret_file = /run/s\n");
 }
 
+/* Item 7 of issue 15: every message names the file, the line (when the file sets the
+ * key), the key and what to do. */
+static void validate_fails_with(const char *text, const char *prefix, const char *want)
+{
+    config *cfg = parse_ok(text);
+
+    err[0] = '\0';
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, want))
+        fail_msg("want '%s...%s', got '%s'", prefix, want, err);
+    config_free(cfg);
+}
+
+static void test_validate_names_file_line_and_key(void **state)
+{
+    config *cfg;
+
+    (void)state;
+    validate_fails_with("[database]\nconninfo = dbname=crm\n\n[exchange]\nusername = svc\n"
+                        "url = http://mail.example.org/EWS/Exchange.asmx\n",
+                        "t.conf:6: [exchange] url: 'http://mail.example.org/EWS/Exchange.asmx'",
+                        "use https://");
+    validate_fails_with("[exchange]\nusername = svc\nurl = mail.example.org\n",
+                        "t.conf:3: [exchange] url: 'mail.example.org' must start with https://",
+                        "");
+    /* A key the file does not set: the file, no line, and the line to add. */
+    validate_fails_with("[exchange]\nusername = svc\n",
+                        "t.conf: [exchange] url: required when api = ews",
+                        "url = https://mail.example.org/EWS/Exchange.asmx");
+    validate_fails_with("[exchange]\napi = graph\n[oauth2]\nclient_id = abc\n",
+                        "t.conf: [oauth2] token_url: required when api = graph",
+                        "missing: token_url client_secret_file");
+    validate_fails_with("[exchange]\napi = graph\n[oauth2]\nclient_id = abc\n"
+                        "client_secret_file = /run/s\n"
+                        "token_url = http://login.example.org/token\n",
+                        "t.conf:6: [oauth2] token_url: ", "loopback");
+    validate_fails_with("[exchange]\napi = graph\n[graph]\n; the default\n"
+                        "base_url = http://graph.example.org/v1.0\n",
+                        "t.conf:5: [graph] base_url: ", "plain http://");
+
+    /* Values set by code are checked, and located, all the same. */
+    cfg = parse_ok(VALID_EWS "version = Exchange2016\n[delivery]\n");
+    free(cfg->server_version);
+    cfg->server_version = strdup("Exchange2019");
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_true(strncmp(err, "t.conf:4: [exchange] version: 'Exchange2019'", 43) == 0);
+    free(cfg->server_version);
+    cfg->server_version = strdup("Exchange2007");
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_true(strncmp(err, "t.conf:4: [exchange] version = Exchange2007 is older", 51) == 0);
+    free(cfg->server_version);
+    cfg->server_version = strdup("Exchange2016");
+    cfg->concurrency = 0;
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_string_equal(err, "t.conf: [delivery] concurrency: 0 is out of range; use 1 to 256");
+    config_free(cfg);
+}
+
+static void test_key_lines(void **state)
+{
+    config *cfg = parse_ok(spec_sample);
+    char where[128];
+
+    (void)state;
+    assert_string_equal(config_file_name(cfg), "t.conf");
+    assert_int_equal(config_key_line(cfg, "database", "conninfo"), 2);
+    assert_int_equal(config_key_line(cfg, "exchange", "api"), 5);
+    assert_int_equal(config_key_line(cfg, "exchange", "url"), 6);
+    assert_int_equal(config_key_line(cfg, "exchange", "password_file"), 9);
+    assert_int_equal(config_key_line(cfg, "delivery", "max_attempts"), 28);
+    /* not in the file, or no such key */
+    assert_int_equal(config_key_line(cfg, "delivery", "batch_size"), 0);
+    assert_int_equal(config_key_line(cfg, "exchange", "nonsense"), 0);
+    assert_int_equal(config_key_line(NULL, "exchange", "url"), 0);
+    assert_string_equal(config_where(cfg, "exchange", "url", where, sizeof where),
+                        "t.conf:6: [exchange] url");
+    assert_string_equal(config_where(cfg, "metrics", "listen", where, sizeof where),
+                        "t.conf: [metrics] listen");
+    assert_string_equal(config_where(NULL, "metrics", "listen", where, sizeof where),
+                        "[metrics] listen");
+    config_free(cfg);
+}
+
 static void test_validate_programmatic(void **state)
 {
     config *cfg = parse_ok(VALID_EWS);
@@ -604,7 +746,7 @@ static void test_validate_programmatic(void **state)
     free(cfg->server_version);
     cfg->server_version = strdup("Exchange2019");
     assert_int_equal(config_validate(cfg, err, sizeof err), -1);
-    assert_non_null(strstr(err, "version 'Exchange2019'"));
+    assert_non_null(strstr(err, "[exchange] version: 'Exchange2019' is not an Exchange version"));
     free(cfg->server_version);
     cfg->server_version = strdup("Exchange2007_SP1");
     assert_int_equal(config_validate(cfg, err, sizeof err), -1);
@@ -700,8 +842,11 @@ static void test_secret_missing(void **state)
 
     snprintf(path, sizeof path, "%s/no-such-secret", t->dir);
     assert_null(config_read_secret(path, err, sizeof err));
-    snprintf(want, sizeof want, "%s: cannot open: %s", path, strerror(ENOENT));
-    assert_string_equal(err, want);
+    /* What, where and what to do. */
+    snprintf(want, sizeof want, "%s: cannot open: %s; create it (mode 0600)", path,
+             strerror(ENOENT));
+    if (strncmp(err, want, strlen(want)) != 0)
+        fail_msg("want '%s...', got '%s'", want, err);
 }
 
 static void test_secret_other_refusals(void **state)
@@ -734,6 +879,141 @@ static void test_secret_other_refusals(void **state)
     assert_null(config_read_secret(path, err, sizeof err));
     assert_non_null(strstr(err, "larger than 64 KiB"));
     assert_null(strstr(err, "xxxx"));
+}
+
+/* ---- config_check_secrets (--check, items 2 and 7) ------------------------------------ */
+
+static config *parse_secret_config(const char *fmt, const char *value)
+{
+    char text[1024];
+
+    snprintf(text, sizeof text, fmt, value);
+    return parse_ok(text);
+}
+
+static void test_check_secrets(void **state)
+{
+    struct tmp *t = *state;
+    const char *good = tmp_file(t, SECRET "\n", strlen(SECRET) + 1, 0600);
+    const char *open_to_group = tmp_file(t, SECRET "\n", strlen(SECRET) + 1, 0640);
+    char *old = getenv("CREDENTIALS_DIRECTORY") ? strdup(getenv("CREDENTIALS_DIRECTORY")) : NULL;
+    char missing[256], want[512], cred_dir[256];
+    config *cfg;
+
+    (void)state;
+    /* password_file, read as ourselves (no service user) */
+    cfg = parse_secret_config(VALID_EWS "password_file = %s\n", good);
+    assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), 0);
+    config_free(cfg);
+
+    snprintf(missing, sizeof missing, "%s/no-such-password", t->dir);
+    cfg = parse_secret_config(VALID_EWS "password_file = %s\n", missing);
+    assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), -1);
+    snprintf(want, sizeof want, "t.conf:4: [exchange] password_file: %s: cannot open: %s",
+             missing, strerror(ENOENT));
+    if (strncmp(err, want, strlen(want)) != 0)
+        fail_msg("want '%s...', got '%s'", want, err);
+    assert_non_null(strstr(err, "create it (mode 0600)"));
+    assert_non_null(strstr(err, "LoadCredential=ews-password:"));
+    config_free(cfg);
+
+    cfg = parse_secret_config(VALID_EWS "password_file = %s\n", open_to_group);
+    assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), -1);
+    assert_true(strncmp(err, "t.conf:4: [exchange] password_file: ", 36) == 0);
+    assert_non_null(strstr(err, "readable by group or others (mode 0640); chmod 600 it"));
+    assert_null(strstr(err, SECRET));
+    config_free(cfg);
+
+    /* password_file empty: the credential systemd passes */
+    snprintf(cred_dir, sizeof cred_dir, "%s/credentials", t->dir);
+    assert_int_equal(mkdir(cred_dir, 0700), 0);
+    setenv("CREDENTIALS_DIRECTORY", cred_dir, 1);
+    cfg = parse_ok(VALID_EWS "password_file =\n");
+    assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), -1);
+    assert_true(strncmp(err, "t.conf:4: [exchange] password_file: empty, so the password is "
+                        "the systemd credential ews-password: ", 95) == 0);
+    assert_non_null(strstr(err, "/credentials/ews-password: cannot open"));
+    snprintf(want, sizeof want, "%s/ews-password", cred_dir);
+    FILE *f = fopen(want, "w");
+    assert_non_null(f);
+    fputs(SECRET "\n", f);
+    fclose(f);
+    assert_int_equal(chmod(want, 0400), 0);
+    assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), 0);
+    unlink(want);
+    rmdir(cred_dir);
+    config_free(cfg);
+
+    /* From a shell as root, without the file the unit's LoadCredential= reads. */
+    unsetenv("CREDENTIALS_DIRECTORY");
+    cfg = parse_ok(VALID_EWS);
+    if (geteuid() == 0 && access(CONFIG_CREDENTIAL_SOURCE, F_OK) < 0) {
+        assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), -1);
+        assert_true(strncmp(err, "t.conf: [exchange] password_file: empty, so the service gets "
+                            "the password as the systemd credential ews-password", 100) == 0);
+        assert_non_null(strstr(err, "status=243/CREDENTIALS"));
+        assert_non_null(strstr(err, "install -m 0600 -o root -g root /dev/null "
+                                    CONFIG_CREDENTIAL_SOURCE));
+    }
+    config_free(cfg);
+
+    /* Kerberos needs no password; OAuth2 its client secret. */
+    cfg = parse_ok("[exchange]\nurl = https://m.example.org/EWS\nauth = negotiate\n");
+    assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), 0);
+    config_free(cfg);
+    cfg = parse_secret_config("[exchange]\napi = graph\n[oauth2]\n"
+                              "token_url = https://login.example.org/t\nclient_id = abc\n"
+                              "client_secret_file = %s\n", missing);
+    assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), -1);
+    assert_true(strncmp(err, "t.conf:6: [oauth2] client_secret_file: ", 39) == 0);
+    assert_null(strstr(err, "LoadCredential"));
+    config_free(cfg);
+
+    if (old)
+        setenv("CREDENTIALS_DIRECTORY", old, 1);
+    free(old);
+}
+
+/* Run as root, --check opens password_file as the service user: a root-owned 0600
+ * file passes root's own look, and the service would still be refused. */
+static void test_check_secrets_as_the_service_user(void **state)
+{
+    struct tmp *t = *state;
+    struct passwd *pw = getpwnam(CONFIG_SERVICE_USER);
+    char want[512];
+    const char *path;
+    config *cfg;
+
+    if (geteuid() != 0 || !pw)
+        skip();
+    assert_int_equal(chmod(t->dir, 0755), 0);   /* as /etc/followupd is for the group */
+    path = tmp_file(t, SECRET "\n", strlen(SECRET) + 1, 0600);
+    assert_int_equal(chown(path, 0, 0), 0);
+    cfg = parse_secret_config(VALID_EWS "password_file = %s\n", path);
+    assert_int_equal(config_check_secrets(cfg, NULL, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(config_check_secrets(cfg, CONFIG_SERVICE_USER, NULL, NULL, err,
+                                          sizeof err), -1);
+    snprintf(want, sizeof want, "t.conf:4: [exchange] password_file: %s: the service user "
+             "followupd cannot read it (owner root:root, mode 0600): make it the service's: "
+             "chown followupd:followupd %s (mode 0600 stays); or leave password_file empty",
+             path, path);
+    if (strncmp(err, want, strlen(want)) != 0)
+        fail_msg("want '%s...', got '%s'", want, err);
+    assert_non_null(strstr(err, "LoadCredential=ews-password:" CONFIG_CREDENTIAL_SOURCE));
+    assert_null(strstr(err, SECRET));
+
+    /* Done as the message says: accepted. */
+    assert_int_equal(chown(path, pw->pw_uid, pw->pw_gid), 0);
+    assert_int_equal(config_check_secrets(cfg, CONFIG_SERVICE_USER, NULL, NULL, err,
+                                          sizeof err), 0);
+    /* The service's file in a directory closed to the service. */
+    assert_int_equal(chmod(t->dir, 0700), 0);
+    assert_int_equal(config_check_secrets(cfg, CONFIG_SERVICE_USER, NULL, NULL, err,
+                                          sizeof err), -1);
+    assert_non_null(strstr(err, "a directory on its path is closed to followupd"));
+    /* Root itself as the service user: root's look is the whole check. */
+    assert_int_equal(config_check_secrets(cfg, "root", NULL, NULL, err, sizeof err), 0);
+    config_free(cfg);
 }
 
 /* ---- the option table -------------------------------------------------------------- */
@@ -891,12 +1171,19 @@ int main(void)
         cmocka_unit_test(test_validate_url),
         cmocka_unit_test(test_validate_auth),
         cmocka_unit_test(test_validate_programmatic),
+        cmocka_unit_test(test_validate_names_file_line_and_key),
+        cmocka_unit_test(test_key_lines),
+        cmocka_unit_test_setup_teardown(test_load_lenient_skips_bad_lines, tmp_setup,
+                                        tmp_teardown),
         cmocka_unit_test_setup_teardown(test_secret_good, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(test_secret_symlink_followed, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(test_secret_mode_0640, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(test_secret_mode_0604, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(test_secret_missing, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(test_secret_other_refusals, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(test_check_secrets, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(test_check_secrets_as_the_service_user, tmp_setup,
+                                        tmp_teardown),
         cmocka_unit_test(test_options_list_every_key),
         cmocka_unit_test(test_dump_round_trip),
         cmocka_unit_test(test_restart_keys),

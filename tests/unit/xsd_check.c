@@ -8,7 +8,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +16,8 @@
 #include <libxml/parser.h>
 #include <libxml/xmlerror.h>
 #include <libxml/xmlschemas.h>
+
+#include "daemon/text.h"
 
 #define SCHEMA_ENV "FOLLOWUPD_EWS_SCHEMA"
 #define ENTRY_SCHEMA "ews-envelope.xsd"
@@ -53,20 +54,6 @@ static void keep_first_parse_error(void *ctx, xmlErrorPtr error)
 
     if (ctxt != NULL && ctxt->_private != NULL)
         keep_first_error(ctxt->_private, error);
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 /* The lines the README says to delete, matched as the README's sed does. */
@@ -253,22 +240,23 @@ int xsd_check_validate(const char *xml, size_t len, char *err, size_t errlen)
     xmlSchemaValidCtxtPtr validator = NULL;
     int rc = -1;
 
-    set_err(err, errlen, "%s", "");
+    text_set_error(err, errlen, "%s", "");
     if (xml == NULL || len == 0 || len > (size_t)0x7fffffff) {
-        set_err(err, errlen, "no document");
+        text_set_error(err, errlen, "no document");
         return -1;
     }
     /* Well-formedness is checked even without the schema. */
     parser = xmlNewParserCtxt();
     if (parser == NULL) {
-        set_err(err, errlen, "out of memory");
+        text_set_error(err, errlen, "out of memory");
         return -1;
     }
     parser->sax->serror = keep_first_parse_error;
     parser->_private = &first;
     doc = xmlCtxtReadMemory(parser, xml, (int)len, "request.xml", NULL, XML_PARSE_NONET);
     if (doc == NULL || !parser->wellFormed) {
-        set_err(err, errlen, "not well-formed: %s", first.set ? first.text : "unknown error");
+        text_set_error(err, errlen, "not well-formed: %s",
+                       first.set ? first.text : "unknown error");
         goto done;
     }
     if (schema == NULL) {
@@ -278,13 +266,13 @@ int xsd_check_validate(const char *xml, size_t len, char *err, size_t errlen)
 
     validator = xmlSchemaNewValidCtxt(schema);
     if (validator == NULL) {
-        set_err(err, errlen, "out of memory");
+        text_set_error(err, errlen, "out of memory");
         goto done;
     }
     xmlSchemaSetValidStructuredErrors(validator, keep_first_error, &first);
     int result = xmlSchemaValidateDoc(validator, doc);
     if (result != 0) {
-        set_err(err, errlen, "%s", first.set ? first.text : "invalid (no message)");
+        text_set_error(err, errlen, "%s", first.set ? first.text : "invalid (no message)");
         goto done;
     }
     rc = 0;
