@@ -136,6 +136,33 @@ def test_owner_without_mailbox_or_inactive_leaves_items_with_the_creator(db, sim
               what="the items back with the creator once the owner is inactive")
 
 
+def test_a_move_waits_out_the_new_mailboxs_throttling(db, sim, daemon_factory, staff):
+    """Throttling holds per mailbox on both ends of a move: a create refused as
+    "too busy" by the new owner's mailbox is sent again only once the wait Exchange
+    asked for is over (and never as a second item)."""
+    daemon_factory(FAST)
+    alice, bob = staff["alice"], staff["bob"]
+    log_id = db.log(alice, reason="Throttled move")
+    wait_home(db, sim, {log_id: "alice@example.org"})
+    if sim.backend == "ews":
+        sim.fault(mode="server_busy", back_off_ms=1500, count=1, ops=sim.ops("CreateItem"),
+                  mailboxes=["bob@example.org"])
+    else:
+        sim.fault(mode="http_status", status=429, retry_after=2, count=1,
+                  ops=sim.ops("CreateItem"), mailboxes=["bob@example.org"])
+    wait_s = 1.5 if sim.backend == "ews" else 2.0
+    db.query("SELECT contactlog.assign(%s, %s, %s)", log_id, alice, bob)
+    wait_for(lambda: any(r["fault"] for r in sim.requests()), what="the busy answer")
+    busy_at = next(r["time"] for r in sim.requests() if r["fault"])
+    wait_home(db, sim, {log_id: "bob@example.org"}, what="the move to finish after the wait")
+    creates = sim.ops("CreateItem")
+    later = [r for r in sim.requests() if r["op"] in creates and r["fault"] is None
+             and r["mailbox"] == "bob@example.org" and r["time"] > busy_at + 0.2]
+    assert later, "the refused create was never sent again"
+    assert min(r["time"] for r in later) >= busy_at + wait_s - 0.05, \
+        "a create reached the throttled mailbox before the wait Exchange asked for"
+
+
 @pytest.mark.parametrize("crash_point", ["after_delete_recorded", "before_delete_recorded"])
 def test_kill_between_delete_and_create_settles_to_one_item_at_home(db, sim, daemon_factory,
                                                                     staff, crash_point):

@@ -2,10 +2,13 @@
 """ews_sim — a small Exchange Web Services simulator for followupd's tests, demo and benchmarks.
 
 A real HTTP(S) server on 127.0.0.1 that answers the EWS operations followupd uses
-(CreateItem, GetItem, UpdateItem, DeleteItem, FindItem, GetFolder) the way Exchange
-does, validates every request against Microsoft's schema, keeps the resulting
+(CreateItem, GetItem, UpdateItem, DeleteItem, FindItem, GetFolder, and for Outlook ->
+CRM: SyncFolderItems, Subscribe, GetEvents, GetStreamingEvents, Unsubscribe) the way
+Exchange does, validates every request against Microsoft's schema, keeps the resulting
 calendar items and tasks in memory, and can be told to misbehave (lost responses,
 throttling, HTTP errors, hostile bodies) through a JSON control API under /_sim/.
+Change tracking (sync states, pull and streaming notifications, affinity cookie,
+expiry and its errors) lives in ews_sync.py, whose docstring describes it in full.
 
 Python 3 standard library plus Debian's python3-lxml only. Run with /usr/bin/python3:
 
@@ -24,12 +27,18 @@ sim_control.py, which documents it in full):
   GET    /_sim/mailboxes            {"mailbox": [items...]} (every mailbox addressed so far)
   GET    /_sim/mailboxes/<addr>     [items] of one mailbox (address case-insensitive)
   GET    /_sim/deleted              {"mailbox": [deleted items]}
-  GET    /_sim/items/<id>           one live item; DELETE removes it ("user deleted it")
+  GET    /_sim/items/<id>           one live item; DELETE removes it: a person deletes it in
+                                    Outlook, i.e. moves it to Deleted Items (notifications:
+                                    MovedEvent; SyncFolderItems: Delete); ?hard=1: Shift+Del
+                                    (DeletedEvent)
   PATCH  /_sim/items/<id>           {"subject", "start", "end"} of an appointment, {"subject",
                                     "status", "due_date"} of a task, as /_sim/mailboxes shows
                                     them: a person's edit in Outlook (new ChangeKey,
-                                    edited_count + 1; updated_count counts UpdateItem only);
-                                    answers the item
+                                    edited_count + 1; updated_count counts UpdateItem only;
+                                    a task set to Completed gets complete_date, shown as
+                                    CompleteDate); answers the item. Every change, by a
+                                    person or through EWS, is seen by SyncFolderItems and
+                                    notifications (ews_sync.py)
   POST   /_sim/items/<id>/move      new ItemId, all else kept (the old id joins the item's
                                     "previous_ids"); the old id then gets ErrorItemNotFound;
                                     answers {"id": "<new id>"}
@@ -43,11 +52,22 @@ sim_control.py, which documents it in full):
   POST   /_sim/revoke-tokens        every OAuth2 bearer token issued so far stops working
   POST   /_sim/faults               queue {"mode", "count", "ops", "mailboxes", ...} or a list of them
   GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
-  GET    /_sim/settings             {"ignore_connection_close": false, "lookup_lag_ms": 0}
+  GET    /_sim/settings             {"ignore_connection_close": false, "lookup_lag_ms": 0,
+                                    "mailbox_servers": 1, "notification_minute_s": 60,
+                                    "streaming_heartbeat_s": 30, "events_per_notification":
+                                    50, "streaming_schema_namespaces": false}
   POST   /_sim/settings             change some: "ignore_connection_close": true keeps a
                                     connection open despite "Connection: close" (as HTTP/2);
                                     "lookup_lag_ms": N hides items younger than N ms from
-                                    FindItem with a Restriction (search lag)
+                                    FindItem with a Restriction (search lag); the others:
+                                    see ews_sync.py
+  POST   /_sim/expire               {"mailbox" (or "*"), "what": "subscriptions" |
+                                    "sync_state" | "watermark"}: subscriptions expire
+                                    (ErrorExpiredSubscription), sync states become invalid
+                                    (ErrorInvalidSyncStateData), watermarks too
+                                    (ErrorInvalidWatermark)
+  GET    /_sim/sync-stats           subscriptions and open streaming connections (counts)
+  GET    /_sim/subscriptions        every subscription with its state
 Fault modes: drop_after_perform, drop_before_perform, http_status, server_busy,
 server_busy_fault, response_code, delay, raw (see EwsRequestHandler.answer). delay: "ms";
 "when": "before_perform" performs late (default: performs, then answers late);
@@ -85,6 +105,7 @@ from lxml import etree
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+import ews_sync  # noqa: E402
 import sim_control  # noqa: E402
 from sim_control import (ControlHandlerMixin, ControlStore, LoopbackServer,  # noqa: E402
                          after_perform, check_edit, delay_before_perform, normalise_mailbox)
@@ -148,7 +169,12 @@ def sub(parent, tag: str, text=None, **attrs):
 # ---------------------------------------------------------------------------
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
-SCHEMA_SKIPPED_LINE = "ews_sim: EWS schema not found, request validation SKIPPED"
+# What it means for whoever runs the simulator: requests are still answered, but not
+# checked, so a request a real Exchange would refuse (ErrorSchemaValidation) passes.
+SCHEMA_SKIPPED_LINE = ("ews_sim: Microsoft's EWS schema (ews-envelope.xsd) not found: requests "
+                       "are answered WITHOUT being checked against it, so one that Exchange "
+                       "would refuse may pass here; give --schema-dir DIR "
+                       "(FOLLOWUPD_EWS_SCHEMA) to check them")
 
 # libxml2 rejects ArrayOfTransitionsType as non-deterministic (UPA); these three
 # substitution-group references are redundant with t:Transition (see the schema README).
@@ -251,6 +277,7 @@ CALENDAR_FIELDS = [
     ("EndTimeZone", "end_time_zone"),
 ]
 TASK_FIELDS = [
+    ("CompleteDate", "complete_date"),
     ("DueDate", "due_date"),
     ("PercentComplete", "percent_complete"),
     ("StartDate", "start_date"),
@@ -313,6 +340,8 @@ def read_field(elem) -> dict:
         return {"percent_complete": percent, "status": status}
     if name == "Status":
         return status_fields(text.strip())
+    if name == "CompleteDate":          # setting it marks the task complete, as Exchange does
+        return {"complete_date": text.strip(), **status_fields("Completed")}
     if name in FIELD_KEYS:
         return {FIELD_KEYS[name]: text.strip()}
     return {}
@@ -322,6 +351,18 @@ def status_fields(status: str) -> dict:
     percent = {"NotStarted": 0.0, "Completed": 100.0}.get(status)
     return {"status": status} if percent is None else {"status": status,
                                                        "percent_complete": percent}
+
+
+def settle_task(item: dict) -> dict:
+    """Exchange keeps CompleteDate with Status: set when a task becomes complete, gone
+    when it is not complete any more."""
+    if item["kind"] != "task":
+        return item
+    if item.get("status") != "Completed":
+        item["complete_date"] = None
+    elif not item.get("complete_date"):
+        item["complete_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return item
 
 
 def reset_field(item: dict, name: str) -> None:
@@ -351,7 +392,7 @@ def new_item(kind: str, mailbox: str, folder: str, elem, send_invitations, seq: 
         "reminder_due_by": None,
         "start": None, "end": None, "start_time_zone": None, "end_time_zone": None,
         "legacy_free_busy": "Busy" if appointment else None,
-        "due_date": None, "start_date": None,
+        "due_date": None, "start_date": None, "complete_date": None,
         "status": None if appointment else "NotStarted",
         "percent_complete": None if appointment else 0.0,
         "extended_properties": {}, "other_fields": {},
@@ -366,7 +407,7 @@ def new_item(kind: str, mailbox: str, folder: str, elem, send_invitations, seq: 
             item.update(read_field(prop))
         else:
             item["other_fields"][local_name(prop)] = prop.text or ""
-    return item
+    return settle_task(item)
 
 
 def field_text(item: dict, name: str):
@@ -513,6 +554,7 @@ ERROR_TEXTS = {
                                  "current change key for the item.",
     "ErrorUnsupportedQueryFilter": "The restriction contains an unsupported filter.",
     "ErrorInternalServerError": "An internal server error occurred. The operation failed.",
+    **ews_sync.ERROR_TEXTS,
 }
 
 # Operations whose response messages must carry an m:Items element, even when empty.
@@ -620,15 +662,22 @@ class SoapRequest:
     op: str
     mailbox: str | None          # explicitly addressed mailbox (impersonation or folder)
     fallback_mailbox: str        # whose mailbox "calendar" means when none is addressed
+    # X-PreferServerAffinity ("prefer"), X-AnchorMailbox ("anchor"), the
+    # X-BackEndOverrideCookie cookie ("cookie"): routing to a mailbox server (ews_sync)
+    affinity: dict = field(default_factory=dict)
+    auth_user: str | None = None
+    tls: bool = False
+    response_headers: list = field(default_factory=list)   # extra HTTP headers to answer
 
 
-class Store(ControlStore):
-    """Items, deleted items, request log, validation errors, queued faults and settings
-    (sim_control.ControlStore). One lock guards all of it; operations run entirely under
-    it, so each request is atomic."""
+class Store(ews_sync.NotificationStore, ControlStore):
+    """Items, deleted items, change journal, subscriptions, request log, validation
+    errors, queued faults and settings (sim_control.ControlStore, ews_sync). One lock
+    guards all of it; operations run entirely under it, so each request is atomic."""
 
     def reset_own(self) -> None:
         self.rejections = {}         # subject text -> ResponseCode for CreateItem
+        self.reset_notifications()
 
     def mailbox_items(self, mailbox: str, folder: str | None = None) -> list:
         return self.items_where(mailbox, "folder", folder)
@@ -653,12 +702,32 @@ class Store(ControlStore):
             edited["change_key"] = new_change_key()
             edited["edited_count"] = edited.get("edited_count", 0) + 1
             edited["edited_time"] = time.time()
-            self.items[item_id] = edited
+            self.items[item_id] = settle_task(edited)
+            self.record_change(edited, "modified")
             return edited
 
+    def remove_item(self, item_id: str, hard: bool = False) -> dict:
+        """A person deletes the item in Outlook: it moves to Deleted Items (a new ItemId
+        there), or with hard (Shift+Del) is gone."""
+        with self.lock:
+            item = self.items.pop(item_id)
+            self.record_removal(item, "HardDelete" if hard else "MoveToDeletedItems")
+            return item
 
-class Operations:
-    """The EWS operations. Each method adds its response messages to `messages`."""
+    def record_removal(self, item: dict, delete_type: str | None) -> None:
+        """Journal entries for an item leaving its folder by DeleteItem or a person."""
+        if delete_type == "MoveToDeletedItems":
+            moved_id = new_item_id()
+            self.record_change(item, "moved_from", new_id=moved_id, new_folder="deleteditems")
+            self.record_change(dict(item, id=moved_id, folder="deleteditems"), "moved_to",
+                               old_id=item["id"], old_folder=item["folder"])
+        else:
+            self.record_change(item, "deleted")
+
+
+class Operations(ews_sync.SyncOperations):
+    """The EWS operations. Each method adds its response messages to `messages`
+    (the change-tracking ones come from ews_sync.SyncOperations)."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -722,6 +791,7 @@ class Operations:
                     raise OperationError(code)   # this item only: its batch-mates go on
             self.store.next_item_seq += 1
             self.store.items[item["id"]] = item
+            self.store.record_change(item, "created")
             self.store.mailboxes_seen.add(mailbox)
             msg = add_success(messages, "CreateItem")
             write_item_id_only(sub(msg, M("Items")), item)
@@ -766,7 +836,8 @@ class Operations:
             updated["change_key"] = new_change_key()
             updated["updated_count"] += 1
             updated["updated_time"] = time.time()
-            self.store.items[item["id"]] = updated
+            self.store.items[item["id"]] = settle_task(updated)
+            self.store.record_change(updated, "modified")
             msg = add_success(messages, "UpdateItem")
             write_item_id_only(sub(msg, M("Items")), updated)
             sub(sub(msg, M("ConflictResults")), T("Count"), "0")
@@ -788,6 +859,7 @@ class Operations:
             del self.store.items[item["id"]]
             item["delete_type"] = op_elem.get("DeleteType")
             item["deleted_time"] = time.time()
+            self.store.record_removal(item, item["delete_type"])
             self.store.deleted.setdefault(item["mailbox"], []).append(item)
             add_success(messages, "DeleteItem")
 
@@ -1321,7 +1393,8 @@ class SimServer(LoopbackServer):
             tls.close()
 
 
-class EwsRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
+class EwsRequestHandler(ews_sync.StreamingHandler, ControlHandlerMixin,
+                        BaseHTTPRequestHandler):
     # Headers and body leave in separate writes: without this, Nagle's algorithm and
     # delayed ACKs add ~40 ms to every answer on a kept-alive connection.
     disable_nagle_algorithm = True
@@ -1506,7 +1579,9 @@ class EwsRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
         config, store = self.server.config, self.server.store
         record = self.log_new_request({
             "seq": None, "time": time.time(), "op": None, "mailbox": None,
-            "anchor_mailbox": self.headers.get("X-AnchorMailbox"), "impersonation": False,
+            "anchor_mailbox": self.headers.get("X-AnchorMailbox"),
+            "prefer_server_affinity": self.headers.get("X-PreferServerAffinity"),
+            "backend_override_cookie": self.backend_cookie(), "impersonation": False,
             "valid": None, "error": None, "auth_user": None, "auth_scheme": None,
             "auth_result": None, "auth_error": None, "auth_mech": None, "ntlm_response": None,
             "content_type": self.headers.get("Content-Type"), "http_status": None,
@@ -1640,17 +1715,39 @@ class EwsRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
         # connection closes after the delay instead of answering. The sleep holds no lock.
         delay_before_perform(fault)
         mailbox = record["mailbox"]
+        headers = []
         if config.known_mailboxes is not None and mailbox and \
                 mailbox not in config.known_mailboxes:
             response = uniform_error_response(op_elem, "ErrorNonExistentMailbox")
         else:
             fallback = normalise_mailbox(record["auth_user"]) or "default"
-            response = self.server.operations.perform(
-                SoapRequest(op_elem, op, mailbox, fallback))
+            request = SoapRequest(
+                op_elem, op, mailbox, fallback, affinity={
+                    "prefer": (self.headers.get("X-PreferServerAffinity") or "").strip()
+                    .lower() == "true",
+                    "anchor": normalise_mailbox(self.headers.get("X-AnchorMailbox")),
+                    "cookie": self.backend_cookie()},
+                auth_user=record["auth_user"], tls=self.server.ssl_context is not None)
+            if op == "GetStreamingEvents":
+                if config.latency_ms:
+                    time.sleep(config.latency_ms / 1000)
+                self.stream_events(request, record, fault)   # a long-lived chunked answer
+                return
+            response = self.server.operations.perform(request)
+            headers = request.response_headers
         if after_perform(fault):
             self.drop_connection()
             return
-        self.send_soap(200, response, record)
+        self.send_soap(200, response, record, headers=headers)
+
+    def backend_cookie(self) -> str | None:
+        """The X-BackEndOverrideCookie cookie of the request (affinity), if any."""
+        for header in self.headers.get_all("Cookie") or ():
+            for pair in header.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name == "X-BackEndOverrideCookie":
+                    return value
+        return None
 
     def send_soap(self, status: int, body: bytes, record: dict | None = None,
                   content_type: str = "text/xml; charset=utf-8", headers=()) -> None:
@@ -1673,6 +1770,9 @@ class EwsRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
             with store.lock:
                 store.rejections[spec["contains"]] = spec.get("code", "ErrorQuotaExceeded")
             self.send_json(200, {"rejecting": spec["contains"]})
+            return True
+        if method == "GET" and path == "/_sim/subscriptions":
+            self.send_json(200, store.subscription_list())
             return True
         if method == "POST" and path == "/_sim/revoke-tokens":
             with store.lock:
@@ -1704,6 +1804,9 @@ class EwsRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
         self.server.store.update_request(record, http_status=200)
         self.send_json(200, {"token_type": "Bearer", "expires_in": 3600,
                              "access_token": token})
+
+
+ews_sync.install(sys.modules[__name__])   # its helpers are this module's
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,33 @@ Graph (below /v1.0):
              eq '...')]                                      FindTasks
   POST   /users/{m}/todo/lists/{l}/tasks                     CreateTask
   GET|PATCH|DELETE /users/{m}/todo/lists/{l}/tasks/{id}      GetTask|PatchTask|DeleteTask
+  GET    /users/{m}/calendarView/delta?startDateTime=..&endDateTime=..   EventsDelta
+  GET    /users/{m}/todo/lists/{l}/tasks/delta[?$select=..]   TasksDelta
   POST   /$batch                                             Batch (at most 20 members)
+
+Delta queries (Outlook -> CRM). Events: Graph v1.0 tracks changes to events only in a
+calendarView (a start/end window) of the default calendar - `event: delta` - so that is
+what is implemented; /users/{m}/events/delta exists in beta only and gets 400 here. To Do:
+`todoTask: delta` on one list. Both work from the store's change journal (sim_control.py),
+so changes made through Graph (by the daemon) come back as well as a person's edits
+(PATCH /_sim/items/<id>), deletes and moves; the daemon tells its own by @odata.etag /
+changeKey. A round: the first request (no token) lists what is there now (events: those
+overlapping [startDateTime, endDateTime); deleted ones are left out), in pages of
+`Prefer: odata.maxpagesize=N` entries (default 10, at most 1000; answered with
+Preference-Applied), each page but the last with "@odata.nextLink" (...delta?$skiptoken=),
+the last with "@odata.deltaLink" (...delta?$deltatoken=); the links are absolute, on the
+host the request came to, and carry the window and $select, so the client just follows
+them. The next round, from the deltaLink: every event/task touched since, in its current
+representation (all properties; "@odata.type" set), or {"@odata.type", "id",
+"@removed": {"reason": "deleted"}} when it is deleted, moved away, or (events) now
+outside the window, even if the client never saw it - as Graph documents. An item may
+come again on a later page if it changed again (Graph's "replays"). Tokens from before a
+/_sim/reset, or of a mailbox after POST /_sim/expire {"mailbox", "what": "delta"
+[, "code": "syncStateNotFound" (default) | "resyncRequired"]}, get 410 Gone with that
+error code and a Location header with the initial query (same window) to start over; a
+token that is not ours, or of another mailbox or list, is 400. Missing startDateTime/
+endDateTime is 400 ErrorInvalidParameter. A task's "completedDateTime" is set while it is
+completed.
 
 Control API (JSON, no authentication), the same as ews_sim's (shared code and full
 description in sim_control.py):
@@ -57,7 +83,11 @@ description in sim_control.py):
   GET    /_sim/errors               rejected-request reasons
   GET    /_sim/stats                {"CreateEvent": n, ...}
   POST   /_sim/reset                forget items, lists, tokens, requests, errors, faults,
-                                    settings
+                                    settings (delta tokens issued before get 410)
+  POST   /_sim/expire               {"mailbox" (or "*"), "what": "delta"[, "code"]}: the
+                                    mailbox's delta and skip tokens so far get 410 Gone
+  GET    /_sim/sync-stats           {"changes", "delta_requests", "delta_rounds_started",
+                                    "delta_links_issued", "delta_gone"}
   POST   /_sim/faults               queue {"mode", "count", "ops", "mailboxes", ...} or a list
   GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
   GET    /_sim/settings             {"ignore_connection_close": false, "lookup_lag_ms": 0}
@@ -80,7 +110,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import copy
+import datetime
 import functools
 import hmac
 import json
@@ -91,7 +123,7 @@ import time
 import traceback
 import zoneinfo
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 # sim_control.py sits beside this file. Run as a script, this folder is sys.path[0]
 # already (unless PYTHONSAFEPATH is set); imported from elsewhere, it may not be.
@@ -115,6 +147,10 @@ EVENT_FILTER_RE = re.compile(
 TASK_FILTER_RE = re.compile(
     r"^linkedResources/any\(r:\s*r/externalId eq '((?:[^']|'')*)'\)$", re.IGNORECASE)
 LIST_FILTER_RE = re.compile(r"^wellknownListName eq '(\w+)'$", re.IGNORECASE)
+MAXPAGESIZE_RE = re.compile(r"(?:^|[,;\s])odata\.maxpagesize\s*=\s*(\d+)", re.IGNORECASE)
+DELTA_PAGE_DEFAULT = 10
+DELTA_PAGE_MAX = 1000
+DELTA_TOKEN_PREFIX = "sim1."
 
 EVENT_FIELDS = {"subject", "body", "start", "end", "originalStartTimeZone",
                 "originalEndTimeZone", "isReminderOn", "reminderMinutesBeforeStart",
@@ -345,6 +381,16 @@ def apply_task(item: dict, body: dict, creating: bool) -> None:
     if "status" in changes:
         item["percent_complete"] = {"NotStarted": 0.0, "Completed": 100.0}.get(
             item["status"], 50.0)
+    settle_task(item)
+
+
+def settle_task(item: dict) -> dict:
+    """completedDateTime is set when a task becomes completed, gone when it is not."""
+    if item.get("status") != "Completed":
+        item["complete_date"] = None
+    elif not item.get("complete_date"):
+        item["complete_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return item
 
 
 def with_times(out: dict, item: dict, select) -> dict:
@@ -388,6 +434,8 @@ def task_json(item: dict, select=None) -> dict:
         "reminderDateTime": graph_time(item["reminder_due_by"]),
         "linkedResources": item["linked_resources"],
     }
+    if item.get("complete_date"):
+        out["completedDateTime"] = graph_time(item["complete_date"])
     return with_times(out, item, select)
 
 
@@ -414,6 +462,7 @@ def new_item(kind: str, mailbox: str, seq: int, list_id=None) -> dict:
         "legacy_free_busy": "Busy" if appointment else None, "attendees": [],
         "send_meeting_invitations": "SendToNone" if appointment else None,
         "due_date": None, "due_time_zone": None, "start_date": None, "transaction_id": None,
+        "complete_date": None,
         "status": None if appointment else "NotStarted",
         "percent_complete": None if appointment else 0.0,
         "linked_resources": [], "extended_properties": {}, "other_fields": {},
@@ -422,13 +471,35 @@ def new_item(kind: str, mailbox: str, seq: int, list_id=None) -> dict:
 
 
 class Store(ControlStore):
-    """Items, lists, tokens, request log, errors, faults and settings under one lock
-    (sim_control.ControlStore)."""
+    """Items, lists, tokens, change journal, request log, errors, faults and settings
+    under one lock (sim_control.ControlStore)."""
+
+    expirable = ("delta",)
 
     def reset_own(self) -> None:
         self.lists = {}              # mailbox -> default list id
         self.tokens = {}             # token -> (client_id, expiry)
         self.expire_next_token = 0
+        self.delta_epochs = {}       # mailbox (None: all) -> (epoch, error code)
+        self.delta_counts = {"delta_requests": 0, "delta_rounds_started": 0,
+                             "delta_links_issued": 0, "delta_gone": 0}
+
+    def delta_epoch(self, mailbox: str) -> list:
+        return [self.delta_epochs.get(None, (0, None))[0],
+                self.delta_epochs.get(mailbox, (0, None))[0]]
+
+    def expire(self, mailbox, what: str, spec: dict) -> dict:
+        code = spec.get("code", "syncStateNotFound")
+        if code not in ("syncStateNotFound", "resyncRequired"):
+            raise ValueError('code must be "syncStateNotFound" or "resyncRequired"')
+        with self.lock:
+            self.delta_epochs[mailbox] = (self.delta_epochs.get(mailbox, (0, None))[0] + 1,
+                                          code)
+            return {"expired": what, "mailbox": mailbox or "*", "code": code}
+
+    def sync_stats(self) -> dict:
+        with self.lock:
+            return dict(self.delta_counts, changes=self.change_seq)
 
     def fault_matches(self, fault: dict, op: str, mailbox, in_batch: bool) -> bool:
         if fault["mode"] == "expire_token":
@@ -484,7 +555,10 @@ class Store(ControlStore):
             edited["change_key"] = new_change_key()
             edited["edited_count"] = edited.get("edited_count", 0) + 1
             edited["edited_time"] = edited["modified_time"] = time.time()
+            if edited["kind"] == "task":
+                settle_task(edited)
             self.items[item_id] = edited
+            self.record_change(edited, "modified")
             return edited
 
 
@@ -497,6 +571,12 @@ def route(method: str, path: str):
         return None
     mailbox = normalise_mailbox(parts[1])
     rest = parts[2:]
+    if [p.lower() for p in rest] == ["calendarview", "delta"]:
+        return ("EventsDelta" if method == "GET" else None), mailbox, None, None
+    if rest == ["events", "delta"] and method == "GET":
+        return "EventsDeltaBeta", mailbox, None, None
+    if len(rest) == 5 and rest[:2] == ["todo", "lists"] and rest[3:] == ["tasks", "delta"]:
+        return ("TasksDelta" if method == "GET" else None), mailbox, rest[2], None
     if rest == ["events"]:
         return {"GET": "FindEvents", "POST": "CreateEvent"}.get(method), mailbox, None, None
     if len(rest) == 2 and rest[0] == "events":
@@ -519,8 +599,11 @@ class Graph:
         self.store = store
         self.known = known_mailboxes
         self.record = None      # the request log entry of the call being performed
+        self.headers = {}       # its HTTP headers (lower-case names)
+        self.base = None        # "http://host:port/v1.0" as the client reached us
 
-    def perform(self, op, mailbox, list_id, item_id, query, body, record=None):
+    def perform(self, op, mailbox, list_id, item_id, query, body, record=None,
+                headers=None, base=None):
         store = self.store
         with store.lock:
             if self.known is not None and mailbox not in self.known:
@@ -528,7 +611,8 @@ class Graph:
                                    f"The requested user '{mailbox}' is invalid.")
             store.mailboxes_seen.add(mailbox)
             handler = getattr(self, "op_" + op)
-            self.record = record   # under the lock: one call at a time
+            # Under the lock: one call at a time.
+            self.record, self.headers, self.base = record, headers or {}, base
             try:
                 return handler(mailbox, list_id, item_id, query, body)
             except BadRequest as exc:
@@ -536,7 +620,7 @@ class Graph:
                 return graph_error(400, "RequestBodyRead" if "property" in str(exc)
                                    else "ErrorInvalidRequest", str(exc))
             finally:
-                self.record = None
+                self.record, self.headers, self.base = None, {}, None
 
     def _select(self, query):
         select = query.get("$select", [None])[0]
@@ -565,16 +649,23 @@ class Graph:
     def _store_new(self, item):
         self.store.items[item["id"]] = item
         self.store.next_item_seq += 1
+        self.store.record_change(item, "created")
 
     def _updated(self, item):
         item["change_key"] = new_change_key()
         item["updated_count"] += 1
         item["updated_time"] = item["modified_time"] = time.time()
 
+    def _replace(self, item):
+        """A PATCHed copy takes the item's place (the change goes into the journal)."""
+        self.store.items[item["id"]] = item
+        self.store.record_change(item, "modified")
+
     def _delete(self, item):
         del self.store.items[item["id"]]
         item["deleted_time"] = time.time()
         self.store.deleted.setdefault(item["mailbox"], []).append(item)
+        self.store.record_change(item, "deleted")
 
     # -- events ------------------------------------------------------------------
     def op_CreateEvent(self, mailbox, list_id, item_id, query, body):
@@ -607,7 +698,7 @@ class Graph:
         updated = copy.deepcopy(item)
         apply_event(updated, body)   # all or nothing
         self._updated(updated)
-        self.store.items[item_id] = updated
+        self._replace(updated)
         return 200, event_json(updated), {}
 
     def op_DeleteEvent(self, mailbox, list_id, item_id, query, body):
@@ -666,7 +757,7 @@ class Graph:
         updated = copy.deepcopy(item)
         apply_task(updated, body, creating=False)
         self._updated(updated)
-        self.store.items[item_id] = updated
+        self._replace(updated)
         return 200, task_json(updated), {}
 
     def op_DeleteTask(self, mailbox, list_id, item_id, query, body):
@@ -691,6 +782,170 @@ class Graph:
                      and self.store.searchable(i)]
         select = self._select(query)
         return 200, {"value": [task_json(i, select) for i in items]}, {}
+
+    # -- delta queries -------------------------------------------------------------
+    def op_EventsDeltaBeta(self, mailbox, list_id, item_id, query, body):
+        return graph_error(400, "BadRequest", "events/delta is in the beta API only; v1.0 "
+                           "tracks event changes with /calendarView/delta?startDateTime="
+                           "...&endDateTime=...")
+
+    def op_EventsDelta(self, mailbox, list_id, item_id, query, body):
+        path = f"/users/{quote(mailbox, safe='@')}/calendarView/delta"
+        state = self._delta_state(mailbox, "calendar", path, query)
+        if not isinstance(state, dict):
+            return state
+        start, end = state["start"], state["end"]
+
+        def live(item_id):
+            item = self.store.items.get(item_id)
+            return item if item is not None and item["mailbox"] == mailbox and \
+                item["kind"] == "appointment" else None
+        return self._delta_answer(
+            mailbox, path, state, "event", lambda e: e["kind"] == "appointment", live,
+            lambda item: item["start"] < end and item["end"] > start,
+            lambda item: dict(event_json(item), **{"@odata.type": "#microsoft.graph.event"}))
+
+    def op_TasksDelta(self, mailbox, list_id, item_id, query, body):
+        if list_id != self.store.lists.get(mailbox):
+            return self._no_list()
+        path = f"/users/{quote(mailbox, safe='@')}/todo/lists/{quote(list_id, safe='')}" \
+               "/tasks/delta"
+        state = self._delta_state(mailbox, list_id, path, query)
+        if not isinstance(state, dict):
+            return state
+        select = set(state["select"].split(",")) if state["select"] else None
+
+        def live(item_id):
+            item = self.store.items.get(item_id)
+            return item if item is not None and item["mailbox"] == mailbox and \
+                item["list_id"] == list_id else None
+        return self._delta_answer(
+            mailbox, path, state, "todoTask", lambda e: e["list_id"] == list_id, live,
+            lambda item: True,
+            lambda item: dict(task_json(item, select),
+                              **{"@odata.type": "#microsoft.graph.todoTask"}))
+
+    def _delta_state(self, mailbox, collection, path, query):
+        """The round's state from $skiptoken/$deltatoken, or a fresh one from the query
+        (startDateTime/endDateTime, $select); an error answer (a tuple) when refused."""
+        store = self.store
+        store.delta_counts["delta_requests"] += 1
+        query = {k.lower(): v[0] for k, v in query.items()}
+        token = query.get("$skiptoken") or query.get("$deltatoken")
+        if token is None:
+            state = {"collection": collection, "cursor": 0, "initial": True, "start": None,
+                     "end": None, "select": query.get("$select")}
+            if collection == "calendar":
+                try:
+                    state["start"] = window_time(query.get("startdatetime"), "startDateTime")
+                    state["end"] = window_time(query.get("enddatetime"), "endDateTime")
+                except BadRequest as exc:
+                    store.errors.append(f"EventsDelta: {exc}")
+                    return graph_error(400, "ErrorInvalidParameter", str(exc))
+            store.delta_counts["delta_rounds_started"] += 1
+            return state
+        fields = decode_delta_token(token)
+        if fields is None or fields["mailbox"] != mailbox or \
+                fields["collection"] != collection:
+            store.errors.append(f"delta: token {token[:40]!r} is not one of this collection")
+            return graph_error(400, "BadRequest", "The delta or skip token is not valid for "
+                               "this request.")
+        if fields["generation"] != store.generation or \
+                fields["epoch"] != store.delta_epoch(mailbox):
+            store.delta_counts["delta_gone"] += 1
+            code = "syncStateNotFound"       # also what a reset leads to
+            if fields["generation"] == store.generation:
+                # The expiry that invalidated it: every mailbox's, else this one's.
+                key = None if fields["epoch"][0] != store.delta_epoch(mailbox)[0] else mailbox
+                code = store.delta_epochs.get(key, (0, code))[1]
+            status, answer, _ = graph_error(410, code, "The sync state generation is not "
+                                            "found. The delta token is expired and data must "
+                                            "be synchronized again.")
+            initial = {"startDateTime": fields["start"], "endDateTime": fields["end"],
+                       "$select": fields["select"]}
+            initial = "&".join(f"{k}={quote(v, safe=':,')}" for k, v in initial.items() if v)
+            return status, answer, {"Location": f"{self.base}{path}"
+                                                + (f"?{initial}" if initial else "")}
+        return fields
+
+    def _delta_answer(self, mailbox, path, state, graph_type, belongs, live, in_view,
+                      to_json):
+        """One page of a delta round (see the module docstring)."""
+        store = self.store
+        wanted = MAXPAGESIZE_RE.search(self.headers.get("prefer", ""))
+        limit = min(max(int(wanted.group(1)), 1), DELTA_PAGE_MAX) if wanted \
+            else DELTA_PAGE_DEFAULT
+        page, cursor, done = [], store.change_seq, True
+        for info in store.touched_since(mailbox, state["cursor"], belongs):
+            item = live(info["id"])
+            if item is not None and in_view(item):
+                entry = to_json(item)
+            elif state["initial"] and (info["create"] is None
+                                       or info["create"] > state["cursor"]):
+                continue   # the first round shows what is there, not what went before
+            else:
+                entry = {"@odata.type": f"#microsoft.graph.{graph_type}", "id": info["id"],
+                         "@removed": {"reason": "deleted"}}
+            if len(page) == limit:
+                # Everything touched before this item's first change has been answered.
+                cursor, done = info["first"] - 1, False
+                break
+            page.append(entry)
+        token = encode_delta_token(
+            generation=store.generation, mailbox=mailbox,
+            collection=state["collection"],
+            epoch=store.delta_epoch(mailbox), cursor=cursor,
+            initial=state["initial"] and not done, start=state["start"], end=state["end"],
+            select=state["select"])
+        answer = {"@odata.context": f"{self.base}/$metadata#Collection({graph_type})",
+                  "value": page}
+        if done:
+            store.delta_counts["delta_links_issued"] += 1
+            answer["@odata.deltaLink"] = f"{self.base}{path}?$deltatoken={token}"
+        else:
+            answer["@odata.nextLink"] = f"{self.base}{path}?$skiptoken={token}"
+        headers = {"Preference-Applied": f"odata.maxpagesize={limit}"} if wanted else {}
+        return 200, answer, headers
+
+
+def window_time(text, name: str) -> str:
+    """A calendarView bound as 'YYYY-MM-DDTHH:MM:SSZ' (UTC when no offset is given)."""
+    if not text:
+        raise BadRequest("This request requires a time window specified by the query string "
+                         "parameters StartDateTime and EndDateTime.")
+    value = text.strip().replace(" ", "+")      # an unescaped '+' of an offset
+    value = re.sub(r"(\.\d{1,6})\d*", r"\1", value).replace("Z", "+00:00")
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} {text!r} is not an ISO 8601 date and time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+DELTA_FIELDS = ("generation", "mailbox", "collection", "epoch", "cursor", "initial", "start",
+                "end", "select")
+
+
+def encode_delta_token(**fields) -> str:
+    """Opaque and URL-safe: base64url of the round's state."""
+    raw = json.dumps([fields[k] for k in DELTA_FIELDS], separators=(",", ":")).encode()
+    return DELTA_TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_delta_token(token: str):
+    if not token.startswith(DELTA_TOKEN_PREFIX):
+        return None
+    text = token[len(DELTA_TOKEN_PREFIX):]
+    try:
+        values = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(values, list) or len(values) != len(DELTA_FIELDS):
+        return None
+    fields = dict(zip(DELTA_FIELDS, values))
+    return fields if isinstance(fields["cursor"], int) else None
 
 
 FAULT_MODES = {"drop_after_perform", "drop_before_perform", "http_status", "expire_token",
@@ -752,6 +1007,11 @@ class GraphRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
                 pass
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def api_base(self) -> str:
+        """http://host:port/v1.0 as the client addressed us (for @odata.nextLink etc.)."""
+        host = self.headers.get("Host") or "%s:%d" % self.server.server_address[:2]
+        return f"http://{host}{API_ROOT}"
 
     def send_json(self, status: int, obj, headers=(), content_type="application/json"):
         if self.server.args.latency_ms and not self.path.startswith("/_sim"):
@@ -870,7 +1130,8 @@ class GraphRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
             store.errors.append(f"{op} #{record['seq']}: {exc}")
             return self.send_json(400, graph_error(400, "BadRequest", str(exc))[1])
         status, answer, headers = self.server.graph.perform(
-            op, target[1], target[2], target[3], parse_qs(url.query), parsed, record)
+            op, target[1], target[2], target[3], parse_qs(url.query), parsed, record,
+            {k.lower(): v for k, v in self.headers.items()}, self.api_base())
         record["valid"] = status != 400
         drop = after_perform(fault)    # a late answer sleeps here, holding no lock
         record["http_status"] = status
@@ -1005,7 +1266,9 @@ class GraphRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
                                                "be application/json with a JSON body")[1]), False
         delay_before_perform(fault)
         status, result, headers = self.server.graph.perform(
-            op, target[1], target[2], target[3], parse_qs(url.query), body, record)
+            op, target[1], target[2], target[3], parse_qs(url.query), body, record,
+            {str(k).lower(): str(v) for k, v in (member.get("headers") or {}).items()},
+            self.api_base())
         record["valid"] = status != 400
         drop = after_perform(fault)    # sleeps for a late answer; drop: the whole batch
         return answer(status, result, dict(headers)), drop
@@ -1022,6 +1285,7 @@ class GraphRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
                 old = store.lists.pop(mailbox, None)
                 for item in [i for i in store.items.values() if i["list_id"] == old]:
                     del store.items[item["id"]]
+                    store.record_change(item, "deleted")
                 self.send_json(200, {"old": old, "new": store.default_list(mailbox)})
             return True
         return False

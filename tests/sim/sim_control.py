@@ -10,7 +10,8 @@ Control API common to both simulators (JSON, no authentication):
   GET    /_sim/mailboxes            {"mailbox": [items...]} (every mailbox addressed so far)
   GET    /_sim/mailboxes/<addr>     [items] of one mailbox (address case-insensitive)
   GET    /_sim/deleted              {"mailbox": [deleted items]}
-  GET    /_sim/items/<id>           one live item; DELETE removes it ("user deleted it")
+  GET    /_sim/items/<id>           one live item; DELETE removes it ("user deleted it";
+                                    ?hard=1: Shift+Del, which EWS tells apart, see ews_sim)
   PATCH  /_sim/items/<id>           {"subject", "start", "end" | "status", "due_date"}: a
                                     person edits the item in Outlook (new change key);
                                     answers the item
@@ -25,7 +26,8 @@ Control API common to both simulators (JSON, no authentication):
   POST   /_sim/reset                forget items, requests, errors, faults and settings
   POST   /_sim/faults               queue {"mode", "count", "ops", "mailboxes", ...} or a list
   GET    /_sim/faults               the queue;  DELETE /_sim/faults clears it
-  GET    /_sim/settings             {"ignore_connection_close": false, "lookup_lag_ms": 0}
+  GET    /_sim/settings             {"ignore_connection_close": false, "lookup_lag_ms": 0, ...}
+                                    (each simulator adds its own, listed in its docstring)
   POST   /_sim/settings             {name: value, ...}: changes those settings, answers all:
       ignore_connection_close  keep the connection open even when the request says
                                "Connection: close", and never answer "Connection: close"
@@ -33,6 +35,22 @@ Control API common to both simulators (JSON, no authentication):
       lookup_lag_ms            an item created less than this long ago is not found by
                                lookups (EWS FindItem with a restriction, Graph $filter on
                                events and tasks): Exchange Online's search lags behind writes
+  POST   /_sim/expire               {"mailbox": addr (omitted or "*": every mailbox), "what":
+                                    "subscriptions" | "sync_state" | "watermark" (EWS) |
+                                    "delta" (Graph)}: Exchange forgets that mailbox's change
+                                    tracking positions issued so far (see each simulator for
+                                    the error it then answers); answers what was expired
+  GET    /_sim/sync-stats           counters of change tracking (EWS: subscriptions and open
+                                    streaming connections; Graph: delta rounds and tokens)
+
+Change journal (both simulators): every change to an item - made through the API (by the
+daemon) or through the control API (a person in Outlook: PATCH, DELETE, move) - is one
+entry in the store's journal, numbered by a sequence common to all mailboxes. EWS
+SyncFolderItems, pull and streaming notifications and Graph delta queries are computed
+from it, so a change the daemon made itself comes back as a change too (as on Exchange;
+the client tells its own changes by ChangeKey / @odata.etag). Entries: "created",
+"modified", "deleted", and a move as two entries: "moved_from" (old id leaves its folder)
+then "moved_to" (new id arrives; "old_id", "old_folder" say where from).
 Fault "delay" (both): "ms" to wait; "when": "before_perform" waits before performing the
 operation (default: perform, then wait); "answer": "drop" closes the connection after the
 wait instead of answering. Delays sleep in the connection's own thread, outside every lock.
@@ -45,6 +63,7 @@ import copy
 import json
 import os
 import re
+import secrets
 import signal
 import sys
 import tempfile
@@ -120,10 +139,22 @@ def after_perform(fault: dict | None) -> bool:
     return False
 
 
-def check_settings(spec) -> dict:
-    """Validates a POST /_sim/settings body (raises ValueError)."""
+def check_number(name: str, value, minimum=0, integer=False):
+    """A JSON number >= minimum (an integer when asked); raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
+            or value < minimum:
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} "
+                         f">= {minimum}")
+    return value
+
+
+def check_settings(spec, extra=None) -> dict:
+    """Validates a POST /_sim/settings body (raises ValueError). extra: the simulator's
+    own settings, name -> (default, check(name, value) -> value)."""
+    extra = extra or {}
     if not isinstance(spec, dict):
         raise ValueError("settings are a JSON object")
+    checked = {}
     for name, value in spec.items():
         if name == "ignore_connection_close":
             if not isinstance(value, bool):
@@ -131,9 +162,13 @@ def check_settings(spec) -> dict:
         elif name == "lookup_lag_ms":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError("lookup_lag_ms must be a number >= 0")
+        elif name in extra:
+            value = extra[name][1](name, value)
         else:
-            raise ValueError(f"unknown setting {name!r}; known: {sorted(DEFAULT_SETTINGS)}")
-    return dict(spec)
+            raise ValueError(f"unknown setting {name!r}; known: "
+                             f"{sorted(set(DEFAULT_SETTINGS) | set(extra))}")
+        checked[name] = value
+    return checked
 
 
 def check_edit(item: dict, fields, extra=()) -> dict:
@@ -170,11 +205,20 @@ def check_edit(item: dict, fields, extra=()) -> dict:
 # ---------------------------------------------------------------------------
 
 class ControlStore:
-    """Items, deleted items, request log, errors, queued faults and settings under one
-    lock. Subclasses add their own state in reset_own() and say how ids are made."""
+    """Items, deleted items, change journal, request log, errors, queued faults and
+    settings under one lock. Subclasses add their own state in reset_own() and say how
+    ids are made."""
+
+    # The simulator's own settings: name -> (default, check(name, value) -> value).
+    extra_settings: dict = {}
+    # POST /_sim/expire "what" values this simulator knows.
+    expirable: tuple = ()
 
     def __init__(self):
         self.lock = threading.RLock()
+        # Notified (under the lock) on every journal entry and on reset: long-lived
+        # requests (EWS streaming notifications) wait on it.
+        self.changed = threading.Condition(self.lock)
         self.reset()
 
     def reset(self) -> None:
@@ -185,13 +229,80 @@ class ControlStore:
             self.requests = []
             self.errors = []
             self.faults = []
-            self.settings = dict(DEFAULT_SETTINGS)
+            self.settings = dict(DEFAULT_SETTINGS, **{name: default for name, (default, _)
+                                                      in self.extra_settings.items()})
             self.next_item_seq = 1
             self.next_request_seq = 1
+            # Tokens (sync states, watermarks, delta links) name the generation they were
+            # issued in: after a reset, old ones are recognised as unknown.
+            self.generation = secrets.token_hex(4)
+            self.change_seq = 0
+            self.changes_by_mailbox = {}     # mailbox -> [journal entries], oldest first
             self.reset_own()
+            self.changed.notify_all()
 
     def reset_own(self) -> None:
         """The simulator's own state, forgotten on /_sim/reset."""
+
+    # -- change journal ----------------------------------------------------------
+    def record_change(self, item: dict, what: str, **extra) -> dict:
+        """Appends one journal entry for item (call with the lock held)."""
+        with self.lock:
+            self.change_seq += 1
+            entry = {"seq": self.change_seq, "time": time.time(), "what": what,
+                     "mailbox": item["mailbox"], "id": item["id"],
+                     "folder": item.get("folder"), "kind": item.get("kind"),
+                     "list_id": item.get("list_id"), "change_key": item.get("change_key")}
+            entry.update(extra)
+            self.changes_by_mailbox.setdefault(item["mailbox"], []).append(entry)
+            self.changed.notify_all()
+            return entry
+
+    def journal(self, mailbox: str, after: int = 0) -> list:
+        """The mailbox's journal entries with seq > after (call with the lock held)."""
+        entries = self.changes_by_mailbox.get(mailbox, [])
+        if not after:
+            return list(entries)
+        low, high = 0, len(entries)
+        while low < high:            # entries are in seq order: bisect on seq
+            middle = (low + high) // 2
+            if entries[middle]["seq"] <= after:
+                low = middle + 1
+            else:
+                high = middle
+        return entries[low:]
+
+    def touched_since(self, mailbox: str, after: int, belongs) -> list:
+        """Per item id that a journal entry of the collection (belongs(entry) is true)
+        touched after seq `after`: {"id", "first" (its first such entry's seq), "create",
+        "delete" (seq of its creation / removal in the collection, or None)}, ordered by
+        "first". A journal entry touches one id, so no two ids share a "first"."""
+        found = {}
+        for entry in self.changes_by_mailbox.get(mailbox, []):
+            if not belongs(entry):
+                continue
+            info = found.get(entry["id"])
+            if info is None:
+                info = found[entry["id"]] = {"id": entry["id"], "first": None,
+                                             "create": None, "delete": None}
+            if entry["what"] in ("created", "moved_to"):
+                info["create"] = entry["seq"]
+            elif entry["what"] in ("deleted", "moved_from"):
+                info["delete"] = entry["seq"]
+            if info["first"] is None and entry["seq"] > after:
+                info["first"] = entry["seq"]
+        return sorted((i for i in found.values() if i["first"] is not None),
+                      key=lambda i: i["first"])
+
+    # -- expiry and change-tracking statistics ---------------------------------------
+    def expire(self, mailbox: str | None, what: str, spec: dict) -> dict:
+        """POST /_sim/expire: forget positions (mailbox None: all); raises ValueError."""
+        raise ValueError(f"this simulator has nothing to expire ({what!r})")
+
+    def sync_stats(self) -> dict:
+        """GET /_sim/sync-stats."""
+        with self.lock:
+            return {"changes": self.change_seq}
 
     # -- request log -------------------------------------------------------
     def log_request(self, record: dict) -> dict:
@@ -259,8 +370,19 @@ class ControlStore:
         with self.lock:
             item = self.items.pop(item_id)
             item["previous_ids"] = item.get("previous_ids", []) + [item_id]
-            item["id"] = self.new_id_for(item)
+            new_id = self.new_id_for(item)
+            self.record_change(item, "moved_from", new_id=new_id, new_folder=item["folder"])
+            item["id"] = new_id
             self.items[item["id"]] = item
+            self.record_change(item, "moved_to", old_id=item_id, old_folder=item["folder"])
+            return item
+
+    def remove_item(self, item_id: str, hard: bool = False) -> dict:
+        """DELETE /_sim/items/<id>: a person deletes the item (hard: Shift+Del; a
+        simulator may tell the two apart, as EWS does with Deleted Items)."""
+        with self.lock:
+            item = self.items.pop(item_id)
+            self.record_change(item, "deleted")
             return item
 
     def edit_item(self, item_id: str, fields) -> dict:
@@ -348,6 +470,21 @@ class ControlHandlerMixin:
         if method == "POST" and path == "/_sim/reset":
             store.reset()
             return self.send_json(200, {"reset": True})
+        if method == "POST" and path == "/_sim/expire":
+            try:
+                spec = json.loads(body or b"null")
+                if not isinstance(spec, dict) or spec.get("what") not in store.expirable:
+                    raise ValueError(f'expected {{"mailbox": ..., "what": one of '
+                                     f'{list(store.expirable)}}}')
+                mailbox = spec.get("mailbox")
+                if mailbox is not None and not isinstance(mailbox, str):
+                    raise ValueError("mailbox must be an address, or \"*\" for all")
+                mailbox = None if mailbox in (None, "*") else normalise_mailbox(mailbox)
+                return self.send_json(200, store.expire(mailbox, spec["what"], spec))
+            except ValueError as exc:
+                return self.send_json(400, {"error": str(exc)})
+        if method == "GET" and path == "/_sim/sync-stats":
+            return self.send_json(200, store.sync_stats())
         if path == "/_sim/faults":
             return self.handle_control_faults(method, body)
         if path == "/_sim/settings":
@@ -377,8 +514,8 @@ class ControlHandlerMixin:
             if item is None:
                 return self.send_json(404, {"error": "no such item"})
             if method == "DELETE":
-                del store.items[item_id]
-                return self.send_json(200, item)
+                hard = query_flag(self.path, "hard")
+                return self.send_json(200, copy.deepcopy(store.remove_item(item_id, hard)))
             if method == "GET":
                 return self.send_json(200, copy.deepcopy(item))
             if method == "PATCH":
@@ -416,7 +553,7 @@ class ControlHandlerMixin:
         store = self.server.store
         if method == "POST":
             try:
-                changes = check_settings(json.loads(body or b"null"))
+                changes = check_settings(json.loads(body or b"null"), store.extra_settings)
             except ValueError as exc:
                 return self.send_json(400, {"error": str(exc)})
             with store.lock:
@@ -430,6 +567,12 @@ class ControlHandlerMixin:
 # ---------------------------------------------------------------------------
 # Server and command line plumbing
 # ---------------------------------------------------------------------------
+
+def query_flag(raw_path: str, name: str) -> bool:
+    """?name=1 (or true/yes) in a request path."""
+    value = parse_qs(urlsplit(raw_path).query).get(name, [""])[0].lower()
+    return value in ("1", "true", "yes")
+
 
 class LoopbackServer(ThreadingHTTPServer):
     """A thread per connection on 127.0.0.1: a slow answer holds up nobody else."""

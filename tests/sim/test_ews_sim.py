@@ -992,10 +992,12 @@ def test_settings_ignore_connection_close(sim):
     with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as sock:
         assert b" 200 " in raw_exchange(sock, request).split(b"\r\n")[0]
         assert raw_exchange(sock, request) == b""             # closed, as asked
-    assert sim.control("GET", "/_sim/settings") == {"ignore_connection_close": False,
-                                                    "lookup_lag_ms": 0}
+    defaults = {"ignore_connection_close": False, "lookup_lag_ms": 0, "mailbox_servers": 1,
+                "notification_minute_s": 60, "streaming_heartbeat_s": 30,
+                "events_per_notification": 50, "streaming_schema_namespaces": False}
+    assert sim.control("GET", "/_sim/settings") == defaults
     assert sim.control("POST", "/_sim/settings", {"ignore_connection_close": True}) == \
-        {"ignore_connection_close": True, "lookup_lag_ms": 0}
+        dict(defaults, ignore_connection_close=True)
     with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as sock:
         for _ in range(2):
             answer = raw_exchange(sock, request)

@@ -487,3 +487,192 @@ def test_task_due_date_time_zones(sim, graph):
     assert graph("POST", EVENTS, event(1, start={"dateTime": "2030-03-01T09:00:00",
                                                  "timeZone": "W. Europe Standard Time"}))[0] \
         == 400
+
+
+# ---------------------------------------------------------------------------
+# Delta queries: calendarView/delta and todo/lists/{id}/tasks/delta (Outlook -> CRM)
+# ---------------------------------------------------------------------------
+
+WINDOW = "startDateTime=2030-03-01T00:00:00Z&endDateTime=2030-04-01T00:00:00Z"
+
+
+@pytest.fixture
+def bearer(sim):
+    return {"Authorization": "Bearer " + token(sim)[1]["access_token"]}
+
+
+def events_delta(sim, mailbox="alice@example.org", query=WINDOW):
+    return f"{sim}/v1.0/users/{mailbox}/calendarView/delta?{query}"
+
+
+def delta_round(link, bearer, page=None):
+    """Follows a round to its end: (entries, pages, deltaLink)."""
+    headers = dict(bearer, **({"Prefer": f"odata.maxpagesize={page}"} if page else {}))
+    entries, pages = [], 0
+    while True:
+        status, answer, _ = http("GET", link, headers=headers)
+        assert status == 200, answer
+        pages += 1
+        assert len(answer["value"]) <= (page or 10)
+        entries += answer["value"]
+        if "@odata.deltaLink" in answer:
+            assert "@odata.nextLink" not in answer
+            return entries, pages, answer["@odata.deltaLink"]
+        link = answer["@odata.nextLink"]
+
+
+def at(day, hour=9):
+    """An event body's start/end on that day of March 2030 (day > 31: later months)."""
+    month, day = (3, day) if day <= 31 else (5, day - 31)
+    return {"start": {"dateTime": f"2030-{month:02d}-{day:02d}T{hour:02d}:00:00",
+                      "timeZone": "UTC"},
+            "end": {"dateTime": f"2030-{month:02d}-{day:02d}T{hour:02d}:30:00",
+                    "timeZone": "UTC"}}
+
+
+def by_id(entries):
+    return {e["id"]: e for e in entries}
+
+
+def test_events_delta_round_paging_and_changes(sim, graph, bearer):
+    created = [graph("POST", EVENTS, event(n, **at(n + 1)))[1] for n in range(3)]
+    outside = graph("POST", EVENTS, event(9, **at(40)))[1]          # May: not in the view
+    status, answer, headers = http("GET", events_delta(sim),
+                                   headers=dict(bearer, Prefer="odata.maxpagesize=2"))
+    assert status == 200 and headers["Preference-Applied"] == "odata.maxpagesize=2"
+    assert answer["@odata.nextLink"].startswith(
+        f"{sim}/v1.0/users/alice@example.org/calendarView/delta?$skiptoken=")
+    assert answer["@odata.context"].endswith("$metadata#Collection(event)")
+    entries, pages, delta_link = delta_round(events_delta(sim), bearer, page=2)
+    assert pages == 2 and [e["id"] for e in entries] == [e["id"] for e in created]
+    assert all(e["@odata.type"] == "#microsoft.graph.event" for e in entries)
+    assert entries[0]["@odata.etag"] == created[0]["@odata.etag"]
+    assert delta_link.startswith(
+        f"{sim}/v1.0/users/alice@example.org/calendarView/delta?$deltatoken=")
+    assert delta_round(delta_link, bearer)[0] == []                 # nothing since
+
+    a, b, c = (e["id"] for e in created)
+    # A person moves A out of the view and the outside one into it; the daemon changes
+    # B and deletes C, and creates a new one.
+    http("PATCH", f"{sim}/_sim/items/{quote(a)}", {"start": "2030-06-01T09:00:00Z",
+                                                   "end": "2030-06-01T09:30:00Z"})
+    moved_in = http("PATCH", f"{sim}/_sim/items/{quote(outside['id'])}",
+                    {"start": "2030-03-20T09:00:00Z", "end": "2030-03-20T10:00:00Z"})[1]
+    patched = graph("PATCH", f"{EVENTS}/{quote(b)}", {"subject": "Changed by the daemon"})[1]
+    assert graph("DELETE", f"{EVENTS}/{quote(c)}")[0] == 204
+    new = graph("POST", EVENTS, event(7, **at(25)))[1]
+    entries, _, delta_link = delta_round(delta_link, bearer, page=2)
+    found = by_id(entries)
+    assert list(found) == [a, outside["id"], b, c, new["id"]]         # oldest change first
+    removed = {"@odata.type": "#microsoft.graph.event", "@removed": {"reason": "deleted"}}
+    assert found[a] == dict(removed, id=a) and found[c] == dict(removed, id=c)
+    assert found[outside["id"]]["start"]["dateTime"] == "2030-03-20T09:00:00.0000000"
+    assert found[outside["id"]]["changeKey"] == moved_in["change_key"]
+    assert found[b]["@odata.etag"] == patched["@odata.etag"]       # the daemon's own change
+    assert found[b]["subject"] == "Changed by the daemon"
+    assert found[new["id"]]["@odata.etag"] == new["@odata.etag"]
+    assert delta_round(delta_link, bearer)[0] == []
+    # A person deleting one: removed; an item deleted before a first round is not listed.
+    http("DELETE", f"{sim}/_sim/items/{quote(b)}")
+    assert delta_round(delta_link, bearer)[0] == [dict(removed, id=b)]
+    query = WINDOW.replace("startDateTime", "startdatetime").replace("endDateTime",
+                                                                      "enddatetime")
+    first_round = delta_round(events_delta(sim, query=query), bearer)[0]
+    assert {e["id"] for e in first_round} == {outside["id"], new["id"]}
+
+
+def test_delta_requests_refused(sim, graph, bearer):
+    status, answer, _ = http("GET", events_delta(sim, query=""), headers=bearer)
+    assert status == 400 and answer["error"]["code"] == "ErrorInvalidParameter"
+    status, answer, _ = http("GET", events_delta(sim, query="startDateTime=soon&endDateTime=x"),
+                             headers=bearer)
+    assert status == 400
+    status, answer, _ = http("GET", f"{sim}/v1.0{EVENTS}/delta", headers=bearer)
+    assert status == 400 and "calendarView" in answer["error"]["message"]
+    link = delta_round(events_delta(sim), bearer)[2]
+    assert http("GET", link.replace("alice@", "bob@"), headers=bearer)[0] == 400
+    assert http("GET", events_delta(sim, query="$deltatoken=made-up"), headers=bearer)[0] == 400
+    tasks = default_tasks(graph)
+    assert http("GET", f"{sim}/v1.0{tasks}/delta?$deltatoken={link.split('=')[-1]}",
+                headers=bearer)[0] == 400      # an events token on a task list
+    assert http("GET", events_delta(sim), headers={"Authorization": "Bearer x"})[0] == 401
+
+
+def test_tasks_delta(sim, graph, bearer):
+    tasks = default_tasks(graph)
+    made = [graph("POST", tasks, todo_task(n))[1] for n in range(3)]
+    url = f"{sim}/v1.0{tasks}/delta"
+    entries, pages, delta_link = delta_round(url + "?$select=title,status", bearer, page=2)
+    assert pages == 2 and [e["id"] for e in entries] == [t["id"] for t in made]
+    assert set(entries[2]) == {"@odata.type", "@odata.etag", "id", "title", "status"}
+    assert entries[0]["@odata.type"] == "#microsoft.graph.todoTask"
+    entries, _, delta_link = delta_round(url, bearer)
+    assert "completedDateTime" not in entries[0] and entries[0]["status"] == "notStarted"
+
+    one, two, three = (t["id"] for t in made)
+    edited = http("PATCH", f"{sim}/_sim/items/{quote(one)}", {"status": "Completed"})[1]
+    patched = graph("PATCH", f"{tasks}/{quote(two)}",
+                    {"dueDateTime": {"dateTime": "2030-05-09T00:00:00", "timeZone": "UTC"}})[1]
+    assert graph("DELETE", f"{tasks}/{quote(three)}")[0] == 204
+    found = by_id(delta_round(delta_link, bearer)[0])
+    assert list(found) == [one, two, three]
+    assert found[one]["status"] == "completed"
+    assert found[one]["completedDateTime"]["timeZone"] == "UTC"
+    assert found[one]["@odata.etag"] == f'W/"{edited["change_key"]}"'
+    assert found[two]["@odata.etag"] == patched["@odata.etag"]
+    assert found[two]["dueDateTime"]["dateTime"].startswith("2030-05-09T00:00:00")
+    assert found[three] == {"@odata.type": "#microsoft.graph.todoTask", "id": three,
+                            "@removed": {"reason": "deleted"}}
+    # A replaced list: its delta link is gone with it.
+    http("DELETE", sim + "/_sim/lists/bob@example.org")
+    assert http("GET", delta_link, headers=bearer)[0] == 404
+
+
+def test_delta_gone_after_expire_or_reset(sim, graph, bearer):
+    graph("POST", EVENTS, event(1, **at(2)))
+    graph("POST", EVENTS, event(2, **at(3)))
+    alice = delta_round(events_delta(sim), bearer)[2]
+    mid_round = http("GET", events_delta(sim), headers=dict(
+        bearer, Prefer="odata.maxpagesize=1"))[1]["@odata.nextLink"]
+    tasks = default_tasks(graph)
+    bob = delta_round(f"{sim}/v1.0{tasks}/delta", bearer)[2]
+
+    assert http("POST", sim + "/_sim/expire", {"mailbox": "Alice@example.org",
+                                               "what": "delta"})[1] == \
+        {"expired": "delta", "mailbox": "alice@example.org", "code": "syncStateNotFound"}
+    for link in (alice, mid_round):
+        status, answer, headers = http("GET", link, headers=bearer)
+        assert status == 410 and answer["error"]["code"] == "syncStateNotFound"
+        assert headers["Location"] == events_delta(sim)      # start over, same window
+    entries, _, alice = delta_round(headers["Location"], bearer)
+    assert len(entries) == 2
+    assert http("GET", bob, headers=bearer)[0] == 200         # another mailbox: still fine
+
+    http("POST", sim + "/_sim/expire", {"what": "delta", "code": "resyncRequired"})
+    for link in (alice, bob):
+        status, answer, headers = http("GET", link, headers=bearer)
+        assert status == 410 and answer["error"]["code"] == "resyncRequired"
+    assert headers["Location"] == f"{sim}/v1.0{tasks}/delta"
+    stats = http("GET", sim + "/_sim/sync-stats")[1]
+    assert stats["delta_gone"] == 4 and stats["changes"] == 2
+    assert stats["delta_rounds_started"] == 4 and stats["delta_links_issued"] == 4
+    for bad in ({"what": "delta", "code": "nope"}, {"what": "watermark"}):
+        assert http("POST", sim + "/_sim/expire", bad)[0] == 400, bad
+    fresh = delta_round(events_delta(sim), bearer)[2]
+    http("POST", sim + "/_sim/reset")
+    status, answer, _ = http("GET", fresh, headers=dict(
+        bearer, Authorization="Bearer " + token(sim)[1]["access_token"]))
+    assert status == 410 and answer["error"]["code"] == "syncStateNotFound"
+
+
+def test_delta_in_a_batch(sim, graph):
+    for n in range(2):
+        graph("POST", EVENTS, event(n, **at(n + 1)))
+    member = {"id": "1", "method": "GET",
+              "url": f"/users/alice@example.org/calendarView/delta?{WINDOW}",
+              "headers": {"Prefer": "odata.maxpagesize=1"}}
+    status, answer, _ = graph("POST", "/$batch", {"requests": [member]})
+    [response] = answer["responses"]
+    assert status == 200 and response["status"] == 200
+    assert len(response["body"]["value"]) == 1 and "@odata.nextLink" in response["body"]
+    assert response["headers"]["Preference-Applied"] == "odata.maxpagesize=1"
