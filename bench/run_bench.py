@@ -410,7 +410,7 @@ def latency_run(db, sim, employee_ids, saves, check_alive, label):
             "min_ms": round(min(samples), 2), "samples_ms": [round(s, 2) for s in samples]}
 
 
-def load_history(db, count):
+def load_history(db, count, no_settle=False):
     """count completed, synced contact logs, as a site with years of history has them:
     every one with its row in followupd's queue, none dirty. Loaded directly (the
     triggers off), since delivering them would only take time."""
@@ -431,6 +431,8 @@ def load_history(db, count):
     # million new rows runs during the measurement, on the same two cores).
     db.run("VACUUM (ANALYZE) contactlog.contact_log")
     db.run("VACUUM (ANALYZE) contactlog.outlook_queue")
+    if no_settle:
+        return
     # ... and not in the middle of the checkpoint that writing a million rows
     # starts (spread over minutes, its writes would compete with the measurement).
     db.run("CHECKPOINT")
@@ -450,9 +452,11 @@ def followupd_throughput(args, work, binary, cluster, sim, db, password_file):
     db.clear()
     if args.history:
         say(f"history: loading {args.history} synced contact logs")
-        load_history(db, args.history)
+        load_history(db, args.history, args.no_settle)
     sim.reset()
     say(f"followupd throughput: inserting {args.items} logs for {args.mailboxes} mailboxes")
+    # Logs synced before the run (the history) are not this run's work.
+    already_done = db.followupd_progress()[2]
     db.insert_logs(args.items)
     sim_cpu0, pg_cpu0 = cpu_seconds(sim.proc.pid), cluster_cpu_seconds(cluster)
     daemon = Followupd(work, binary, cluster, sim, args.concurrency, password_file, "throughput")
@@ -460,6 +464,7 @@ def followupd_throughput(args, work, binary, cluster, sim, db, password_file):
     try:
         while True:
             pending, failed, done = db.followupd_progress()
+            done -= already_done
             now = time.time()
             if pending == 0:
                 break
@@ -498,9 +503,10 @@ def followupd_throughput(args, work, binary, cluster, sim, db, password_file):
         say(f"followupd latency: {args.saves} single saves, daemon idle")
         # The throughput run just wrote (and deleted) its rows: settle the tables and
         # the WAL as a site between bursts has them, so the saves meet an idle server.
-        db.run("VACUUM (ANALYZE) contactlog.outlook_sync")
-        db.run("VACUUM (ANALYZE) contactlog.outlook_item")
-        db.run("CHECKPOINT")
+        if not args.no_settle:
+            db.run("VACUUM (ANALYZE) contactlog.outlook_sync")
+            db.run("VACUUM (ANALYZE) contactlog.outlook_item")
+            db.run("CHECKPOINT")
         ids = employee_ids(db)
         result_latency = latency_run(db, sim, ids, args.saves, daemon.check_alive, "followupd")
         if args.history:
@@ -776,6 +782,9 @@ def parse_args(argv):
     p.add_argument("--baseline-backlog-cap", type=float, default=20,
                    help="seconds the baseline may work on the backlog (20; 0 = skip)")
     p.add_argument("--saves", type=int, default=50, help="single saves for latency (50)")
+    p.add_argument("--no-settle", action="store_true",
+                   help="measure latency right after the load and the throughput run, "
+                        "without VACUUM and CHECKPOINT first (shows their effect)")
     p.add_argument("--history", type=int, default=0,
                    help="H synced, completed logs loaded first (issue 12: 1000000); the "
                         "latency and the STATUS= query are measured with them (0)")
