@@ -78,8 +78,14 @@ void ews_post_on_token(const char *token, const char *error, void *userdata)
     send_post(post, token);
 }
 
+/* Same time zone (NULL equals NULL): one CreateItem carries one TimeZoneContext. */
+static bool same_zone(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
 /* Takes the head of the queue and, for a create, every waiting create for the same
- * mailbox and kind (up to batch_size) into one post. */
+ * mailbox, kind and time zone (up to batch_size) into one post. */
 static ews_post *next_post(ews_backend *b)
 {
     ews_call *head = b->waiting_head;
@@ -97,6 +103,7 @@ static ews_post *next_post(ews_backend *b)
         bool joins = call == head ||
                      (post->is_create && call->kind == CALL_CREATE &&
                       call->item->kind == head->item->kind &&
+                      same_zone(call->item->time_zone, head->item->time_zone) &&
                       strcasecmp(call->mailbox, head->mailbox) == 0);
         if (!joins) {
             link = &call->next;

@@ -163,6 +163,33 @@ def test_a_move_waits_out_the_new_mailboxs_throttling(db, sim, daemon_factory, s
         "a create reached the throttled mailbox before the wait Exchange asked for"
 
 
+def test_tasks_for_one_mailbox_in_two_time_zones_are_not_batched(db, sim, daemon_factory,
+                                                                   staff):
+    """Two employees sharing one mailbox (a team address) in different time zones: one
+    CreateItem carries one TimeZoneContext, so their tasks never travel together
+    (their due dates are dates in each one's own zone)."""
+    if sim.backend != "ews":
+        pytest.skip("EWS only: Graph sends each task's zone in the task itself")
+    set_attribute(db, "AddToCalendar", "0")
+    berlin = db.employee("tb", "Team Berlin", "team@example.org", time_zone="Europe/Berlin")
+    york = db.employee("ty", "Team New York", "team@example.org", time_zone="America/New_York")
+    with db.conn.cursor() as cur:   # one transaction: one claim, one batch
+        db.conn.autocommit = False
+        for creator in (berlin, york, berlin, york):
+            cur.execute("INSERT INTO contactlog.contact_log (created_by, contact_name, reason, "
+                        "next_contact_at) VALUES (%s, 'Team', 'zones', "
+                        "'2030-03-01 23:30+00') RETURNING id", (creator,))
+        db.conn.commit()
+        db.conn.autocommit = True
+    daemon_factory(FAST)
+    wait_for(lambda: len(sim.mailbox("team@example.org")) == 4, what="four tasks")
+    bodies = [r["body"] for r in sim.call("GET", "/_sim/requests?op=CreateItem&body=1")]
+    zones = [("W. Europe" in b, "Eastern Standard Time" in b) for b in bodies]
+    assert all(a != b for a, b in zones), f"a CreateItem mixes or lacks zones: {zones}"
+    assert any(a for a, _ in zones) and any(b for _, b in zones), \
+        f"the tasks of one zone went out in the other's TimeZoneContext: {zones}"
+
+
 @pytest.mark.parametrize("crash_point", ["after_delete_recorded", "before_delete_recorded"])
 def test_kill_between_delete_and_create_settles_to_one_item_at_home(db, sim, daemon_factory,
                                                                     staff, crash_point):
