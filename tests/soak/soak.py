@@ -1,12 +1,15 @@
 #!/usr/bin/python3
-"""The chaos soak (issue 11): random edits, completions and deletes on a few hundred
-contact logs over many mailboxes while everything that can go wrong does, at random:
+"""The chaos soak (issues 11 and 16): random edits, completions, deletes and changes
+of ownership (take, assign, surrender) on a few hundred contact logs over many
+mailboxes, with FollowUpMailbox switched between creator and owner at random
+moments, while everything that can go wrong does, at random:
 kill -9 of a daemon, pg_terminate_backend of its sessions, a PostgreSQL restart,
 Exchange answering late, never, or after the client's timeout, slow lookups, and two
 daemons on one database. At the end, with the faults gone, every log is checked
 against the mailboxes themselves (not the database's bookkeeping): exactly the items
-SPEC §3 says, each once, with the newest content, and no tagged item without a log
-that wants it.
+SPEC §3 says, each once, in the log's home mailbox (the owner's or the creator's, as
+FollowUpMailbox says at the end), with the newest content, and no tagged item without
+a log that wants it.
 
     top_srcdir=. top_builddir=build /usr/bin/python3 tests/soak/soak.py \\
         [--seconds 120] [--backend ews|graph] [--seed N] [--logs 200] [--mailboxes 12]
@@ -141,6 +144,9 @@ class Soak:
             return
         if status == "completed":
             return
+        if op < 0.12:
+            self.change_owner(log_id)
+            return
         if op < 0.35:
             self.db.query("UPDATE contactlog.contact_log SET next_contact_at = %s WHERE id = %s",
                           when, log_id)
@@ -159,6 +165,31 @@ class Soak:
         else:
             self.db.query("DELETE FROM contactlog.contact_log WHERE id = %s", log_id)
         self.count("edit")
+
+    def change_owner(self, log_id):
+        """take, assign or surrender by someone allowed to (a refusal changes nothing)."""
+        owner = self.db.value("SELECT owner_id FROM contactlog.contact_log WHERE id = %s", log_id)
+        actor = owner if owner is not None else self.rng.choice(self.people)
+        other = self.rng.choice(self.people)
+        op = self.rng.choice(["take", "assign", "surrender"])
+        try:
+            if op == "assign":
+                self.db.query("SELECT contactlog.assign(%s, %s, %s)", log_id, actor, other)
+            else:
+                self.db.query(f"SELECT contactlog.{op}(%s, %s)", log_id,
+                              other if op == "take" else actor)
+            self.count(op)
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) != "42501":
+                raise
+            self.count("ownership change refused")
+
+    def switch_follow_up_mailbox(self):
+        value = self.rng.choice(["creator", "owner"])
+        self.db.query("INSERT INTO contactlog.attribute (name, value) VALUES "
+                      "('FollowUpMailbox', %s) ON CONFLICT (name) DO UPDATE "
+                      "SET value = EXCLUDED.value", value)
+        self.count(f"FollowUpMailbox = {value}")
 
     def new_log(self):
         owner = self.rng.choice(self.people)
@@ -179,6 +210,8 @@ class Soak:
                 if r < 0.80:
                     for _ in range(self.rng.randint(1, 8)):
                         self.edit()
+                elif r < 0.81:
+                    self.switch_follow_up_mailbox()
                 elif r < 0.88:
                     self.fault()
                 elif r < 0.92:
@@ -248,9 +281,17 @@ class Soak:
                 if tag:
                     found.setdefault(tag, []).append((mailbox, item))
         problems = []
+        # The home (docs/architecture.md "Moves between mailboxes"): the owner's mailbox
+        # when the items follow the owner (and an active owner with one exists), else
+        # the creator's. Completed logs' items stay where they were: not checked.
         logs = {row[0]: row[1:] for row in self.db.query(
-            "SELECT l.id, l.status, l.next_contact_at, l.reason, e.email "
-            "FROM contactlog.contact_log l JOIN contactlog.employee e ON e.id = l.created_by")}
+            "SELECT l.id, l.status, l.next_contact_at, l.reason, "
+            "       CASE WHEN a.effective_value = 'owner' AND o.active AND o.email IS NOT NULL "
+            "            THEN o.email ELSE c.email END "
+            "FROM contactlog.contact_log l "
+            "JOIN contactlog.employee c ON c.id = l.created_by "
+            "LEFT JOIN contactlog.employee o ON o.id = l.owner_id "
+            "CROSS JOIN contactlog.effective_attribute a WHERE a.name = 'FollowUpMailbox'")}
         for tag, items in found.items():
             _, log_id, kind = tag.split(":")
             if len(items) > 1:
