@@ -27,6 +27,15 @@ BEGIN
 
     log_id := CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END;
 
+    -- A new date in the CRM brings back an item its user deleted in Outlook
+    -- (SyncFromOutlook = 1, sql/outlook_sync_back.sql); no such item: no row
+    -- touched, no lock taken.
+    IF TG_OP = 'UPDATE' AND NEW.next_contact_at IS DISTINCT FROM OLD.next_contact_at THEN
+        UPDATE contactlog.outlook_item i
+        SET deleted_in_outlook = false, updated_at = now()
+        WHERE i.contact_log_id = log_id AND i.deleted_in_outlook;
+    END IF;
+
     -- The version is drawn after the row is locked (in DO UPDATE), so versions
     -- of one log grow in commit order. A parked log is parked at its version: a
     -- newer one gives it a fresh start; a back-off (the daemon's) keeps running.
@@ -58,10 +67,11 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO contactlog.outlook_sync AS s (contact_log_id, version, inserted_with_follow_up)
-    SELECT DISTINCT i.contact_log_id, nextval('contactlog.outlook_version_seq'), false
-    FROM contactlog.outlook_item i
-    JOIN contactlog.contact_log l ON l.id = i.contact_log_id AND l.status <> 'completed'
-    ORDER BY 1
+    SELECT m.contact_log_id, nextval('contactlog.outlook_version_seq'), false
+    FROM (SELECT DISTINCT i.contact_log_id   -- one row per log, however many items
+          FROM contactlog.outlook_item i
+          JOIN contactlog.contact_log l ON l.id = i.contact_log_id AND l.status <> 'completed'
+          ORDER BY 1) m
     ON CONFLICT (contact_log_id) DO UPDATE
         SET version    = nextval('contactlog.outlook_version_seq'),
             changed_at = now();
@@ -335,6 +345,9 @@ BEGIN
     ON CONFLICT (contact_log_id, kind) DO UPDATE
         SET mailbox = excluded.mailbox, item_id = excluded.item_id,
             change_key = excluded.change_key, content_hash = excluded.content_hash,
+            -- another item than the one deleted in Outlook: it exists
+            deleted_in_outlook = i.deleted_in_outlook
+                                 AND i.item_id IS NOT DISTINCT FROM excluded.item_id,
             updated_at = now();
     RETURN QUERY SELECT unnest(ok);
 END
@@ -565,6 +578,10 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_item WHERE contact_log_id = log_id) THEN
         RETURN false;
     END IF;
+    -- An item its user deleted in Outlook comes back too (SPEC §7).
+    UPDATE contactlog.outlook_item i
+    SET deleted_in_outlook = false, updated_at = now()
+    WHERE i.contact_log_id = followupd_resync.log_id AND i.deleted_in_outlook;
     PERFORM contactlog.followupd_bump(log_id, true);
     RETURN true;
 END

@@ -54,7 +54,8 @@ SELECT (SELECT count(*)
 -- mailboxes"; the rule of daemon/reconcile.c, stated again for counting): after
 -- FollowUpMailbox is switched or ownership moves, the queue moves them; followupctl
 -- status shows how many are left. Completed logs' items stay where they are, and
--- with SyncUpdates = 0 nothing moves.
+-- with SyncUpdates = 0 nothing moves, nor does an item deleted in Outlook (it is
+-- not there; SPEC §7).
 CREATE OR REPLACE VIEW contactlog.followupd_misplaced AS
 WITH settings AS (
     SELECT max(effective_value) FILTER (WHERE name = 'FollowUpMailbox') AS follow_up_mailbox,
@@ -70,6 +71,7 @@ JOIN contactlog.employee creator ON creator.id = l.created_by
 LEFT JOIN contactlog.employee owner ON owner.id = l.owner_id AND owner.active
 CROSS JOIN settings st
 WHERE st.sync_updates = '1'
+  AND NOT i.deleted_in_outlook
   AND lower(btrim(i.mailbox)) IS DISTINCT FROM
       lower(CASE WHEN st.follow_up_mailbox = 'owner' AND nullif(btrim(owner.email), '') IS NOT NULL
                  THEN btrim(owner.email) ELSE btrim(creator.email) END);

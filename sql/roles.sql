@@ -95,6 +95,12 @@ TO contactlog_staff, contactlog_app;
 GRANT SELECT ON contactlog.contact_log, contactlog.employee,
                 contactlog.open_follow_ups, contactlog.summary
     TO contactlog_staff, contactlog_app;
+
+-- What flowed back from Outlook (SPEC §7): for the front end, the administrator
+-- and followupctl. The table behind it is followupd's, written only by
+-- followupd_apply_outlook_changes.
+GRANT SELECT ON contactlog.outlook_changes
+    TO contactlog_staff, contactlog_app, contactlog_admin, contactlog_daemon;
 GRANT INSERT (created_by, contact_name, notes, status, owner_id, priority, assigned_to,
               forward_to, reason, next_contact_at)
     ON contactlog.contact_log TO contactlog_staff, contactlog_app;

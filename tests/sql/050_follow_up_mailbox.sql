@@ -17,6 +17,7 @@ VALUES (901, 101, 'C1', 'r', now() + interval '1 day'),
 UPDATE contactlog.contact_log SET status = 'completed', owner_id = NULL WHERE id = 902;
 INSERT INTO contactlog.outlook_item (contact_log_id, kind, mailbox, item_id)
 VALUES (901, 'appointment', 'alice@example.org', 'A1'),
+       (901, 'task', 'alice@example.org', 'T1'),
        (902, 'appointment', 'alice@example.org', 'A2');
 
 SELECT is((SELECT effective_value FROM contactlog.effective_attribute WHERE name = 'FollowUpMailbox'),
@@ -32,11 +33,13 @@ SELECT is(pg_temp.version_of(901), :v::bigint, 'creator: an owner change does no
 -- Switching the attribute queues every log with items, not completed ones.
 SELECT pg_temp.version_of(902) AS v2 \gset
 INSERT INTO contactlog.attribute (name, value) VALUES ('FollowUpMailbox', 'owner');
-SELECT cmp_ok(pg_temp.version_of(901), '>', :v::bigint, 'switching to owner queues a log with items');
+SELECT cmp_ok(pg_temp.version_of(901), '>', :v::bigint,
+              'switching to owner queues a log with items (an appointment and a task: once)');
 SELECT is(pg_temp.version_of(902), :v2::bigint, 'but not a completed one (its items stay)');
-SELECT is((SELECT home FROM contactlog.followupd_misplaced WHERE contact_log_id = 901),
+SELECT is((SELECT home FROM contactlog.followupd_misplaced
+           WHERE contact_log_id = 901 AND kind = 'appointment'),
           'bob@example.org', 'the item of a log Bob owns belongs in Bob''s mailbox');
-SELECT is((SELECT items_to_move FROM contactlog.followupd_status), 1::bigint,
+SELECT is((SELECT items_to_move FROM contactlog.followupd_status), 2::bigint,
           'followupctl status counts it as to be moved');
 
 SELECT pg_temp.version_of(901) AS v \gset
@@ -53,7 +56,8 @@ SELECT is((SELECT count(*)::int FROM contactlog.followupd_misplaced), 0,
 UPDATE contactlog.contact_log SET owner_id = 103 WHERE id = 901;
 SELECT is((SELECT owner_email FROM contactlog.followupd_claim(10, 60, 'test:1', 0)
            WHERE contact_log_id = 901), NULL, 'an owner without email is nobody: no owner mailbox');
-SELECT is((SELECT home FROM contactlog.followupd_misplaced WHERE contact_log_id = 901), NULL,
+SELECT is((SELECT home FROM contactlog.followupd_misplaced
+           WHERE contact_log_id = 901 AND kind = 'appointment'), NULL,
           'and the item stays home in the creator''s mailbox');
 
 UPDATE contactlog.attribute SET value = 'Owner ' WHERE name = 'FollowUpMailbox';
