@@ -408,28 +408,8 @@ BEGIN
         IF problem IS NOT NULL THEN
             -- Refused: the log stays; a forced pass puts Outlook back.
             PERFORM contactlog.followupd_bump(log_id, true);
-            UPDATE contactlog.outlook_item i2
-            SET change_key = coalesce(c_key, i2.change_key),
-                -- a change to it shows it exists
-                deleted_in_outlook = i2.deleted_in_outlook AND c_what = 'deleted',
-                updated_at = now()
-            WHERE i2.contact_log_id = item.contact_log_id AND i2.kind = item.kind;
-            INSERT INTO contactlog.outlook_change_log AS c
-                   (contact_log_id, employee_id, mailbox, kind, item_id, change_key, what,
-                    old_value, new_value, applied, reason, outbox_version, crm_version)
-            VALUES (log_id, emp_id, box, item.kind, item.item_id, stored_key, c_what,
-                    old_v, new_v, false, problem,
-                    (SELECT s.version FROM contactlog.outlook_sync s WHERE s.contact_log_id = log_id),
-                    crm_v)
-            ON CONFLICT ON CONSTRAINT outlook_change_log_once DO NOTHING;
-            recorded := recorded + 1;
-            reason := problem;
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-
-        -- Applied, as the employee.
-        IF c_what = 'completed' THEN
+        ELSIF c_what = 'completed' THEN
+            -- Applied, as the employee.
             PERFORM contactlog.complete(log_id, emp_id);
         ELSIF c_what = 'moved' THEN
             -- The trigger brings back items deleted in Outlook on a new date; a
@@ -443,21 +423,24 @@ BEGIN
         END IF;
         UPDATE contactlog.outlook_item i2
         SET change_key = coalesce(c_key, i2.change_key),
-            deleted_in_outlook = (c_what = 'deleted'),
+            -- an applied deletion marks the item; a refused change shows it exists
+            deleted_in_outlook = CASE WHEN problem IS NULL THEN c_what = 'deleted'
+                                      ELSE i2.deleted_in_outlook AND c_what = 'deleted' END,
             updated_at = now()
         WHERE i2.contact_log_id = item.contact_log_id AND i2.kind = item.kind;
         INSERT INTO contactlog.outlook_change_log AS c
                (contact_log_id, employee_id, mailbox, kind, item_id, change_key, what,
                 old_value, new_value, applied, reason, outbox_version, crm_version)
         VALUES (log_id, emp_id, box, item.kind, item.item_id, stored_key, c_what,
-                old_v, new_v, true, NULL,
-                CASE WHEN c_what <> 'deleted'
+                old_v, new_v, problem IS NULL, problem,
+                CASE WHEN problem IS NOT NULL OR c_what <> 'deleted'
                      THEN (SELECT s.version FROM contactlog.outlook_sync s
                            WHERE s.contact_log_id = log_id) END,
                 crm_v)
         ON CONFLICT ON CONSTRAINT outlook_change_log_once DO NOTHING;
         recorded := recorded + 1;
-        applied := true;
+        applied := problem IS NULL;
+        reason := problem;
         RETURN NEXT;
     END LOOP;
 
