@@ -216,6 +216,46 @@ static int cmd_reload(const char *pid_text)
     }
 }
 
+void daemon_liveness_read(daemon_liveness *out)
+{
+    char dir[256], comm[64] = "", path[64];
+    pid_t pid = 0;
+    int r = rundir_read_pid(&pid);
+
+    rundir_path(dir, sizeof dir);
+    *out = (daemon_liveness){.state = "unknown"};
+    if (r < 0) {
+        snprintf(out->detail, sizeof out->detail, "no pid in %s/pid (not started by systemd "
+                 "on this host?)", dir);
+        return;
+    }
+    out->pid = (long)pid;
+    /* The pid may have been reused since: only a live followupd counts. */
+    snprintf(path, sizeof path, "/proc/%ld/comm", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (fgets(comm, sizeof comm, f))
+            comm[strcspn(comm, "\n")] = '\0';
+        fclose(f);
+    }
+    if (strcmp(comm, "followupd") == 0 && kill(pid, 0) == 0) {
+        out->state = "running";
+        snprintf(out->detail, sizeof out->detail, "pid %ld", (long)pid);
+    } else {
+        out->state = "not running";
+        snprintf(out->detail, sizeof out->detail, "pid %ld from %s/pid is gone", (long)pid, dir);
+    }
+}
+
+void print_daemon_liveness_json(const daemon_liveness *live)
+{
+    printf(", \"daemon\": \"%s\", \"daemon_pid\": ", live->state);
+    if (live->pid > 0)
+        printf("%ld", live->pid);
+    else
+        printf("null");
+}
+
 /* config_warn_fn: a bad line that a read-only use of the file may skip. */
 static void warn_skipped(const char *message, void *userdata)
 {

@@ -22,6 +22,18 @@ int ctl_fail(const char *fmt, const char *detail);
 /* A libpq message without its trailing newline (a static buffer). */
 const char *ctl_one_line(const char *message);
 
+/* The daemon's own liveness, apart from the queue: its pid from the runtime
+ * directory (written at start under systemd) and whether that process is a
+ * followupd alive now. */
+typedef struct daemon_liveness {
+    const char *state;   /* "running", "not running", or "unknown" (no pid file) */
+    long pid;            /* 0 when unknown */
+    char detail[160];    /* for people: where the answer comes from */
+} daemon_liveness;
+void daemon_liveness_read(daemon_liveness *out);
+/* ", \"daemon\": \"...\", \"daemon_pid\": N|null" for status --json. */
+void print_daemon_liveness_json(const daemon_liveness *live);
+
 /* status --json when the database cannot be reached: what is known. */
 void print_status_unreachable(const char *error);
 

@@ -110,9 +110,13 @@ void print_status_unreachable(const char *error)
 {
     printf("{\"database\": \"unreachable\", \"error\": ");
     print_json_string(error);
+    daemon_liveness live;
+    daemon_liveness_read(&live);
+    print_daemon_liveness_json(&live);
     printf(", \"pending\": null, \"in_flight\": null, \"delivered\": null, "
-           "\"items_in_outlook\": null, \"items_to_move\": null, \"failed\": null, \"oldest_pending_seconds\": null, "
-           "\"last_error\": null, \"attribute_problems\": null, \"delivery_off\": null}\n");
+           "\"items_in_outlook\": null, \"items_to_move\": null, \"failed\": null, "
+           "\"oldest_pending_seconds\": null, \"last_error\": null, "
+           "\"attribute_problems\": null, \"delivery_off\": null}\n");
 }
 
 int cmd_status(PGconn *conn, bool json)
@@ -140,8 +144,12 @@ int cmd_status(PGconn *conn, bool json)
         return 1;
     }
     bool delivery_off = PQntuples(off) > 0;
+    daemon_liveness live;
+    daemon_liveness_read(&live);
     if (json) {
-        printf("{\"database\": \"ok\", ");
+        printf("{\"database\": \"ok\"");
+        print_daemon_liveness_json(&live);
+        printf(", ");
         for (int c = 0; c < 5; c++)
             printf("%s\"%s\": %s", c ? ", " : "", numeric[c],
                    PQgetisnull(r, 0, c) ? "null" : PQgetvalue(r, 0, c));
@@ -170,6 +178,8 @@ int cmd_status(PGconn *conn, bool json)
         if (delivery_off)
             printf("delivery to Exchange is off: DefaultMessageSystem = '%s'\n",
                    PQgetisnull(off, 0, 0) ? "" : PQgetvalue(off, 0, 0));
+        /* The daemon apart from the queue: the queue may be fine with nobody working it. */
+        printf("daemon:              %s (%s)\n", live.state, live.detail);
         printf("pending:             %s\n", PQgetvalue(r, 0, 0));
         printf("in flight:           %s\n", PQgetvalue(r, 0, 1));
         printf("items in Outlook:    %s\n", PQgetvalue(r, 0, 2));

@@ -393,3 +393,44 @@ def test_reload_waits_for_the_verdict_and_fails_when_refused(db, sim, daemon_fac
     # No daemon: said so, exit 1.
     gone = reload_ctl(str(rundir), "999999")
     assert gone.returncode == 1 and "cannot signal followupd (pid 999999)" in gone.stderr
+
+
+def status_ctl(config_path, rundir, *args):
+    env = dict(os.environ, RUNTIME_DIRECTORY=rundir)
+    return subprocess.run([FOLLOWUPCTL, "-c", config_path, "status"] + list(args),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_status_reports_the_daemons_liveness_apart_from_the_queue(db, daemon_factory, tmp_path):
+    """A queue that looks fine says nothing of whether anyone works it: status says
+    whether the daemon is alive (its pid from the runtime directory, checked to be a
+    live followupd), in text and JSON, with the database down too."""
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    d = daemon_factory(start=False)
+    d.extra_env = {"RUNTIME_DIRECTORY": str(rundir)}
+    d.start()
+    status = json.loads(status_ctl(d.config_path, str(rundir), "--json").stdout)
+    assert status["daemon"] == "running" and status["daemon_pid"] == d.proc.pid
+    text = status_ctl(d.config_path, str(rundir)).stdout
+    assert f"daemon:              running (pid {d.proc.pid})" in text
+
+    pid = d.proc.pid
+    assert d.stop() == 0
+    status = json.loads(status_ctl(d.config_path, str(rundir), "--json").stdout)
+    assert status["daemon"] == "not running" and status["daemon_pid"] == pid
+    assert "not running" in status_ctl(d.config_path, str(rundir)).stdout
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status = json.loads(status_ctl(d.config_path, str(empty), "--json").stdout)
+    assert status["daemon"] == "unknown" and status["daemon_pid"] is None
+
+    # The database unreachable: the daemon's state is still reported.
+    unreachable = tmp_path / "unreachable.conf"
+    unreachable.write_text("[database]\nconninfo = host=127.0.0.1 port=1 dbname=crm "
+                           "connect_timeout=2\n")
+    result = status_ctl(str(unreachable), str(rundir), "--json")
+    status = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert status["database"] == "unreachable" and status["daemon"] == "not running"
