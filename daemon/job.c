@@ -201,6 +201,7 @@ job *job_from_claim(job_env *env, PGresult *result, int row, int64_t claimed_at_
         cur->content_hash = j->forced ? NULL : o[base + 3];
         cur->pending = is_true(o[base + 4]);
         cur->present = cur->mailbox != NULL;
+        cur->deleted_in_outlook = is_true(o[COL_DELETED_FIRST + k]);
         j->item_id[k] = text_dup(cur->item_id);
         j->change_key[k] = text_dup(cur->change_key);
     }

@@ -16,7 +16,9 @@ enum claim_column {
     COL_ITEM_FIRST,   /* then per kind: mailbox, item_id, change_key, hash, pending */
     COL_PROBLEM = COL_ITEM_FIRST + 5 * RECONCILE_KINDS,   /* what the row cannot do */
     COL_OWNER_EMAIL, COL_OWNER_TIME_ZONE,   /* NULL: nobody who can hold the items */
-    COL_COUNT,
+    COL_DELETED_FIRST,                      /* then per kind: deleted in Outlook */
+    COL_AFTER_DELETED = COL_DELETED_FIRST + RECONCILE_KINDS,
+    COL_COUNT = COL_AFTER_DELETED,
 };
 
 struct job {

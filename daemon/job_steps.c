@@ -257,6 +257,11 @@ void job_run_step(job *j)
         job_advance(j);
         return;
     }
+    if (step->action == RECONCILE_FORGET) {
+        /* Deleted in Outlook and no longer wanted: only our record goes. */
+        forget_item(j, on_recorded);
+        return;
+    }
     if (step->action == RECONCILE_CREATE && !(step->lookup_first && !j->looked_up[j->kind]) &&
         j->n_extra == 0) {
         const char *more[] = {job_kind_name(j->kind), job_mailbox(j)};

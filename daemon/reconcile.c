@@ -12,6 +12,7 @@ const char *reconcile_action_name(reconcile_action action)
     case RECONCILE_UPDATE: return "update";
     case RECONCILE_DELETE: return "delete";
     case RECONCILE_MOVE: return "move";
+    case RECONCILE_FORGET: return "forget";
     }
     return "?";
 }
@@ -106,9 +107,14 @@ void reconcile_plan_log(const reconcile_log *log, const reconcile_settings *sett
                            ? following_action(log, settings, kind, now, content_hash[k],
                                               plan->home)
                            : classic_action(log, settings, kind);
+        /* An item a person deleted in Outlook stays deleted (SPEC §7): nothing is
+         * updated, moved or recreated; where it would go anyway, only our record goes. */
+        if (cur->present && cur->deleted_in_outlook)
+            step->action = step->action == RECONCILE_DELETE ? RECONCILE_FORGET : RECONCILE_NOTHING;
         step->task_completed = kind == OUTLOOK_TASK && log->completed;
         /* A create whose answer was lost may have made the item: find it first. */
-        step->lookup_first = cur->present && cur->pending && step->action != RECONCILE_NOTHING;
+        step->lookup_first = cur->present && cur->pending && step->action != RECONCILE_NOTHING &&
+                             step->action != RECONCILE_FORGET;
 
         if (step->action == RECONCILE_CREATE && !plan->home) {
             plan->permanent_error = "the creator of the log has no email address "

@@ -26,6 +26,7 @@ typedef struct reconcile_settings {
 typedef struct reconcile_current {
     bool present;                /* a row exists */
     bool pending;                /* row without item id: a create's outcome is unknown */
+    bool deleted_in_outlook;     /* a person deleted it in Outlook: left alone */
     const char *mailbox;
     const char *item_id;
     const char *change_key;
@@ -59,6 +60,7 @@ typedef enum reconcile_action {
     RECONCILE_UPDATE,            /* overwrite the item's fields (content changed) */
     RECONCILE_DELETE,            /* remove the item */
     RECONCILE_MOVE,              /* delete it where it is, then create it in the home */
+    RECONCILE_FORGET,            /* drop our record of it, send nothing (deleted in Outlook) */
 } reconcile_action;
 
 typedef struct reconcile_step {

@@ -30,7 +30,9 @@ BEGIN
     -- A new date in the CRM brings back an item its user deleted in Outlook
     -- (SyncFromOutlook = 1, sql/outlook_sync_back.sql); no such item: no row
     -- touched, no lock taken.
-    IF TG_OP = 'UPDATE' AND NEW.next_contact_at IS DISTINCT FROM OLD.next_contact_at THEN
+    -- (A follow-up cleared keeps the flag: the item is gone already, nothing to send.)
+    IF TG_OP = 'UPDATE' AND NEW.next_contact_at IS DISTINCT FROM OLD.next_contact_at
+       AND NEW.next_contact_at IS NOT NULL THEN
         UPDATE contactlog.outlook_item i
         SET deleted_in_outlook = false, updated_at = now()
         WHERE i.contact_log_id = log_id AND i.deleted_in_outlook;
@@ -129,7 +131,8 @@ $$;
 -- them consistently).
 -- (Its result columns grow now and then: a new row type needs a new function.)
 DROP FUNCTION IF EXISTS contactlog.followupd_claim(integer, integer, text, integer);
--- (Issue 16 added owner_email and owner_time_zone: a new result type.)
+-- (Issue 16 added owner_email and owner_time_zone, issue 17 the deleted flags: a new
+-- result type each time.)
 DROP FUNCTION IF EXISTS contactlog.followupd_claim(integer, integer, text, integer);
 CREATE OR REPLACE FUNCTION contactlog.followupd_claim(batch_size integer,
                                                       lease_seconds integer,
@@ -149,7 +152,9 @@ RETURNS TABLE (
     task_change_key text, task_hash text, task_pending boolean,
     problem text,
     -- the owner, when one who can hold the items (active, with an email address)
-    owner_email text, owner_time_zone text)
+    owner_email text, owner_time_zone text,
+    -- deleted by a person in Outlook (SyncFromOutlook): never updated, moved or recreated
+    appointment_deleted boolean, task_deleted boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -200,6 +205,11 @@ BEGIN
         SET claim_token    = nextval('contactlog.outlook_claim_token_seq'),
             claimed_by     = worker,
             claimed_until  = now() + make_interval(secs => lease_seconds),
+            -- A claim still standing belongs to a job that never ended (its daemon
+            -- died, or lost the lease): what it sent is not all recorded (a delete
+            -- performed, not yet forgotten), so this pass trusts no recorded hash.
+            redo           = CASE WHEN q.claimed_until IS NOT NULL THEN q.redo + 1
+                                  ELSE q.redo END,
             -- a parked log is only due again for a newer version: a fresh start
             attempts       = CASE WHEN q.failed_version IS NOT NULL THEN 0 ELSE q.attempts END,
             failed_version = NULL
@@ -228,7 +238,8 @@ BEGIN
            CASE WHEN NOT isfinite(l.next_contact_at)
                 THEN format('next_contact_at is %s: set a real date and time',
                             l.next_contact_at) END,
-           nullif(btrim(owner.email), ''), owner.time_zone
+           nullif(btrim(owner.email), ''), owner.time_zone,
+           coalesce(ia.deleted_in_outlook, false), coalesce(it.deleted_in_outlook, false)
     FROM contactlog.outlook_queue q
     LEFT JOIN contactlog.outlook_sync s ON s.contact_log_id = q.contact_log_id
     LEFT JOIN contactlog.contact_log l ON l.id = q.contact_log_id

@@ -65,7 +65,17 @@ def home_settled(db, sim, homes, kinds=KINDS):
 
 
 def wait_home(db, sim, homes, kinds=KINDS, timeout=30, what="the items to be home"):
-    wait_for(lambda: home_settled(db, sim, homes, kinds), timeout=timeout, what=what)
+    try:
+        wait_for(lambda: home_settled(db, sim, homes, kinds), timeout=timeout, what=what)
+    except TimeoutError:
+        # Say which logs are not home and what the queue thinks of them.
+        found = placement(sim, homes, kinds)
+        wrong = {key: [m for m, _ in items] for key, items in found.items()
+                 if [m for m, _ in items] != [homes[key[0]].lower()]}
+        states = db.query("SELECT * FROM contactlog.followupd_log_state "
+                          "WHERE contact_log_id = ANY(%s)", [k[0] for k in wrong] or [0])
+        raise AssertionError(f"{what}: not home {wrong}; homes "
+                             f"{ {k[0]: homes[k[0]] for k in wrong} }; queue {states}")
     return assert_home(sim, homes, kinds)
 
 

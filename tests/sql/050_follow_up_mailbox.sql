@@ -1,7 +1,7 @@
 -- FollowUpMailbox = owner (issue 16): what marks a log dirty, what the claim tells
 -- the daemon about the owner, and the count of items not yet home.
 BEGIN;
-SELECT plan(14);
+SELECT plan(16);
 
 CREATE FUNCTION pg_temp.version_of(log_id bigint) RETURNS bigint LANGUAGE sql AS $$
     SELECT coalesce((SELECT version FROM contactlog.outlook_sync WHERE contact_log_id = log_id), 0);
@@ -59,6 +59,16 @@ SELECT is((SELECT owner_email FROM contactlog.followupd_claim(10, 60, 'test:1', 
 SELECT is((SELECT home FROM contactlog.followupd_misplaced
            WHERE contact_log_id = 901 AND kind = 'appointment'), NULL,
           'and the item stays home in the creator''s mailbox');
+
+-- A claim whose job never ended (lease run out, daemon gone) makes the next pass a
+-- forced one: a move's delete may have been performed and not recorded.
+SELECT is((SELECT redo FROM contactlog.outlook_queue WHERE contact_log_id = 901), 0,
+          'the first claim (test:1 above) was no redo');
+UPDATE contactlog.outlook_queue SET claimed_until = now() - interval '1 s'   -- lapsed
+WHERE contact_log_id = 901;
+SELECT is((SELECT forced FROM contactlog.followupd_claim(10, 60, 'test:3', 0)
+           WHERE contact_log_id = 901), true,
+          'a claim over a job that never ended is forced (recorded hashes not trusted)');
 
 UPDATE contactlog.attribute SET value = 'Owner ' WHERE name = 'FollowUpMailbox';
 SELECT matches((SELECT problem FROM contactlog.effective_attribute WHERE name = 'FollowUpMailbox'),

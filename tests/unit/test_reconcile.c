@@ -268,6 +268,30 @@ static void lost_create_in_the_old_mailbox_is_looked_up_then_moved(void **state)
     assert_true(p.steps[APPT].lookup_first);
 }
 
+/* Deleted by a person in Outlook (SPEC §7): left alone; only our record goes when
+ * the item would go anyway. */
+static void item_deleted_in_outlook_is_left_alone(void **state)
+{
+    (void)state;
+    reconcile_settings s = settings(true, true, true);
+    s.follow_owner = true;
+    reconcile_log log = new_log();
+    log.owner_email = "b@x";   /* would move */
+    have(&log, APPT, "old");   /* would update */
+    log.current[APPT].deleted_in_outlook = true;
+    reconcile_plan p = plan_for(&log, s);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_NOTHING);
+    assert_int_equal(p.steps[TASK].action, RECONCILE_CREATE);
+
+    log.has_follow_up = false;
+    p = plan_for(&log, s);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_FORGET);
+    assert_false(p.steps[APPT].lookup_first);
+    log.exists = false;
+    p = plan_for(&log, s);
+    assert_int_equal(p.steps[APPT].action, RECONCILE_FORGET);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -284,6 +308,7 @@ int main(void)
         cmocka_unit_test(open_log_or_unreachable_owner_goes_to_the_creator),
         cmocka_unit_test(completed_or_classic_items_stay_where_they_are),
         cmocka_unit_test(lost_create_in_the_old_mailbox_is_looked_up_then_moved),
+        cmocka_unit_test(item_deleted_in_outlook_is_left_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
