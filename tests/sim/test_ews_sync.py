@@ -18,10 +18,11 @@ import pytest
 from lxml import etree
 
 import ews_sim
-from test_ews_sim import (NS, calendar_item, control_status, create_one, ext_uri,
+from test_ews_sim import (NS, calendar_item, control_status, create_one, envelope, ext_uri,
                           needs_schema, set_field, task_item, update)
 # test_ews_sim's fixtures, used here under the same names (a simulator per module).
 from test_ews_sim import clean_sim, sim, soap, validator  # noqa: F401
+from pgcluster import wait_for  # tests/integration, on sys.path through test_ews_sim
 
 M, T = ews_sim.M, ews_sim.T
 MAILBOX = "user@example.com"
@@ -30,19 +31,6 @@ MAILBOX = "user@example.com"
 # ---------------------------------------------------------------------------
 # Requests
 # ---------------------------------------------------------------------------
-
-def envelope(body: str, mailbox=MAILBOX) -> bytes:
-    impersonation = "" if mailbox is None else (
-        f"<t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>{escape(mailbox)}"
-        f"</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>")
-    return f"""<?xml version="1.0" encoding="utf-8"?>
-<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
-               xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"
-               xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">
-  <soap:Header><t:RequestServerVersion Version="Exchange2013_SP1"/>{impersonation}</soap:Header>
-  <soap:Body>{body}</soap:Body>
-</soap:Envelope>""".encode()
-
 
 def sync_items(folder="calendar", state=None, max_changes=100, mailbox=MAILBOX, ignore=(),
                folder_mailbox=None, shape="IdOnly"):
@@ -97,18 +85,6 @@ def streaming_request(sub_ids, minutes=1, mailbox=MAILBOX):
 
 def control_path(item_id):
     return "/_sim/items/" + urllib.parse.quote(item_id, safe="")
-
-
-def wait_until(condition, deadline_s=5, what="condition"):
-    """condition() until truthy (its value is returned) or the deadline fails the test."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {deadline_s}s")
-        time.sleep(0.02)      # poll interval; the deadline is what decides
 
 
 # ---------------------------------------------------------------------------
@@ -508,8 +484,8 @@ def test_pull_subscription_errors_and_expiry(sim, soap):
     assert pull(soap, sub_id, mark)[0][0][0] == "StatusEvent"
     # Not asked within its Timeout (one "minute" = 0.3 s here): expired. (Asking keeps
     # it alive, so the wait looks at the control API.)
-    wait_until(lambda: {s["id"]: s["status"] for s in sim.control(
-        "GET", "/_sim/subscriptions")}[sub_id] == "expired", what="the subscription to expire")
+    wait_for(lambda: {s["id"]: s["status"] for s in sim.control(
+        "GET", "/_sim/subscriptions")}[sub_id] == "expired", timeout=5, what="the subscription to expire")
     assert soap(get_events(sub_id, mark)).codes() == ["ErrorExpiredSubscription"]
     sub_id, mark = subscribed(soap(subscribe(timeout=60)))
     assert soap(get_events("bm9uZQ==", mark)).codes() == ["ErrorSubscriptionNotFound"]
@@ -566,8 +542,8 @@ def test_streaming_delivers_an_edit_within_a_second(sim, soap, validator):
         first = stream.envelope()
         schema_valid(validator, first)
         assert connection_status(first) == "OK"
-        wait_until(lambda: sim.control("GET", "/_sim/sync-stats")["streaming_connections"]
-                   == 1, what="the stream to be registered")
+        wait_for(lambda: sim.control("GET", "/_sim/sync-stats")["streaming_connections"]
+                   == 1, timeout=5, what="the stream to be registered")
 
         started = time.monotonic()
         edited = sim.control("PATCH", control_path(theirs), {"start": "2025-03-06T08:00:00Z",
@@ -592,8 +568,8 @@ def test_streaming_delivers_an_edit_within_a_second(sim, soap, validator):
     finally:
         stream.close()
     # The server notices the client is gone and frees the connection.
-    wait_until(lambda: sim.control("GET", "/_sim/sync-stats")["streaming_connections"] == 0,
-               what="the closed stream to be noticed")
+    wait_for(lambda: sim.control("GET", "/_sim/sync-stats")["streaming_connections"] == 0,
+               timeout=5, what="the closed stream to be noticed")
     stats = sim.control("GET", "/_sim/sync-stats")
     assert stats["streaming_connections_peak"] == 1 and stats["streaming_connections_opened"] == 1
 
@@ -714,8 +690,8 @@ def test_streaming_subscription_expires_without_a_connection(sim, soap):
     settings(sim, notification_minute_s=0.02)      # its 30 idle "minutes" = 0.6 s
     sub_id, _ = subscribed(soap(subscribe("streaming")))
     assert sim.control("GET", "/_sim/sync-stats")["streaming_subscriptions"] == 1
-    wait_until(lambda: sim.control("GET", "/_sim/sync-stats")["expired_subscriptions"] == 1,
-               what="the idle streaming subscription to expire")
+    wait_for(lambda: sim.control("GET", "/_sim/sync-stats")["expired_subscriptions"] == 1,
+               timeout=5, what="the idle streaming subscription to expire")
     stream = Stream(sim, streaming_request([sub_id]))
     try:
         assert stream_errors(stream.envelope()) == ("ErrorExpiredSubscription", [sub_id])
