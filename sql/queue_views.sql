@@ -62,19 +62,18 @@ WITH settings AS (
            max(effective_value) FILTER (WHERE name = 'SyncUpdates') AS sync_updates
     FROM contactlog.effective_attribute
 )
-SELECT i.contact_log_id, i.kind, i.mailbox,
-       CASE WHEN st.follow_up_mailbox = 'owner' AND nullif(btrim(owner.email), '') IS NOT NULL
-            THEN btrim(owner.email) ELSE btrim(creator.email) END AS home
+SELECT i.contact_log_id, i.kind, i.mailbox, h.home
 FROM contactlog.outlook_item i
 JOIN contactlog.contact_log l ON l.id = i.contact_log_id AND l.status <> 'completed'
 JOIN contactlog.employee creator ON creator.id = l.created_by
 LEFT JOIN contactlog.employee owner ON owner.id = l.owner_id AND owner.active
 CROSS JOIN settings st
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN st.follow_up_mailbox = 'owner' AND nullif(btrim(owner.email), '') IS NOT NULL
+                THEN btrim(owner.email) ELSE btrim(creator.email) END AS home) h
 WHERE st.sync_updates = '1'
   AND NOT i.deleted_in_outlook
-  AND lower(btrim(i.mailbox)) IS DISTINCT FROM
-      lower(CASE WHEN st.follow_up_mailbox = 'owner' AND nullif(btrim(owner.email), '') IS NOT NULL
-                 THEN btrim(owner.email) ELSE btrim(creator.email) END);
+  AND lower(btrim(i.mailbox)) IS DISTINCT FROM lower(h.home);
 
 -- Queue figures for followupctl status.
 CREATE OR REPLACE VIEW contactlog.followupd_status AS
