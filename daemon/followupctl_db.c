@@ -124,8 +124,8 @@ int cmd_status(PGconn *conn, bool json)
     static const char *const numeric[] = {"pending", "in_flight", "delivered", "failed",
                                           "oldest_pending_seconds"};
     PGresult *r = query(conn, "SELECT pending, in_flight, delivered, failed, "
-                              "oldest_pending_seconds, last_error, items_to_move "
-                              "FROM contactlog.followupd_status", 0, NULL);
+                              "oldest_pending_seconds, last_error, items_to_move, "
+                              "delivery_off FROM contactlog.followupd_status", 0, NULL);
     if (!r)
         return 1;
     PGresult *problems = query(conn, "SELECT problem FROM contactlog.effective_attribute "
@@ -134,16 +134,9 @@ int cmd_status(PGconn *conn, bool json)
         PQclear(r);
         return 1;
     }
-    /* DefaultMessageSystem other than exactly 'Outlook Mail' turns delivery off. */
-    PGresult *off = query(conn, "SELECT value FROM contactlog.effective_attribute "
-                                "WHERE name = 'DefaultMessageSystem' "
-                                "AND effective_value IS DISTINCT FROM 'Outlook Mail'", 0, NULL);
-    if (!off) {
-        PQclear(problems);
-        PQclear(r);
-        return 1;
-    }
-    bool delivery_off = PQntuples(off) > 0;
+    /* DefaultMessageSystem as stored when it turns delivery off (the view's rule, the
+     * one the daemon's STATUS= uses too). */
+    bool delivery_off = !PQgetisnull(r, 0, 7);
     daemon_liveness live;
     daemon_liveness_read(&live);
     if (json) {
@@ -158,7 +151,7 @@ int cmd_status(PGconn *conn, bool json)
         printf(", \"delivery_off\": ");
         if (delivery_off) {
             printf("{\"DefaultMessageSystem\": ");
-            print_json_value(off, 0, 0, false);
+            print_json_value(r, 0, 7, false);
             printf("}");
         } else {
             printf("null");
@@ -177,7 +170,7 @@ int cmd_status(PGconn *conn, bool json)
     } else {
         if (delivery_off)
             printf("delivery to Exchange is off: DefaultMessageSystem = '%s'\n",
-                   PQgetisnull(off, 0, 0) ? "" : PQgetvalue(off, 0, 0));
+                   PQgetvalue(r, 0, 7));
         /* The daemon apart from the queue: the queue may be fine with nobody working it. */
         printf("daemon:              %s (%s)\n", live.state, live.detail);
         printf("pending:             %s\n", PQgetvalue(r, 0, 0));
@@ -196,7 +189,6 @@ int cmd_status(PGconn *conn, bool json)
         for (int i = 0; i < PQntuples(problems); i++)
             printf("attribute problem:   %s\n", PQgetvalue(problems, i, 0));
     }
-    PQclear(off);
     PQclear(problems);
     PQclear(r);
     return 0;

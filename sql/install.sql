@@ -2541,7 +2541,8 @@ SELECT d.pending,
                AND (q.failed_version IS NULL OR q.failed_version < s.version))) AS oldest_pending_seconds,
        (SELECT last_error FROM contactlog.outlook_queue
         WHERE last_error IS NOT NULL ORDER BY last_error_at DESC NULLS LAST LIMIT 1) AS last_error,
-       (SELECT count(*) FROM contactlog.followupd_misplaced)                   AS items_to_move
+       (SELECT count(*) FROM contactlog.followupd_misplaced)                   AS items_to_move,
+       d.delivery_off
 FROM contactlog.followupd_queue_depth d;
 
 -- followupctl failed: the parked logs (postfix's mailq), each with the mailbox
