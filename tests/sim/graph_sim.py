@@ -132,7 +132,8 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 import sim_control  # noqa: E402
 from sim_control import (ControlHandlerMixin, ControlStore, LoopbackServer,  # noqa: E402
-                         after_perform, check_edit, delay_before_perform, normalise_mailbox)
+                         after_perform, answer_delay, check_edit, delay_before_perform,
+                         drops_answer, normalise_mailbox)
 
 API_ROOT = "/v1.0"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -1198,19 +1199,25 @@ class GraphRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
             store.errors.append(f"Batch #{record['seq']}: {exc}")
             return self.send_json(400, graph_error(400, "BadRequest", str(exc))[1])
         record.update(valid=True, members=len(requests))
-        responses, drop = [], False
+        # Graph works on the members side by side: a member's late perform counts from
+        # the batch's arrival and late answers are waited out once, after all of them,
+        # so one slow member does not push the others later still.
+        arrival, responses, drop, late = time.monotonic(), [], False, 0.0
         for member in requests:
-            answer, member_drop = self.batch_member(member, record)
+            answer, member_fault = self.batch_member(member, record, arrival)
             responses.append(answer)
-            drop = drop or member_drop
+            drop = drop or drops_answer(member_fault)
+            late = max(late, answer_delay(member_fault))
+        time.sleep(late)
         drop = after_perform(fault) or drop   # a fault on the $batch request itself
         record["http_status"] = 200
         if drop:
             raise DropConnection()
         self.send_json(200, {"responses": responses})
 
-    def batch_member(self, member: dict, batch_record: dict):
-        """(response dict, drop the whole connection?) for one $batch member."""
+    def batch_member(self, member: dict, batch_record: dict, arrival: float):
+        """(response dict, the fault it took or None) for one $batch member; the caller
+        waits out a late answer and drops the whole connection when the fault says so."""
         store = self.server.store
         method = str(member.get("method", "")).upper()
         url = urlsplit(str(member.get("url", "")))
@@ -1239,21 +1246,21 @@ class GraphRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
         if not op or op == "Batch":
             store.errors.append(f"$batch member {member['id']}: unsupported {method} {path}")
             return answer(400, graph_error(400, "BadRequest", f"Unsupported request {path}")[1]), \
-                False
+                None
         fault = store.take_fault(op, target[1], in_batch=True)
         record["fault"] = fault["mode"] if fault else None
         mode = fault["mode"] if fault else None
         if mode == "drop_before_perform":
-            return answer(0, None), True
+            return answer(0, None), fault
         if mode == "http_status":
             status = int(fault.get("status", 503))
             headers = {"Retry-After": str(int(fault["retry_after"]))} \
                 if "retry_after" in fault else {}
             return answer(status, graph_error(status, fault.get(
                 "code", "TooManyRequests" if status == 429 else "ServiceUnavailable"),
-                fault.get("message", f"HTTP {status} from graph_sim"))[1], headers), False
+                fault.get("message", f"HTTP {status} from graph_sim"))[1], headers), None
         if mode == "raw":
-            return answer(int(fault.get("status", 200)), fault.get("body")), False
+            return answer(int(fault.get("status", 200)), fault.get("body")), None
         body = member.get("body")
         if method in ("POST", "PATCH"):
             headers = {k.lower(): v for k, v in (member.get("headers") or {}).items()}
@@ -1263,15 +1270,14 @@ class GraphRequestHandler(ControlHandlerMixin, BaseHTTPRequestHandler):
                                     "Content-Type application/json")
                 record["valid"] = False
                 return answer(400, graph_error(400, "BadRequest", "Content-Type header must "
-                                               "be application/json with a JSON body")[1]), False
-        delay_before_perform(fault)
+                                               "be application/json with a JSON body")[1]), None
+        delay_before_perform(fault, since=arrival)
         status, result, headers = self.server.graph.perform(
             op, target[1], target[2], target[3], parse_qs(url.query), body, record,
             {str(k).lower(): str(v) for k, v in (member.get("headers") or {}).items()},
             self.api_base())
         record["valid"] = status != 400
-        drop = after_perform(fault)    # sleeps for a late answer; drop: the whole batch
-        return answer(status, result, dict(headers)), drop
+        return answer(status, result, dict(headers)), fault
 
     # -- control API (the shared part is sim_control.ControlHandlerMixin) ---------------
     def check_fault_spec(self, spec) -> dict:

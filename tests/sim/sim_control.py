@@ -118,25 +118,37 @@ def check_fault(spec, modes, numbers=("status", "retry_after", "ms")) -> dict:
     return fault
 
 
-def delay_before_perform(fault: dict | None) -> None:
-    """A "delay" fault with "when": "before_perform": the operation itself comes late."""
+def delay_before_perform(fault: dict | None, since: float | None = None) -> None:
+    """A "delay" fault with "when": "before_perform": the operation itself comes late,
+    "ms" after `since` (a time.monotonic() value; default now). Members of one $batch
+    pass the batch's arrival: the server works on them side by side, so their delays
+    do not add up."""
     if fault and fault["mode"] == "delay" and fault.get("when") == "before_perform":
-        time.sleep(fault.get("ms", 0) / 1000)
+        start = time.monotonic() if since is None else since
+        time.sleep(max(0.0, start + fault.get("ms", 0) / 1000 - time.monotonic()))
+
+
+def answer_delay(fault: dict | None) -> float:
+    """Seconds a "delay" fault that answers late holds the answer back (0 for others)."""
+    if fault and fault["mode"] == "delay" and fault.get("when") != "before_perform":
+        return fault.get("ms", 0) / 1000
+    return 0.0
+
+
+def drops_answer(fault: dict | None) -> bool:
+    """True when the connection is to be dropped instead of answered (drop_before_perform
+    and drop_after_perform, or a delay with "answer": "drop")."""
+    if not fault:
+        return False
+    return fault["mode"] in ("drop_before_perform", "drop_after_perform") or \
+        (fault["mode"] == "delay" and fault.get("answer") == "drop")
 
 
 def after_perform(fault: dict | None) -> bool:
     """Once the operation is done: sleeps for a "delay" fault that answers late; True when
-    the connection is to be dropped instead of answered (drop_after_perform, or a delay
-    with "answer": "drop")."""
-    if not fault:
-        return False
-    if fault["mode"] == "drop_after_perform":
-        return True
-    if fault["mode"] == "delay":
-        if fault.get("when") != "before_perform":
-            time.sleep(fault.get("ms", 0) / 1000)
-        return fault.get("answer") == "drop"
-    return False
+    the connection is to be dropped instead of answered."""
+    time.sleep(answer_delay(fault))
+    return drops_answer(fault)
 
 
 def check_number(name: str, value, minimum=0, integer=False):

@@ -296,6 +296,30 @@ def test_fault_delay_then_drop_in_a_batch_drops_the_batch(sim, graph):
     assert len(items(sim)) == 3              # both members performed, the answer lost
 
 
+def test_batch_members_are_late_side_by_side_not_one_after_another(sim, graph):
+    # Found by the soak: three members performed 2.5 s late one after another came
+    # 7.5 s late, past the settle time the soak (and an operator) sets for a late write.
+    http("POST", sim + "/_sim/faults", {"mode": "delay", "when": "before_perform", "ms": 1000,
+                                        "answer": "drop", "count": 3, "ops": ["CreateEvent"]})
+    members = [{"id": str(n), "method": "POST", "url": EVENTS, "body": event(n),
+                "headers": {"Content-Type": "application/json"}} for n in (1, 2, 3)]
+    started = time.monotonic()
+    with pytest.raises(LOST):
+        graph("POST", "/$batch", {"requests": members})
+    assert 1.0 <= time.monotonic() - started < 2.5   # one delay, not three
+    assert len(items(sim)) == 3
+    http("POST", sim + "/_sim/faults", {"mode": "delay", "ms": 1000, "count": 3,
+                                        "ops": ["PatchEvent"]})
+    ids = [i["id"] for i in items(sim)]
+    members = [{"id": str(n), "method": "PATCH", "url": f"{EVENTS}/{quote(i)}",
+                "body": {"subject": f"late {n}"}, "headers": {"Content-Type": "application/json"}}
+               for n, i in enumerate(ids)]
+    started = time.monotonic()
+    status, answer, _ = graph("POST", "/$batch", {"requests": members})
+    assert status == 200 and [r["status"] for r in answer["responses"]] == [200] * 3
+    assert 1.0 <= time.monotonic() - started < 2.5   # the late answers waited out once
+
+
 def test_a_delayed_request_does_not_hold_up_others(sim, graph):
     http("POST", sim + "/_sim/faults", {"mode": "delay", "ms": 2000, "ops": ["CreateEvent"]})
     slow, outcome = in_thread(lambda: graph("POST", EVENTS, event(1)))
