@@ -422,3 +422,37 @@ void db_free(db *d)
     free(d->channel);
     free(d);
 }
+
+char *db_array_literal(size_t n, const char *(*value_at)(const void *ctx, size_t i),
+                       const void *ctx)
+{
+    size_t size = 3;
+    for (size_t i = 0; i < n; i++) {
+        const char *v = value_at(ctx, i);
+        size += v ? 2 * strlen(v) + 3 : 5;
+    }
+    char *out = malloc(size), *p = out;
+    if (!out)
+        return NULL;
+    *p++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        const char *v = value_at(ctx, i);
+        if (i)
+            *p++ = ',';
+        if (!v) {
+            memcpy(p, "NULL", 4);
+            p += 4;
+            continue;
+        }
+        *p++ = '"';
+        for (; *v; v++) {
+            if (*v == '"' || *v == '\\')
+                *p++ = '\\';
+            *p++ = *v;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = '\0';
+    return out;
+}

@@ -38,4 +38,9 @@ int db_query(db *d, const char *sql, int n_params, const char *const *params,
 /* Convenience for callers: true when result is a successful command or tuples. */
 bool db_result_ok(const PGresult *result);
 
+/* {"a","b",NULL}: a PostgreSQL array literal of the n text values value_at gives
+ * (NULL: SQL NULL), to pass as one text parameter. malloc'd; NULL when out of memory. */
+char *db_array_literal(size_t n, const char *(*value_at)(const void *ctx, size_t i),
+                       const void *ctx) __attribute__((warn_unused_result));
+
 #endif

@@ -65,38 +65,21 @@ static void list_free(row_list *list)
     *list = (row_list){0};
 }
 
-/* {"a","b",NULL}: a PostgreSQL array literal of text values. */
+typedef struct column_of_rows {
+    const row_list *list;
+    int param;
+} column_of_rows;
+
+static const char *column_value(const void *ctx, size_t i)
+{
+    const column_of_rows *c = ctx;
+    return c->list->rows[i].values[c->param];
+}
+
 static char *array_literal(const row_list *list, int param)
 {
-    size_t size = 3;
-    for (size_t i = 0; i < list->n; i++) {
-        const char *v = list->rows[i].values[param];
-        size += v ? 2 * strlen(v) + 3 : 5;
-    }
-    char *out = malloc(size), *p = out;
-    if (!out)
-        return NULL;
-    *p++ = '{';
-    for (size_t i = 0; i < list->n; i++) {
-        const char *v = list->rows[i].values[param];
-        if (i)
-            *p++ = ',';
-        if (!v) {
-            memcpy(p, "NULL", 4);
-            p += 4;
-            continue;
-        }
-        *p++ = '"';
-        for (; *v; v++) {
-            if (*v == '"' || *v == '\\')
-                *p++ = '\\';
-            *p++ = *v;
-        }
-        *p++ = '"';
-    }
-    *p++ = '}';
-    *p = '\0';
-    return out;
+    column_of_rows column = {list, param};
+    return db_array_literal(list->n, column_value, &column);
 }
 
 static void on_answer(PGresult *result, void *userdata)

@@ -63,6 +63,38 @@ static inline bool delivery_outcome_unknown(bool transfer_ok, const char *failur
     return status == 502 || status == 504;
 }
 
+/* Outlook -> CRM (SPEC section 7): one change read back from a mailbox folder. The
+ * back end reports what the item says now; the database tells ours from theirs (change
+ * keys), changes from no-ops, and applies or refuses. */
+typedef struct delivery_change {
+    const char *item_id;
+    const char *change_key;  /* the item's version now; NULL for a deletion */
+    const char *what;        /* "moved", "completed" or "deleted" */
+    /* "moved": an appointment's new start as UTC "YYYY-MM-DDTHH:MM:SSZ"; a task's
+     * due date as "YYYY-MM-DD" (the database keeps the log's time of day). */
+    const char *new_value;
+} delivery_change;
+
+typedef struct delivery_sync_result {
+    delivery_result result;        /* outcome, reason, code, retry_after_ms, throttle */
+    /* The stored position cannot be resumed from (EWS ErrorInvalidSyncStateData,
+     * Graph 410 Gone): the folder is to be read afresh. */
+    bool position_invalid;
+    size_t n_changes;
+    const delivery_change *changes;
+    /* The position after these changes, to store with them (opaque text: an EWS
+     * SyncState, a Graph nextLink/deltaLink); NULL keeps the old one. */
+    const char *new_position;
+    bool more;                     /* more changes wait: sync again from new_position */
+} delivery_sync_result;
+
+typedef void (*delivery_sync_done_fn)(const delivery_sync_result *result, void *userdata);
+
+/* A hint from Exchange (EWS streaming notifications): something changed in mailbox,
+ * sync it soon. mailbox is lower case. A lost hint costs latency, never a change: the
+ * daemon also syncs every watched mailbox now and then. */
+typedef void (*delivery_changed_fn)(const char *mailbox, void *userdata);
+
 typedef struct delivery_ops {
     int (*find)(void *impl, const char *mailbox, outlook_item_kind kind, int64_t log_id,
                 delivery_done_fn done, void *userdata);
@@ -74,6 +106,18 @@ typedef struct delivery_ops {
                   const outlook_item_ref *ref, delivery_done_fn done, void *userdata);
     /* One harmless call that proves URL, TLS, credentials and access to mailbox. */
     int (*probe)(void *impl, const char *mailbox, delivery_done_fn done, void *userdata);
+    /* One page of the changes in mailbox's folder of kind (calendar, tasks) since
+     * position (NULL: every item there now, as a read afresh). NULL when the back end
+     * cannot read changes. */
+    int (*sync)(void *impl, const char *mailbox, outlook_item_kind kind, const char *position,
+                delivery_sync_done_fn done, void *userdata);
+    /* The mailboxes to watch for changes, all of them each call (the back end
+     * subscribes the new, drops the gone); changed() is called for a mailbox with news
+     * and for every mailbox whose subscription was (re)made, since events may have
+     * been missed meanwhile. n == 0 stops watching. NULL when the back end has no
+     * notifications (Graph: the daemon polls). */
+    int (*watch)(void *impl, const char *const *mailboxes, size_t n,
+                 delivery_changed_fn changed, void *userdata);
     int (*configure)(void *impl, const config *cfg, char *err, size_t errlen);
     /* The daemon is stopping: nothing more goes on the wire. Calls still waiting
      * are answered now with not_sent; requests already sent are answered as usual. */
@@ -123,6 +167,23 @@ static inline int delivery_probe(delivery *d, const char *mailbox, delivery_done
     if (!d->ops->probe)
         return -EOPNOTSUPP;
     return d->ops->probe(d->impl, mailbox, done, userdata);
+}
+
+static inline int delivery_sync(delivery *d, const char *mailbox, outlook_item_kind kind,
+                                const char *position, delivery_sync_done_fn done,
+                                void *userdata)
+{
+    if (!d->ops->sync)
+        return -EOPNOTSUPP;
+    return d->ops->sync(d->impl, mailbox, kind, position, done, userdata);
+}
+
+static inline int delivery_watch(delivery *d, const char *const *mailboxes, size_t n,
+                                 delivery_changed_fn changed, void *userdata)
+{
+    if (!d->ops->watch)
+        return -EOPNOTSUPP;
+    return d->ops->watch(d->impl, mailboxes, n, changed, userdata);
 }
 
 static inline int delivery_configure(delivery *d, const config *cfg, char *err, size_t errlen)

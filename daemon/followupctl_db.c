@@ -257,7 +257,9 @@ int cmd_mailboxes(PGconn *conn, bool json)
 {
     PGresult *r = query(conn, "SELECT mailbox, items_held, pending, failed, "
                               ISO_TIME("last_success") " AS last_success, last_error, "
-                              ISO_TIME("last_error_at") " AS last_error_at"
+                              ISO_TIME("last_error_at") " AS last_error_at, sync_position, "
+                              ISO_TIME("last_sync_at") " AS last_sync_at, "
+                              ISO_TIME("last_change_at") " AS last_change_at, sync_error"
                               " FROM contactlog.followupd_mailboxes ORDER BY mailbox",
                         0, NULL);
     if (!r)
@@ -268,14 +270,18 @@ int cmd_mailboxes(PGconn *conn, bool json)
     } else if (rows == 0) {
         printf("no mailboxes yet\n");
     } else {
-        printf("%-32s %6s %7s %6s  %-20s  %s\n", "MAILBOX", "ITEMS", "PENDING", "FAILED",
-               "LAST SUCCESS (UTC)", "LAST ERROR (UTC)");
+        printf("%-32s %6s %7s %6s  %-20s  %-6s  %-20s  %-20s  %s\n", "MAILBOX", "ITEMS",
+               "PENDING", "FAILED", "LAST SUCCESS (UTC)", "SYNC", "READ BACK (UTC)",
+               "LAST CHANGE (UTC)", "LAST ERROR (UTC)");
         for (int i = 0; i < rows; i++) {
-            printf("%-32s %6s %7s %6s  %-20s  %s", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-                   PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), text_or_dash(r, i, 4),
-                   text_or_dash(r, i, 6));
+            printf("%-32s %6s %7s %6s  %-20s  %-6s  %-20s  %-20s  %s", PQgetvalue(r, i, 0),
+                   PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+                   text_or_dash(r, i, 4), text_or_dash(r, i, 7), text_or_dash(r, i, 8),
+                   text_or_dash(r, i, 9), text_or_dash(r, i, 6));
             if (!PQgetisnull(r, i, 5))
                 printf(" %s", PQgetvalue(r, i, 5));
+            if (!PQgetisnull(r, i, 10))
+                printf(" (reading back: %s)", PQgetvalue(r, i, 10));
             putchar('\n');
         }
     }

@@ -25,6 +25,7 @@
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/rundir.h"
+#include "daemon/watch.h"
 #include "daemon/worker.h"
 #include "http/http_client.h"
 #include "http/loop_timer.h"
@@ -50,6 +51,7 @@ typedef struct daemon_state {
     db *database;
     delivery *backend;
     worker *worker;
+    watch *watch;                /* Outlook -> CRM (SyncFromOutlook) */
     bool stopping;
     char db_problem[256];        /* why the database is not usable, while it is not */
     loop_timer *status_timer;
@@ -180,6 +182,8 @@ static void read_gauges(metrics_gauges *g, void *userdata)
         .mailboxes_held = ws->holds.mailboxes_held,
         .mailbox_holds = ws->holds.mailbox_holds,
         .server_holds = ws->holds.server_holds,
+        .outlook_changes_applied = watch_get_stats(st->watch)->applied,
+        .outlook_changes_refused = watch_get_stats(st->watch)->refused,
     };
 }
 
@@ -201,6 +205,7 @@ static void on_db_connected(void *userdata)
     st->db_problem[0] = '\0';
     send_status(st);
     worker_db_connected(st->worker);
+    watch_db_connected(st->watch);
 }
 
 static void on_db_disconnected(const char *why, void *userdata)
@@ -209,6 +214,7 @@ static void on_db_disconnected(const char *why, void *userdata)
     snprintf(st->db_problem, sizeof st->db_problem, "%s", why ? why : "");
     st->queue = QUEUE_UNKNOWN;
     worker_db_disconnected(st->worker);
+    watch_db_disconnected(st->watch);
     send_status(st);
 }
 
@@ -247,6 +253,7 @@ static int on_terminate(sd_event_source *source, const struct signalfd_siginfo *
     st->drain_timer = loop_timer_new(st->event, on_drain_timeout, st);
     if (st->drain_timer)
         loop_timer_arm(st->drain_timer, (uint64_t)(st->cfg->timeout_seconds + 5) * 1000000ULL);
+    watch_stop(st->watch);
     worker_drain(st->worker, on_drained, st);
     return 0;
 }
@@ -292,6 +299,7 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
     st->cfg = fresh;
     fresh = NULL;
     worker_apply_config(st->worker, st->cfg);
+    watch_apply_config(st->watch, st->cfg);
     log_info("configuration reloaded from %s", st->config_path);
     ok = true;
 out:
@@ -361,7 +369,8 @@ static int run(daemon_state *st)
     db_callbacks callbacks = {on_db_connected, on_db_disconnected, on_db_notified, st};
     st->database = db_new(st->event, st->cfg->db_conninfo, NOTIFY_CHANNEL, &callbacks);
     st->worker = st->database ? worker_new(st->event, st->database, st->backend, st->cfg) : NULL;
-    if (!st->database || !st->worker) {
+    st->watch = st->database ? watch_new(st->event, st->database, st->backend, st->cfg) : NULL;
+    if (!st->database || !st->worker || !st->watch) {
         log_error("out of memory at start-up");
         return 1;
     }
@@ -470,6 +479,7 @@ int main(int argc, char **argv)
     int status = run(&st);
 
     worker_free(st.worker);
+    watch_free(st.watch);
     db_free(st.database);
     delivery_free(st.backend);   /* (may still answer calls: before the metrics) */
     metrics_free(st.metrics);

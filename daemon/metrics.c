@@ -186,6 +186,21 @@ static int meter_probe(void *impl, const char *mailbox, delivery_done_fn done, v
     return delivery_probe(mt->inner, mailbox, done, userdata);
 }
 
+/* Reading changes back (issue 17) is not a write: not counted as a request kind. */
+static int meter_sync(void *impl, const char *mailbox, outlook_item_kind kind,
+                      const char *position, delivery_sync_done_fn done, void *userdata)
+{
+    meter *mt = impl;
+    return delivery_sync(mt->inner, mailbox, kind, position, done, userdata);
+}
+
+static int meter_watch(void *impl, const char *const *mailboxes, size_t n,
+                       delivery_changed_fn changed, void *userdata)
+{
+    meter *mt = impl;
+    return delivery_watch(mt->inner, mailboxes, n, changed, userdata);
+}
+
 static int meter_configure(void *impl, const config *cfg, char *err, size_t errlen)
 {
     meter *mt = impl;
@@ -211,6 +226,8 @@ static const delivery_ops meter_ops = {
     .update = meter_update,
     .remove = meter_remove,
     .probe = meter_probe,
+    .sync = meter_sync,
+    .watch = meter_watch,
     .configure = meter_configure,
     .stop = meter_stop,
     .free = meter_free,
@@ -324,9 +341,12 @@ char *metrics_render(metrics *m, size_t *len)
           "1 while the connection to PostgreSQL is up, 0 while the daemon waits for it.",
           g.database_connected);
     family(out, "followupd_outlook_changes_total", "counter",
-           "Changes made in Outlook and written to the CRM (SyncFromOutlook; not "
-           "implemented yet, always 0).");
-    fprintf(out, "followupd_outlook_changes_total 0\n");
+           "Changes made in Outlook and read back into the CRM (SyncFromOutlook = 1), "
+           "by result: applied, or refused (Outlook is put back).");
+    fprintf(out, "followupd_outlook_changes_total{result=\"applied\"} %llu\n",
+            (unsigned long long)g.outlook_changes_applied);
+    fprintf(out, "followupd_outlook_changes_total{result=\"refused\"} %llu\n",
+            (unsigned long long)g.outlook_changes_refused);
 
     if (fclose(out) != 0) {
         free(text);

@@ -33,6 +33,8 @@ typedef struct metrics_gauges {
     size_t mailboxes_held;         /* mailboxes Exchange asked to wait now */
     uint64_t mailbox_holds;        /* throttling holds since start, by scope */
     uint64_t server_holds;
+    uint64_t outlook_changes_applied;   /* read back from Outlook since start */
+    uint64_t outlook_changes_refused;
 } metrics_gauges;
 
 typedef void (*metrics_read_fn)(metrics_gauges *out, void *userdata);

@@ -11,6 +11,8 @@
 #include "daemon/log.h"
 #include "daemon/text.h"
 #include "ews/ews_backend.h"
+#include "ews/ews_stream.h"
+#include "ews/ews_sync.h"
 
 static void ews_free(void *impl);
 
@@ -50,6 +52,7 @@ static void ews_free(void *impl)
     ews_backend *b = impl;
     if (!b)
         return;
+    ews_stream_free(b);   /* before the HTTP client its streams run on */
     /* In-flight posts are dropped with their HTTP client; waiting calls here. */
     while (b->waiting_head) {
         ews_call *next = b->waiting_head->next;
@@ -242,10 +245,77 @@ static int ews_probe(void *impl, const char *mailbox, delivery_done_fn done, voi
     return ews_queue_call(b, CALL_PROBE, mailbox, body, len, NULL, done, userdata);
 }
 
+/* ---- sync (Outlook → CRM) ------------------------------------------------------ */
+
+/* One page of changes of the folder of kind since position: SyncFolderItems, sent on
+ * the queue like every request (auth, timeouts, concurrency, stop), never batched. */
+static int ews_sync(void *impl, const char *mailbox, outlook_item_kind kind,
+                    const char *position, delivery_sync_done_fn done, void *userdata)
+{
+    ews_backend *b = impl;
+    /* Positions are stored only from answers that pass the same check. */
+    if ((kind != OUTLOOK_APPOINTMENT && kind != OUTLOOK_TASK) ||
+        (position && !ews_sync_state_ok(position)))
+        return -EINVAL;
+    ews_request_options opt = ews_backend_options(b, mailbox);
+    size_t len = 0;
+    char *body = ews_sync_request(&opt, kind, position, &len);
+    return ews_queue_sync(b, mailbox, kind, body, len, done, userdata);
+}
+
+/* The call's done (through ews_post_finish, or not_sent when stopping): the page read
+ * by ews_sync_on_answer when there is one, else the result alone. The page lives
+ * until sync_done returns. */
+void ews_sync_call_done(const delivery_result *result, void *userdata)
+{
+    ews_call *call = userdata;
+    struct ews_sync_page *page = call->sync_page;
+    delivery_sync_result sync = page ? page->result : (delivery_sync_result){0};
+
+    sync.result = *result;
+    call->sync_done(&sync, call->sync_userdata);
+    call->sync_page = NULL;
+    ews_sync_page_free(page);
+}
+
+void ews_sync_on_answer(const http_response *hr, void *userdata)
+{
+    ews_post *post = userdata;
+    ews_call *call = post->calls[0];
+    char reason[512], code[32], parse_error[256];
+
+    /* Exchange answers SOAP with 200, and errors and faults with 500; anything else
+     * (and the 401 retries) is what every post's answer handler knows. */
+    if (!hr->transfer_ok || (hr->status != 200 && hr->status != 500)) {
+        ews_post_on_answer(hr, post);
+        return;
+    }
+    if (ews_sync_parse(hr->body, hr->body_len, call->sync_kind, &call->sync_page, parse_error,
+                       sizeof parse_error) < 0) {
+        snprintf(code, sizeof code, "HTTP %ld", hr->status);
+        snprintf(reason, sizeof reason, "Exchange sent an unusable SyncFolderItems answer "
+                 "(HTTP %ld): %s", hr->status, parse_error);
+        delivery_result failed = {.outcome = DELIVERY_TRANSIENT, .code = code, .reason = reason,
+                                  .retry_after_ms = hr->retry_after_ms};
+        ews_post_finish(post, &failed, NULL);
+        return;
+    }
+    delivery_result common = call->sync_page->result.result;
+    if (hr->retry_after_ms > common.retry_after_ms)
+        common.retry_after_ms = hr->retry_after_ms;
+    log_debug("EWS sync of %s (%s): %s, %zu change%s%s", call->mailbox,
+              outlook_item_kind_name(call->sync_kind), common.code,
+              call->sync_page->result.n_changes,
+              call->sync_page->result.n_changes == 1 ? "" : "s",
+              call->sync_page->result.more ? ", more to come" : "");
+    ews_post_finish(post, &common, NULL);
+}
+
 static void ews_stop(void *impl)
 {
     ews_backend *b = impl;
     b->stopped = true;
+    ews_stream_stop(b);
     ews_queue_dispatch(b);
 }
 
@@ -256,6 +326,8 @@ const delivery_ops delivery_ews_ops = {
     .create = ews_create,
     .update = ews_update,
     .remove = ews_remove,
+    .sync = ews_sync,
+    .watch = ews_stream_watch,
     .configure = ews_configure,
     .free = ews_free,
 };

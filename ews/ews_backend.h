@@ -1,6 +1,7 @@
 /* EWS back end internals — shared by the files of the EWS back end's adapter only:
- * delivery_ews.c (the operations, configuration and life), ews_queue.c (calls
- * waiting, posts, sending), ews_outcome.c (answers → delivery results). */
+ * delivery_ews.c (the operations, configuration and life; a sync's answer),
+ * ews_queue.c (calls waiting, posts, sending), ews_outcome.c (answers → delivery
+ * results). */
 #ifndef FOLLOWUPD_EWS_BACKEND_H
 #define FOLLOWUPD_EWS_BACKEND_H
 
@@ -21,8 +22,10 @@
 struct ews_backend;
 
 typedef enum ews_call_kind {
-    CALL_FIND, CALL_CREATE, CALL_UPDATE, CALL_REMOVE, CALL_PROBE
+    CALL_FIND, CALL_CREATE, CALL_UPDATE, CALL_REMOVE, CALL_PROBE, CALL_SYNC
 } ews_call_kind;
+
+struct ews_sync_page;
 
 /* One operation the worker asked for. Creates wait in the queue as items, so that
  * those for the same mailbox and kind can share one CreateItem request. */
@@ -34,6 +37,12 @@ typedef struct ews_call {
     const outlook_item *item;        /* create: owned by the caller until done */
     char *body;                  /* other kinds: the request, built when asked */
     size_t len;
+    /* sync: done and userdata lead to ews_sync_call_done (the call itself), which
+     * tells sync_done the page read from the answer, or done's result alone. */
+    delivery_sync_done_fn sync_done;
+    void *sync_userdata;
+    outlook_item_kind sync_kind;
+    struct ews_sync_page *sync_page;
     struct ews_call *next;       /* in the waiting queue */
 } ews_call;
 
@@ -78,6 +87,11 @@ typedef struct ews_backend {
 /* Re-reads the password file after a 401; true when the password changed. */
 bool ews_backend_reload_password(ews_backend *b);
 ews_request_options ews_backend_options(const ews_backend *b, const char *mailbox);
+/* A sync call's done: tells its sync_done. */
+void ews_sync_call_done(const delivery_result *result, void *userdata);
+/* http_client's callback for a sync post: a SyncFolderItems answer is read here,
+ * everything else (transfer failures, HTTP errors, 401) as for every post. */
+void ews_sync_on_answer(const http_response *hr, void *userdata);
 
 /* ---- ews_queue.c ---------------------------------------------------------- */
 
@@ -87,6 +101,10 @@ void ews_post_free(ews_post *post);
  * for the same mailbox travel together. Takes body (NULL for a create). */
 int ews_queue_call(ews_backend *b, ews_call_kind kind, const char *mailbox, char *body,
                    size_t len, const outlook_item *item, delivery_done_fn done, void *userdata);
+/* Queues a SyncFolderItems request of a folder of kind (takes body). It travels alone,
+ * never batched with writes. */
+int ews_queue_sync(ews_backend *b, const char *mailbox, outlook_item_kind kind, char *body,
+                   size_t len, delivery_sync_done_fn done, void *userdata);
 /* Sends waiting requests while fewer than max_in_flight are on their way. */
 void ews_queue_dispatch(ews_backend *b);
 void ews_queue_on_flush(void *userdata);

@@ -1,7 +1,7 @@
 /* ews queue — the EWS back end's calls on their way (see delivery_ews.c): calls wait
  * in a FIFO; a flush timer (2 ms for creates, to gather batch-mates) sends them, at
  * most [delivery] concurrency posts at once, every waiting create for one mailbox
- * and kind in one CreateItem. */
+ * and kind in one CreateItem. A sync always travels alone. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,9 +10,11 @@
 
 #include "daemon/log.h"
 #include "ews/ews_backend.h"
+#include "ews/ews_sync.h"
 
 void ews_call_free(ews_call *call)
 {
+    ews_sync_page_free(call->sync_page);
     free(call->mailbox);
     free(call->body);
     free(call);
@@ -42,8 +44,10 @@ static void send_post(ews_post *post, const char *token)
     if (body)
         memcpy(body, post->body, post->len + 1);
     http_client *client = post->is_create ? b->create_client : b->http_client_handle;
+    http_done_fn on_answer = post->calls[0]->kind == CALL_SYNC ? ews_sync_on_answer
+                                                                : ews_post_on_answer;
     int r = body ? http_client_post(client, b->url, "text/xml; charset=utf-8", body, post->len,
-                                    headers, ews_post_on_answer, post)
+                                    headers, on_answer, post)
                  : -ENOMEM;
     if (token)
         explicit_bzero(authorization, sizeof authorization);
@@ -202,35 +206,72 @@ void ews_queue_on_flush(void *userdata)
     ews_queue_dispatch(b);
 }
 
-/* Queues a call. It leaves on a later loop turn, so that creates queued in this one
- * for the same mailbox travel together. */
-int ews_queue_call(ews_backend *b, ews_call_kind kind, const char *mailbox, char *body,
-                   size_t len, const outlook_item *item, delivery_done_fn done, void *userdata)
+/* A call for mailbox, or NULL (-errno in *error): takes body either way. */
+static ews_call *new_call(const char *mailbox, char *body, int *error)
 {
-    if (kind != CALL_CREATE && !body)
-        return -ENOMEM;
     /* A mailbox address with a line break would forge headers: refuse it. */
     if (strpbrk(mailbox, "\r\n")) {
         free(body);
-        return -EINVAL;
+        *error = -EINVAL;
+        return NULL;
     }
     ews_call *call = calloc(1, sizeof *call);
     if (!call || !(call->mailbox = strdup(mailbox))) {
         free(call);
         free(body);
-        return -ENOMEM;
+        *error = -ENOMEM;
+        return NULL;
     }
-    call->kind = kind;
-    call->done = done;
-    call->userdata = userdata;
     call->body = body;
-    call->len = len;
-    call->item = item;
+    return call;
+}
+
+/* Appends the call to the queue; it leaves on a later loop turn. */
+static int enqueue(ews_backend *b, ews_call *call)
+{
     if (b->waiting_tail)
         b->waiting_tail->next = call;
     else
         b->waiting_head = call;
     b->waiting_tail = call;
-    return schedule_flush(b, kind == CALL_CREATE && b->batch_size > 1 ? CREATE_COALESCE_USEC : 0);
+    bool coalesce = call->kind == CALL_CREATE && b->batch_size > 1;
+    return schedule_flush(b, coalesce ? CREATE_COALESCE_USEC : 0);
 }
 
+/* Queues a call. It leaves on a later loop turn, so that creates queued in this one
+ * for the same mailbox travel together. */
+int ews_queue_call(ews_backend *b, ews_call_kind kind, const char *mailbox, char *body,
+                   size_t len, const outlook_item *item, delivery_done_fn done, void *userdata)
+{
+    int error = 0;
+    if (kind != CALL_CREATE && !body)
+        return -ENOMEM;
+    ews_call *call = new_call(mailbox, body, &error);
+    if (!call)
+        return error;
+    call->kind = kind;
+    call->done = done;
+    call->userdata = userdata;
+    call->len = len;
+    call->item = item;
+    return enqueue(b, call);
+}
+
+int ews_queue_sync(ews_backend *b, const char *mailbox, outlook_item_kind kind, char *body,
+                   size_t len, delivery_sync_done_fn done, void *userdata)
+{
+    int error = 0;
+    if (!body)
+        return -ENOMEM;
+    ews_call *call = new_call(mailbox, body, &error);
+    if (!call)
+        return error;
+    call->kind = CALL_SYNC;
+    call->done = ews_sync_call_done;
+    call->userdata = call;
+    call->sync_done = done;
+    call->sync_userdata = userdata;
+    call->sync_kind = kind;
+    call->len = len;
+    return enqueue(b, call);
+}

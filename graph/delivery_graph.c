@@ -22,7 +22,11 @@
  * acted on it. So every request that carries a create goes on a connection of its
  * own (http_fresh: CURLOPT_FRESH_CONNECT and FORBID_REUSE, never reused), and an
  * event create carries the transactionId the queue gave it — the same for every
- * retry of one create — which Graph uses to drop a repeated create. */
+ * retry of one create — which Graph uses to drop a repeated create.
+ *
+ * sync reads one page of a delta query (graph_delta.h) as a plain GET through the
+ * same queue — token, throttling, stop — and follows a stored nextLink/deltaLink only
+ * when it points into the configured base URL: our bearer token goes nowhere else. */
 #include "graph/delivery_graph.h"
 
 #include <ctype.h>
@@ -31,8 +35,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
+#include "daemon/log.h"
 #include "graph/graph_backend.h"
+#include "graph/graph_delta.h"
 
 /* ---- the operations ------------------------------------------------------------- */
 
@@ -269,6 +276,119 @@ static int graph_remove(void *impl, const char *mailbox, outlook_item_kind kind,
     return submit(b, call);
 }
 
+/* ---- sync: Outlook -> CRM --------------------------------------------------------- */
+
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+/* One Prefer header with every preference: a second header line may go unread. Starts
+ * in UTC, so that no time zone needs converting. */
+#define DELTA_PREFER_TASKS \
+    "Prefer: " PREFER_HEADER ", odata.maxpagesize=" STRINGIFY(GRAPH_DELTA_PAGE_SIZE)
+#define DELTA_PREFER_EVENTS DELTA_PREFER_TASKS ", outlook.timezone=\"UTC\""
+
+static const char *folder_name(outlook_item_kind kind)
+{
+    return kind == OUTLOOK_TASK ? "To Do list" : "calendar";
+}
+
+static int graph_sync(void *impl, const char *mailbox, outlook_item_kind kind,
+                      const char *position, delivery_sync_done_fn done, void *userdata)
+{
+    graph_backend *b = impl;
+    int error;
+    if (!done)
+        return -EINVAL;
+    graph_call *call = new_call(b, OP_FIND, kind, mailbox, NULL, userdata, &error);
+    if (!call)
+        return error;
+    call->sync_done = done;
+    call->method = "GET";
+    call->prefer_header = kind == OUTLOOK_APPOINTMENT ? DELTA_PREFER_EVENTS : DELTA_PREFER_TASKS;
+    if (position) {
+        const char *why;
+        error = graph_delta_link_path(b->base_url, position, kind, call->box->address,
+                                      &call->path, &call->list_id, &why);
+        if (error == -ENOMEM) {
+            graph_call_free(call);
+            return error;
+        }
+        if (error < 0) {
+            /* Answered from the queue (never from inside the call) as position_invalid. */
+            log_warning("Microsoft Graph: the stored delta position of the %s of %s is not "
+                        "used: %s; the folder will be read afresh", folder_name(kind),
+                        call->box->address, why);
+            call->refused = why;
+        }
+        graph_queue_call(b, call);
+        return 0;
+    }
+    if (kind == OUTLOOK_APPOINTMENT)
+        error = (call->path = graph_delta_calendar_path(call->box->escaped,
+                                                        (int64_t)time(NULL))) ? 0 : -ENOMEM;
+    else
+        error = (call->suffix = strdup(GRAPH_DELTA_TASKS_SUFFIX)) ? 0 : -ENOMEM;
+    if (error < 0) {
+        graph_call_free(call);
+        return error;
+    }
+    return submit(b, call);   /* tasks: once the default To Do list is known */
+}
+
+void graph_sync_reply(graph_call *call, const graph_reply *rep)
+{
+    graph_mailbox *box = call->box;
+    graph_delta_page page;
+    char err[256], reason[1024], code[80], gcode[64], message[256];
+
+    if (!rep->transfer_ok) {
+        graph_reply_handle(call, rep);
+        return;
+    }
+    snprintf(code, sizeof code, "HTTP %ld", rep->status);
+    switch (graph_delta_read(call->kind, call->list_id, rep->status, rep->body, rep->body_len,
+                             &page, err, sizeof err)) {
+    case GRAPH_DELTA_OTHER:
+        graph_reply_handle(call, rep);   /* 401, throttling, 5xx, ...: as every call */
+        return;
+    case GRAPH_DELTA_GONE:
+        if (graph_json_parse_error(rep->body, rep->body_len, gcode, sizeof gcode, message,
+                                   sizeof message) == 0 && gcode[0])
+            snprintf(code, sizeof code, "%s", gcode);
+        if (call->kind == OUTLOOK_TASK && rep->status == 404 && box->list_id &&
+            call->list_id && strcmp(box->list_id, call->list_id) == 0) {
+            free(box->list_id);   /* the list went away: look it up again */
+            box->list_id = NULL;
+        }
+        snprintf(reason, sizeof reason, "Microsoft Graph cannot go on reading the changes of "
+                 "the %s of %s from the stored position (HTTP %ld %s); it is to be read afresh",
+                 folder_name(call->kind), box->address, rep->status, code);
+        call->position_invalid = true;
+        graph_call_fail(call, DELIVERY_TRANSIENT, code, reason, -1);
+        return;
+    case GRAPH_DELTA_UNUSABLE:
+        snprintf(reason, sizeof reason, "Microsoft Graph sent an unusable delta page for the %s "
+                 "of %s (HTTP %ld): %s", folder_name(call->kind), box->address, rep->status, err);
+        graph_call_fail(call, DELIVERY_TRANSIENT, code, reason, -1);
+        return;
+    case GRAPH_DELTA_PAGE:
+        break;
+    }
+    if (page.n_unreadable > 0)
+        log_warning("Microsoft Graph: %zu change(s) in the %s of %s cannot be read and are "
+                    "skipped; the first: %s", page.n_unreadable, folder_name(call->kind),
+                    box->address, page.unreadable);
+    delivery_sync_result sync = {
+        .result = {.outcome = DELIVERY_OK, .retry_after_ms = -1, .code = code, .reason = "ok"},
+        .n_changes = page.n_changes,
+        .changes = page.changes,
+        .new_position = page.link,
+        .more = page.more,
+    };
+    call->sync_done(&sync, call->userdata);
+    graph_delta_page_clear(&page);
+    graph_call_free(call);
+}
+
 /* ---- life ----------------------------------------------------------------------- */
 
 static int on_flush(sd_event_source *source, void *userdata)
@@ -408,6 +528,7 @@ const delivery_ops delivery_graph_ops = {
     .create = graph_create,
     .update = graph_update,
     .remove = graph_remove,
+    .sync = graph_sync,
     .configure = graph_configure,
     .free = graph_free,
 };

@@ -1,6 +1,7 @@
 /* graph back end internals — shared by the files of the Graph back end only:
  * delivery_graph.c (the operations and the back end's life), graph_queue.c (the
- * queue, the mailboxes and sending), graph_reply.c (answers → delivery results). */
+ * queue, the mailboxes and sending), graph_reply.c (answers → delivery results);
+ * graph_delta.c (delta queries, pure) stands apart. */
 #ifndef FOLLOWUPD_GRAPH_BACKEND_H
 #define FOLLOWUPD_GRAPH_BACKEND_H
 
@@ -48,8 +49,14 @@ struct graph_call {
     json_object *body;
     bool auth_retried;
     uint64_t token_generation;
-    delivery_done_fn done;     /* NULL for OP_LIST (internal) */
+    delivery_done_fn done;     /* NULL for OP_LIST (internal) and sync calls */
     void *userdata;
+    /* A sync call (a delta page, op OP_FIND): answered through sync_done, read by
+     * graph_sync_reply, always a plain request (never in a $batch). */
+    delivery_sync_done_fn sync_done;
+    const char *prefer_header; /* "Prefer: ..." of a plain request; NULL: PREFER_HEADER's */
+    const char *refused;       /* answered without sending, for this reason (static text) */
+    bool position_invalid;     /* sync: the failure means "read the folder afresh" */
 };
 
 /* One HTTP request in flight: a single call or a $batch of several. */
@@ -110,6 +117,12 @@ void graph_queue_call(graph_backend *b, graph_call *call);
 void graph_queue_schedule(graph_backend *b);
 /* Sends what may go now; with the back end stopped, fails what waits as not sent. */
 void graph_queue_flush(graph_backend *b);
+
+/* ---- delivery_graph.c ------------------------------------------------------- */
+
+/* Reads the answer to a sync call (a delta page) and finishes the call; what is not
+ * particular to delta queries goes to graph_reply_handle. */
+void graph_sync_reply(graph_call *call, const graph_reply *rep);
 
 /* ---- graph_reply.c ---------------------------------------------------------- */
 

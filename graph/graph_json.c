@@ -321,17 +321,43 @@ int graph_json_parse_error(const char *body, size_t len, char *code, size_t code
     return 0;
 }
 
+char *graph_json_change_key(json_object *entity, bool *oom)
+{
+    const char *key = get_string(entity, "changeKey");
+    size_t n;
+    *oom = false;
+    if (!key) {
+        /* A To Do task has no changeKey; its @odata.etag (W/"<key>") is the same
+         * thing, and the delta query names versions by it too. */
+        key = get_string(entity, "@odata.etag");
+        if (!key)
+            return NULL;
+        if (strncmp(key, "W/", 2) == 0)
+            key += 2;
+        n = strlen(key);
+        if (n >= 2 && key[0] == '"' && key[n - 1] == '"') {
+            key++;
+            n -= 2;
+        }
+    } else {
+        n = strlen(key);
+    }
+    char *copy = strndup(key, n);
+    *oom = !copy;
+    return copy;
+}
+
 static int entity_ids(json_object *obj, char **id, char **change_key)
 {
     const char *i = get_string(obj, "id");
-    const char *k = get_string(obj, "changeKey");
+    bool oom = false;
     *id = NULL;
     *change_key = NULL;
     if (!i || !*i)
         return -1;
     *id = strdup(i);
-    *change_key = text_dup(k);
-    if (!*id || (k && !*change_key)) {
+    *change_key = graph_json_change_key(obj, &oom);
+    if (!*id || oom) {
         free(*id);
         free(*change_key);
         *id = *change_key = NULL;

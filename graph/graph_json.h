@@ -67,6 +67,10 @@ int graph_json_parse_error(const char *body, size_t len, char *code, size_t code
 
 /* An entity: its "id" and its "changeKey" (events) — change_key may come back NULL.
  * Returns 0, or -1 with the reason in err (no id, not JSON, ...). */
+/* An entity's version: its changeKey, else its @odata.etag without the W/"..."
+ * wrapping (To Do tasks); malloc'd, NULL when it names none (*oom: out of memory). */
+char *graph_json_change_key(json_object *entity, bool *oom) __attribute__((warn_unused_result));
+
 int graph_json_parse_entity(const char *body, size_t len, char **id, char **change_key,
                             char *err, size_t errlen);
 

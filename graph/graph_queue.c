@@ -131,7 +131,12 @@ void graph_call_finish(graph_call *call, const delivery_result *r)
         graph_call_free(call);
         return;
     }
-    call->done(r, call->userdata);
+    if (call->sync_done) {
+        delivery_sync_result sync = {.result = *r, .position_invalid = call->position_invalid};
+        call->sync_done(&sync, call->userdata);
+    } else {
+        call->done(r, call->userdata);
+    }
     graph_call_free(call);
 }
 /* ---- sending -------------------------------------------------------------------- */
@@ -149,6 +154,14 @@ static void request_unlink(graph_backend *b, graph_request *req)
         req->calls[i]->box->active--;
 }
 
+static void handle_reply(graph_call *call, const graph_reply *rep)
+{
+    if (call->sync_done)
+        graph_sync_reply(call, rep);
+    else
+        graph_reply_handle(call, rep);
+}
+
 static void on_http_done(const http_response *hr, void *userdata)
 {
     graph_request *req = userdata;
@@ -164,13 +177,13 @@ static void on_http_done(const http_response *hr, void *userdata)
     if (!req->batch || !hr->transfer_ok || hr->status != 200) {
         /* A plain answer, or the whole batch failed: every call gets the same answer. */
         for (size_t i = 0; i < req->n; i++)
-            graph_reply_handle(req->calls[i], &whole);
+            handle_reply(req->calls[i], &whole);
     } else if (graph_json_parse_batch(hr->body, hr->body_len, &members, &n_members, err,
                                       sizeof err) < 0) {
         whole.transfer_ok = false;
         whole.error = err;
         for (size_t i = 0; i < req->n; i++)
-            graph_reply_handle(req->calls[i], &whole);
+            handle_reply(req->calls[i], &whole);
     } else {
         for (size_t i = 0; i < req->n; i++) {
             char id[16];
@@ -187,7 +200,7 @@ static void on_http_done(const http_response *hr, void *userdata)
                     break;
                 }
             }
-            graph_reply_handle(req->calls[i], &member);
+            handle_reply(req->calls[i], &member);
         }
         graph_batch_responses_free(members, n_members);
     }
@@ -244,8 +257,9 @@ static void send_calls(graph_backend *b, graph_call **calls, size_t n, const cha
         if (!(body = graph_json_batch(members, n, PREFER_HEADER, &len)))
             goto fail;
     }
-    const char *headers[] = {authorization, "Accept: application/json",
-                             "Prefer: " PREFER_HEADER, NULL};
+    const char *prefer = !req->batch && calls[0]->prefer_header ? calls[0]->prefer_header
+                                                                : "Prefer: " PREFER_HEADER;
+    const char *headers[] = {authorization, "Accept: application/json", prefer, NULL};
     if (log_debug_enabled()) {
         if (req->batch)
             log_debug("Microsoft Graph: $batch of %zu requests (%zu bytes)", n, len);
@@ -301,7 +315,8 @@ static void on_token(const char *token, const char *error, void *userdata)
 }
 
 /* Takes the calls that may go now off the queue (at most GRAPH_BATCH_MAX, at most
- * MAILBOX_CONCURRENCY per mailbox in flight); calls of a throttled mailbox fail. */
+ * MAILBOX_CONCURRENCY per mailbox in flight, a sync call alone); calls of a throttled
+ * mailbox fail. */
 static size_t take_ready(graph_backend *b, graph_call **out)
 {
     uint64_t now = graph_now_usec(b);
@@ -329,8 +344,8 @@ static size_t take_ready(graph_backend *b, graph_call **out)
         unsigned planned = 0;
         for (size_t i = 0; i < n; i++)
             planned += out[i]->box == box;
-        if (box->active + planned >= MAILBOX_CONCURRENCY) {
-            p = &call->next;   /* stays queued until the mailbox has room */
+        if (box->active + planned >= MAILBOX_CONCURRENCY || (call->sync_done && n > 0)) {
+            p = &call->next;   /* stays queued until the mailbox has room (or goes alone) */
             continue;
         }
         *p = call->next;
@@ -338,8 +353,30 @@ static size_t take_ready(graph_backend *b, graph_call **out)
             b->ready_tail = p;
         call->next = NULL;
         out[n++] = call;
+        if (call->sync_done)
+            break;   /* a delta page is a plain GET, never a $batch member */
     }
     return n;
+}
+
+/* Answers the calls refused before sending (a sync from an unusable stored link):
+ * they need neither a token nor a connection. */
+static void answer_refused(graph_backend *b)
+{
+    graph_call **p = &b->ready;
+    while (*p) {
+        graph_call *call = *p;
+        if (!call->refused) {
+            p = &call->next;
+            continue;
+        }
+        *p = call->next;
+        if (!*p)
+            b->ready_tail = p;
+        call->position_invalid = true;   /* only sync calls are refused */
+        graph_call_fail(call, DELIVERY_TRANSIENT, "refused", call->refused, -1);
+        p = &b->ready;   /* the answer may have queued calls: start over */
+    }
 }
 
 void graph_queue_flush(graph_backend *b)
@@ -354,6 +391,7 @@ void graph_queue_flush(graph_backend *b)
                                                        .reason = "followupd is stopping; not sent",
                                                        .retry_after_ms = -1, .not_sent = true});
     }
+    answer_refused(b);
     while (b->ready && b->n_requests < MAX_REQUESTS) {
         uint64_t generation = 0;
         if (!oauth2_cached_token(b->oauth, NULL)) {

@@ -105,8 +105,9 @@ static void on_success(graph_call *call, const graph_reply *rep, const char *cod
             r.item.item_id = task_ref;
         } else {
             r.item.item_id = id;
-            r.item.change_key = change_key;
         }
+        /* What reading back tells our own writes by (a task's: its etag). */
+        r.item.change_key = change_key;
         break;
     }
     graph_call_finish(call, &r);

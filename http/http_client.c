@@ -37,6 +37,11 @@ typedef struct http_transfer {
     char error[CURL_ERROR_SIZE];
     http_done_fn done;
     void *userdata;
+    /* Streaming (http_client_stream): the body goes to data, header lines to header. */
+    void (*header)(const char *line, size_t len, void *userdata);
+    bool (*data)(const char *block, size_t len, void *userdata);
+    bool in_callback;            /* inside header or data: cancel only marks */
+    bool cancelled;              /* ends at the next chance, without done */
     struct http_transfer *prev, *next;
 } http_transfer;
 
@@ -159,7 +164,8 @@ static void check_finished(http_client *client)
         }
         r.body = t->response ? t->response : "";
         r.body_len = t->response_len;
-        t->done(&r, t->userdata);
+        if (!t->cancelled)
+            t->done(&r, t->userdata);
         transfer_free(t);
     }
 }
@@ -289,6 +295,14 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
     http_transfer *t = userdata;
     size_t n = size * nmemb;
 
+    if (t->data) {
+        if (t->cancelled)
+            return 0;
+        t->in_callback = true;
+        bool keep = t->data(data, n, t->userdata);
+        t->in_callback = false;
+        return keep && !t->cancelled ? n : 0;   /* 0 makes curl end the transfer */
+    }
     if (t->response_len + n > t->client->settings.max_response_bytes) {
         t->too_large = true;
         return 0;   /* makes curl abort the transfer: memory stays bounded */
@@ -360,6 +374,18 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
         value[strcspn(value, "\r\n")] = '\0';
         t->retry_after_ms = http_retry_after_ms(value, time(NULL));
     }
+    if (t->header) {
+        if (t->cancelled)
+            return 0;
+        size_t len = n;
+        while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+            len--;
+        t->in_callback = true;
+        t->header(data, len, t->userdata);
+        t->in_callback = false;
+        if (t->cancelled)
+            return 0;
+    }
     return n;
 }
 
@@ -430,20 +456,16 @@ int http_client_post(http_client *client, const char *url, const char *content_t
                                extra_headers, done, userdata);
 }
 
-int http_client_request(http_client *client, const char *method, const char *url,
-                        const char *content_type, char *body, size_t body_len,
-                        const char *const *extra_headers, http_done_fn done, void *userdata)
+/* The transfer t (its body, callbacks and userdata set) on its way: headers, options,
+ * added to the multi handle. On failure t is freed. */
+static int start_transfer(http_client *client, http_transfer *t, const char *method,
+                          const char *url, const char *content_type, size_t body_len,
+                          const char *const *extra_headers, long timeout_seconds,
+                          long idle_seconds)
 {
     char header[512];
-    http_transfer *t = calloc(1, sizeof *t);
-    if (!t) {
-        free(body);
-        return -ENOMEM;
-    }
+
     t->client = client;
-    t->request_body = body;
-    t->done = done;
-    t->userdata = userdata;
     t->retry_after_ms = -1;
     t->easy = curl_easy_init();
     if (!t->easy)
@@ -461,6 +483,14 @@ int http_client_request(http_client *client, const char *method, const char *url
     if (configure_easy(t, method, url, &client->settings) < 0 ||
         curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len) != CURLE_OK)
         goto fail;
+    if (timeout_seconds > 0 &&
+        curl_easy_setopt(t->easy, CURLOPT_TIMEOUT, timeout_seconds) != CURLE_OK)
+        goto fail;
+    /* Less than a byte a second for idle_seconds: the peer is gone. */
+    if (idle_seconds > 0 &&
+        (curl_easy_setopt(t->easy, CURLOPT_LOW_SPEED_LIMIT, 1L) != CURLE_OK ||
+         curl_easy_setopt(t->easy, CURLOPT_LOW_SPEED_TIME, idle_seconds) != CURLE_OK))
+        goto fail;
     if (curl_multi_add_handle(client->multi, t->easy) != CURLM_OK)
         goto fail;
     t->next = client->transfers;
@@ -471,4 +501,51 @@ int http_client_request(http_client *client, const char *method, const char *url
 fail:
     transfer_free(t);
     return -ENOMEM;
+}
+
+int http_client_request(http_client *client, const char *method, const char *url,
+                        const char *content_type, char *body, size_t body_len,
+                        const char *const *extra_headers, http_done_fn done, void *userdata)
+{
+    http_transfer *t = calloc(1, sizeof *t);
+    if (!t) {
+        free(body);
+        return -ENOMEM;
+    }
+    t->request_body = body;
+    t->done = done;
+    t->userdata = userdata;
+    return start_transfer(client, t, method, url, content_type, body_len, extra_headers, 0, 0);
+}
+
+int http_client_stream(http_client *client, const http_stream_request *request,
+                       http_request **handle)
+{
+    http_transfer *t = calloc(1, sizeof *t);
+    if (!t) {
+        free(request->body);
+        return -ENOMEM;
+    }
+    t->request_body = request->body;
+    t->done = request->done;
+    t->userdata = request->userdata;
+    t->header = request->header;
+    t->data = request->data;
+    int r = start_transfer(client, t, request->method, request->url, request->content_type,
+                           request->body_len, request->extra_headers,
+                           request->timeout_seconds, request->idle_seconds);
+    if (r == 0)
+        *handle = t;
+    return r;
+}
+
+void http_client_cancel(http_client *client, http_request *handle)
+{
+    if (handle->in_callback) {
+        handle->cancelled = true;   /* the callback's return ends the transfer */
+        return;
+    }
+    curl_multi_remove_handle(client->multi, handle->easy);
+    unlink_transfer(client, handle);
+    transfer_free(handle);
 }

@@ -75,6 +75,44 @@ int http_client_post(http_client *client, const char *url, const char *content_t
                      http_done_fn done, void *userdata)
     __attribute__((warn_unused_result));
 
+/* ---- streaming ----------------------------------------------------------------
+ * A request whose answer is read while it arrives (EWS GetStreamingEvents: one long
+ * chunked body) and that the caller can end at any time. */
+typedef struct http_transfer http_request;
+
+typedef struct http_stream_request {
+    const char *method;             /* "POST", "GET", ... */
+    const char *url;
+    const char *content_type;       /* NULL when there is no body */
+    char *body;                     /* taken, as by http_client_request */
+    size_t body_len;
+    const char *const *extra_headers;
+    long timeout_seconds;           /* the whole exchange; 0: the client's timeout */
+    long idle_seconds;              /* ends the transfer when nothing arrives this long
+                                       ("timeout"); 0: no limit */
+    /* Each header line of the answer, status lines included ("HTTP/1.1 200 OK"),
+     * without its line break; NULL: not wanted. */
+    void (*header)(const char *line, size_t len, void *userdata);
+    /* Each block of the body as it arrives (any size, split anywhere); false ends the
+     * transfer, which done then reports as failed ("transfer"). */
+    bool (*data)(const char *block, size_t len, void *userdata);
+    /* Once, at the end, from the event loop; the body it sees is empty. */
+    http_done_fn done;
+    void *userdata;
+} http_stream_request;
+
+/* Starts a streaming request; *handle names it until done is called. No size limit
+ * applies (the data callback bounds what it keeps). The callbacks are called from
+ * inside libcurl: they must not start or cancel other requests of this client.
+ * Returns 0 or -errno (then done is never called). */
+int http_client_stream(http_client *client, const http_stream_request *request,
+                       http_request **handle)
+    __attribute__((warn_unused_result));
+
+/* Ends a streaming request without calling its done. Also from within its own header
+ * or data callback, where it takes effect when the callback returns. */
+void http_client_cancel(http_client *client, http_request *handle);
+
 /* A Retry-After value (RFC 9110 10.2.3) as milliseconds to wait from now: delay-seconds,
  * or an HTTP-date (IMF-fixdate and the obsolete RFC 850 and asctime forms), a date
  * already past being 0. -1 for NULL, anything else, and waits of a week or more, which

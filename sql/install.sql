@@ -2099,6 +2099,24 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------
+-- A task's due date moved in Outlook to new_day: the follow-up on that day at the
+-- time of day it had, in time_zone (an IANA name, the employee's; NULL or unknown:
+-- UTC), the zone the one-way path took the due date in (SPEC section 3). A log
+-- without a follow-up gets 09:00 (a task without a time says nothing better).
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION contactlog.followupd_task_due_moved(
+    old_at timestamptz, new_day date, time_zone text)
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, contactlog, pg_temp AS $$
+    SELECT (new_day + coalesce((old_at AT TIME ZONE z.name)::time, time '09:00'))
+           AT TIME ZONE z.name
+    FROM (SELECT coalesce((SELECT n.name FROM pg_timezone_names n
+                           WHERE n.name = followupd_task_due_moved.time_zone),
+                          'UTC') AS name) z
+$$;
+
+-- ---------------------------------------------------------------------------
 -- Applies one page of changes read back from a mailbox, and stores the position
 -- after that page — in one transaction, all or nothing (a crash before the commit
 -- reads the same page again, and a change already recorded is not applied twice).
@@ -2111,8 +2129,8 @@ $$;
 --   what        'completed' (a task ticked off), 'moved' (an appointment's new
 --               start, a task's new due date) or 'deleted'
 --   new_value   'moved': the new next_contact_at, ISO 8601 with an offset (none:
---               UTC); a task's new date with the old time of day, worked out by
---               the daemon. Otherwise ignored.
+--               UTC); or, for a task, its new due date 'YYYY-MM-DD': the log keeps
+--               its time of day (followupd_task_due_moved). Otherwise ignored.
 -- The arrays must have one element per change (else 22023, nothing done).
 --
 -- Returns one row per change, in order: applied, or why not. Not recorded (no
@@ -2194,6 +2212,10 @@ DECLARE
     last_own  record;
     crm_v     bigint;
     still_deleted text[];
+    -- item id / change key of the changes of this call past the echo check: one edit
+    -- read as two changes (a task moved and ticked off) shares one key, and the
+    -- first may record it ('no change') before the second is looked at.
+    keys_seen text[] := '{}';
 BEGIN
     IF box IS NULL OR box = '' THEN
         RAISE EXCEPTION 'the mailbox must not be empty' USING ERRCODE = '22023';
@@ -2290,11 +2312,15 @@ BEGIN
         -- The key we recorded after our own write, and not one recorded from a
         -- change read back (one edit may be two changes: moved and completed).
         IF c_what <> 'deleted' AND c_key IS NOT NULL AND c_key = item.change_key
+           AND NOT (item.item_id || '/' || c_key = ANY (keys_seen))
            AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_change_log c
                            WHERE c.item_id = item.item_id AND c.change_key = c_key) THEN
             reason := 'own change';
             RETURN NEXT;
             CONTINUE;
+        END IF;
+        IF c_key IS NOT NULL THEN
+            keys_seen := keys_seen || (item.item_id || '/' || c_key);
         END IF;
 
         -- What the change means for the log.
@@ -2309,7 +2335,15 @@ BEGIN
             no_change := target.status = 'completed';
         ELSIF c_what = 'moved' THEN
             BEGIN
-                new_at := c_new::timestamptz;
+                IF c_new ~ '^\d{4}-\d{2}-\d{2}$' THEN
+                    -- A task's new due date: the log keeps its time of day in the
+                    -- zone the due date was written in (the mailbox's employee's).
+                    new_at := contactlog.followupd_task_due_moved(
+                        target.next_contact_at, c_new::date,
+                        (SELECT e.time_zone FROM contactlog.employee e WHERE e.id = emp_id));
+                ELSE
+                    new_at := c_new::timestamptz;
+                END IF;
             EXCEPTION WHEN data_exception THEN
                 new_at := NULL;
             END;
@@ -2591,9 +2625,21 @@ SELECT coalesce(p.mailbox, i.mailbox) AS mailbox,
        coalesce(i.items_held, 0) AS items_held,
        coalesce(p.pending, 0) AS pending,
        coalesce(p.failed, 0) AS failed,
-       p.last_success, p.last_error, p.last_error_at
+       p.last_success, p.last_error, p.last_error_at,
+       -- Outlook -> CRM (SyncFromOutlook = 1): where reading back stands. 'afresh':
+       -- the next read takes the whole folder (new, or Exchange forgot the position);
+       -- 'ok': both folders have a position; 'error': the last read failed.
+       CASE WHEN w.mailbox IS NULL THEN NULL
+            WHEN w.last_error IS NOT NULL THEN 'error'
+            WHEN w.resync_needed OR w.calendar_position IS NULL
+                 OR w.tasks_position IS NULL THEN 'afresh'
+            ELSE 'ok' END AS sync_position,
+       w.last_sync_at, w.last_change_at,
+       w.last_error AS sync_error
 FROM per_log p
-FULL JOIN items i ON i.mailbox = p.mailbox;
+FULL JOIN items i ON i.mailbox = p.mailbox
+LEFT JOIN contactlog.outlook_watch w
+       ON w.mailbox = lower(btrim(coalesce(p.mailbox, i.mailbox)));
 
 
 -- ======== sql/roles.sql ========

@@ -140,7 +140,19 @@ SELECT coalesce(p.mailbox, i.mailbox) AS mailbox,
        coalesce(i.items_held, 0) AS items_held,
        coalesce(p.pending, 0) AS pending,
        coalesce(p.failed, 0) AS failed,
-       p.last_success, p.last_error, p.last_error_at
+       p.last_success, p.last_error, p.last_error_at,
+       -- Outlook -> CRM (SyncFromOutlook = 1): where reading back stands. 'afresh':
+       -- the next read takes the whole folder (new, or Exchange forgot the position);
+       -- 'ok': both folders have a position; 'error': the last read failed.
+       CASE WHEN w.mailbox IS NULL THEN NULL
+            WHEN w.last_error IS NOT NULL THEN 'error'
+            WHEN w.resync_needed OR w.calendar_position IS NULL
+                 OR w.tasks_position IS NULL THEN 'afresh'
+            ELSE 'ok' END AS sync_position,
+       w.last_sync_at, w.last_change_at,
+       w.last_error AS sync_error
 FROM per_log p
-FULL JOIN items i ON i.mailbox = p.mailbox;
+FULL JOIN items i ON i.mailbox = p.mailbox
+LEFT JOIN contactlog.outlook_watch w
+       ON w.mailbox = lower(btrim(coalesce(p.mailbox, i.mailbox)));
 

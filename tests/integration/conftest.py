@@ -222,7 +222,8 @@ class Database:
                           "RETURNING id", *columns.values())
 
     def set_attribute(self, name, value):
-        self.query("UPDATE contactlog.attribute SET value = %s WHERE name = %s", value, name)
+        self.query("INSERT INTO contactlog.attribute (name, value) VALUES (%s, %s) "
+                   "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", name, value)
 
     def synced(self, log_id):
         """True once followupd has finished a pass over the log's latest version
@@ -245,7 +246,8 @@ class Database:
 def db(pg, sim):
     d = Database(pg)
     d.query("TRUNCATE contactlog.contact_log, contactlog.employee, contactlog.attribute, "
-            "contactlog.outlook_sync, contactlog.outlook_queue, contactlog.outlook_item "
+            "contactlog.outlook_sync, contactlog.outlook_queue, contactlog.outlook_item, "
+            "contactlog.outlook_watch, contactlog.outlook_change_log "
             "RESTART IDENTITY CASCADE")
     pg.psql("-f", INSTALL_SQL)   # re-seeds the attributes with their defaults
     sim.reset()

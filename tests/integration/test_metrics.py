@@ -100,7 +100,8 @@ def test_every_documented_family_is_served(db, sim, metrics_daemon):
     assert m.value("followupd_database_connected") == 1
     assert m.value("followupd_backend_state", state="ok") == 1
     assert m.value("followupd_backend_state", state="auth_failing") == 0
-    assert m.value("followupd_outlook_changes_total") == 0
+    assert m.value("followupd_outlook_changes_total", result="applied") == 0
+    assert m.value("followupd_outlook_changes_total", result="refused") == 0
     assert m.value("followupd_throttled_mailboxes") == 0
     assert m.value("followupd_parked_logs") == 0
 

@@ -5,7 +5,7 @@
 -- remembered, the conflict rule, the position stored with the page (all or
 -- nothing), and who may call and read what.
 BEGIN;
-SELECT plan(94);
+SELECT plan(104);
 
 -- The outbox version of a log (0: none), and whether a forced pass is queued.
 CREATE FUNCTION pg_temp.version_of(log_id bigint) RETURNS bigint LANGUAGE sql AS $$
@@ -57,16 +57,17 @@ VALUES (1701, 601, 'Completed',  'in_progress', 601, 'r', '2030-01-01 09:00+00')
        (1710, 601, 'Completed!', 'completed',   NULL, 'r', '2030-01-10 09:00+00'),
        (1711, 603, 'Ed''s',      'in_progress', 603, 'r', '2030-01-11 09:00+00'),
        (1712, 601, 'By daemon',  'in_progress', 601, 'r', '2030-01-12 09:00+00'),
-       (1713, 602, 'Bob''s',     'in_progress', 602, 'r', '2030-01-13 09:00+00');
+       (1713, 602, 'Bob''s',     'in_progress', 602, 'r', '2030-01-13 09:00+00'),
+       (1714, 601, 'Due day',    'in_progress', 601, 'r', '2030-01-14 09:00+00');
 INSERT INTO contactlog.outlook_item (contact_log_id, kind, mailbox, item_id, change_key)
 SELECT l.id, k.kind, CASE l.created_by WHEN 601 THEN 'alice@example.org'
                                        WHEN 602 THEN 'bob@example.org' ELSE 'ed@example.org' END,
        CASE k.kind WHEN 'appointment' THEN 'A' ELSE 'T' END || l.id, 'k0'
 FROM contactlog.contact_log l
 CROSS JOIN (VALUES ('appointment'), ('task')) k(kind)
-WHERE l.id BETWEEN 1701 AND 1713;
+WHERE l.id BETWEEN 1701 AND 1714;
 -- Everything is in Outlook: the daemon synced it all (synced outbox rows leave).
-DELETE FROM contactlog.outlook_sync WHERE contact_log_id BETWEEN 1701 AND 1713;
+DELETE FROM contactlog.outlook_sync WHERE contact_log_id BETWEEN 1701 AND 1714;
 
 SELECT has_function('contactlog', 'followupd_apply_outlook_changes',
                     ARRAY['text', 'text[]', 'text[]', 'text[]', 'text[]', 'text[]', 'text', 'text'],
@@ -144,6 +145,33 @@ SELECT ok((SELECT last_change_at IS NOT NULL AND last_sync_at IS NOT NULL
 -- A task's due date and a task change key "a1" with the date unchanged: nothing to do.
 SELECT is(pg_temp.apply('{task}', '{T1702}', '{k1}', '{moved}', '{2030-02-03 09:30+00}'),
           ARRAY['T1702 false no change'], 'moved to the time the log already has: no change, not recorded');
+
+-- A task's new due date as a date (what the daemon sends): the log keeps its time of day
+-- in the mailbox's employee's zone (Alice: none, so UTC).
+SELECT is(pg_temp.apply('{task}', '{T1702}', '{k1b}', '{moved}', '{2030-02-03}'),
+          ARRAY['T1702 false no change'], 'a task due on the day it is due: no change');
+SELECT is(pg_temp.apply('{task}', '{T1702}', '{k2}', '{moved}', '{2030-02-10}'),
+          ARRAY['T1702 true -'], 'a task moved to another day: applied');
+SELECT is(pg_temp.log_state(1702), 'in_progress/601/2030-02-10 09:30',
+          'a task moved: the new day, the old time of day');
+SELECT is(contactlog.followupd_task_due_moved('2030-01-02 08:30+00', '2030-03-05', 'Europe/Berlin'),
+          '2030-03-05 08:30+00'::timestamptz, 'the time of day is kept in the employee''s zone (09:30 CET)');
+SELECT is(contactlog.followupd_task_due_moved('2030-01-02 08:30+00', '2030-07-01', 'Europe/Berlin'),
+          '2030-07-01 07:30+00'::timestamptz, '... across a change to summer time (09:30 CEST)');
+SELECT is(contactlog.followupd_task_due_moved('2030-01-02 23:30+00', '2030-01-09', 'America/New_York'),
+          '2030-01-09 23:30+00'::timestamptz, '... west of UTC (18:30 EST)');
+SELECT is(contactlog.followupd_task_due_moved('2030-01-02 08:30+00', '2030-03-05', 'Mars/Olympus'),
+          '2030-03-05 08:30+00'::timestamptz, 'an unknown zone: UTC');
+SELECT is(contactlog.followupd_task_due_moved(NULL, '2030-03-05', NULL),
+          '2030-03-05 09:00+00'::timestamptz, 'no follow-up time: 09:00');
+
+-- One edit read as two changes where the first is no change (a task ticked off on the
+-- day it is due): the second is not taken for our own echo.
+SELECT is(pg_temp.apply('{task,task}', '{T1714,T1714}', '{k7,k7}', '{moved,completed}',
+                        '{2030-01-14,NULL}'),
+          ARRAY['T1714 false no change', 'T1714 true -'],
+          'ticked off on its due day: moved is no change, completed is applied');
+SELECT is(pg_temp.log_state(1714), 'completed/-/2030-01-14 09:00', '... and the log is completed');
 
 -- ---- refused: not the owner -----------------------------------------------------------------
 SELECT pg_temp.version_of(1703) AS v \gset

@@ -194,7 +194,9 @@ static void the_page_has_every_family_and_the_figures(void **state)
         "followupd_backend_state{state=\"ok\"} 0\n",
         "followupd_backend_state{state=\"auth_failing\"} 1\n",
         "followupd_database_connected 1\n",
-        "# TYPE followupd_outlook_changes_total counter\nfollowupd_outlook_changes_total 0\n",
+        "# TYPE followupd_outlook_changes_total counter\n"
+        "followupd_outlook_changes_total{result=\"applied\"} 0\n"
+        "followupd_outlook_changes_total{result=\"refused\"} 0\n",
     };
     for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
         if (!strstr(page, expected[i]))
