@@ -26,6 +26,8 @@
 #define RETRY_MAX_MS (5 * 60 * 1000)
 /* Pages of one folder in one chain; more wait for the next turn (never spin). */
 #define MAX_PAGES 50
+/* A page with a change put off (a pass over its log under way) is read again then. */
+#define IN_FLIGHT_RETRY_MS 2000
 
 typedef struct mailbox_watch {
     char *mailbox;
@@ -47,6 +49,7 @@ typedef struct read_chain {
     int pages;
     bool reset_done;             /* read afresh once after an invalid position */
     bool at_database;            /* waiting for the database (else for the back end) */
+    int64_t read_again_at_ms;    /* > 0: read the mailbox again then (a change put off) */
     char *new_position;          /* of the page on its way to the database */
     bool more;
     size_t n;                    /* the page's changes, for the log lines */
@@ -284,8 +287,8 @@ static void chain_end(read_chain *c, const char *why)
             box->due = true;
         } else {
             box->failures = 0;
-            box->not_before_ms = 0;
-            box->due = box->again || c->pages >= MAX_PAGES;
+            box->not_before_ms = c->read_again_at_ms;
+            box->due = box->again || c->pages >= MAX_PAGES || c->read_again_at_ms > 0;
         }
         box->again = false;
     }
@@ -339,11 +342,16 @@ static void on_page_applied(PGresult *result, void *userdata)
         return;
     }
     int rows = PQntuples(result);
+    size_t put_off = 0;
     for (int row = 0; row < rows && (size_t)row < c->n; row++) {
         const char *item = PQgetvalue(result, row, 0);
         bool applied = strcmp(PQgetvalue(result, row, 1), "t") == 0;
         const char *reason = PQgetisnull(result, row, 2) ? NULL : PQgetvalue(result, row, 2);
-        if (applied) {
+        if (reason && strcmp(reason, "in flight") == 0) {
+            put_off++;
+            log_debug("Outlook -> CRM: %s: item %s %s: put off, a pass over its log is "
+                      "under way", mailbox, item, c->whats[row]);
+        } else if (applied) {
             w->stats.applied++;
             log_info("Outlook -> CRM: %s: %s %s in Outlook: applied", mailbox,
                      kind_name(c->kind), c->whats[row]);
@@ -360,6 +368,12 @@ static void on_page_applied(PGresult *result, void *userdata)
                      "back", mailbox, kind_name(c->kind), c->whats[row],
                      reason ? reason : "no reason");
         }
+    }
+    if (put_off > 0) {
+        /* The database kept the old position: read this page again after the pass. */
+        c->read_again_at_ms = loop_timer_now_ms() + IN_FLIGHT_RETRY_MS;
+        chain_end(c, NULL);
+        return;
     }
     if (c->box && c->new_position) {
         free(c->box->position[c->kind]);

@@ -2142,6 +2142,10 @@ $$;
 --                        (a page read twice), or the item is already deleted
 --   'no change'          the log already says so (moved to its own time,
 --                        completed when it is completed)
+--   'in flight'          a pass over the log is under way (a claim stands): the
+--                        change may be that pass's own write, whose key is not
+--                        recorded yet. The position is then NOT stored: the caller
+--                        reads the page again once the pass is over.
 --   'SyncFromOutlook = 0: ...', 'unknown change ...'
 -- Recorded (a row of contactlog.outlook_changes), each as the employee whose
 -- address is the mailbox (case-insensitive, trimmed):
@@ -2216,6 +2220,7 @@ DECLARE
     -- read as two changes (a task moved and ticked off) shares one key, and the
     -- first may record it ('no change') before the second is looked at.
     keys_seen text[] := '{}';
+    in_flight integer := 0;    -- changes put off: a pass over their log is under way
 BEGIN
     IF box IS NULL OR box = '' THEN
         RAISE EXCEPTION 'the mailbox must not be empty' USING ERRCODE = '22023';
@@ -2316,6 +2321,16 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM contactlog.outlook_change_log c
                            WHERE c.item_id = item.item_id AND c.change_key = c_key) THEN
             reason := 'own change';
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- A pass over the log is under way: what is read may be its own write, whose
+        -- change key is recorded only when the pass ends. Put off (not recorded, and
+        -- the position not stored, so the page is read again after the pass).
+        IF EXISTS (SELECT 1 FROM contactlog.outlook_queue q
+                   WHERE q.contact_log_id = log_id AND q.claimed_until IS NOT NULL) THEN
+            in_flight := in_flight + 1;
+            reason := 'in flight';
             RETURN NEXT;
             CONTINUE;
         END IF;
@@ -2452,7 +2467,11 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
-    -- The position after this page, last: the changes and it commit together.
+    -- The position after this page, last: the changes and it commit together; not
+    -- while a change of the page was put off (the page is to be read again).
+    IF in_flight > 0 THEN
+        new_position := NULL;
+    END IF;
     IF (position_kind IS NOT NULL AND new_position IS NOT NULL) OR recorded > 0 THEN
         INSERT INTO contactlog.outlook_watch AS w (mailbox) VALUES (box)
         ON CONFLICT (mailbox) DO NOTHING;

@@ -210,3 +210,93 @@ def test_sync_from_outlook_off_changes_nothing(db, sim, backend, syncing, alice)
     assert not [r for r in sim.requests() if r["op"] in READS]
     assert log_row(db, log_id)[0] == "in_progress"
     assert changes(db, log_id) == []
+
+
+def test_crm_and_outlook_edits_at_the_same_moment_the_crm_wins(db, sim, backend, syncing,
+                                                               alice):
+    """docs/architecture.md, conflict rule: the CRM's committed state wins unless the
+    Outlook change was applied first. Both edits are made while the daemon is down, so
+    neither is handled before the other exists: whichever the daemon looks at first,
+    the log keeps the CRM's time and Outlook is brought to it; the Outlook change is
+    refused ("changed in the CRM meanwhile") or, when the CRM's write reached the item
+    first, never seen as a change of its own."""
+    log_id = ready_log(db, sim, alice)
+    assert syncing.stop() == 0
+    db.query("UPDATE contactlog.contact_log SET next_contact_at = '2030-05-10 11:00+00' "
+             "WHERE id = %s", log_id)
+    edit(sim, item(sim, log_id, "appointment")["id"],
+         start="2030-05-20T15:00:00Z", end="2030-05-20T15:30:00Z")
+    syncing.start()
+    db.wait_synced(log_id, timeout=20)
+    quiet_rounds(db, sim, backend)
+    assert log_row(db, log_id) == ("in_progress", "2030-05-10 11:00")
+    assert item(sim, log_id, "appointment")["start"] == "2030-05-10T11:00:00Z"
+    assert [c[:2] for c in changes(db, log_id)] in ([], [("moved", False)])
+    assert all(c[3] == "changed in the CRM meanwhile" for c in changes(db, log_id))
+
+
+def test_an_outlook_change_applied_first_then_a_crm_edit_the_crm_edit_stands(
+        db, sim, backend, syncing, alice):
+    log_id = ready_log(db, sim, alice)
+    edit(sim, item(sim, log_id, "appointment")["id"],
+         start="2030-05-20T15:00:00Z", end="2030-05-20T15:30:00Z")
+    wait_for(lambda: log_row(db, log_id)[1] == "2030-05-20 15:00",
+             timeout=(LATENCY[backend] + 1) * SLOW, what="the Outlook change applied")
+    db.query("UPDATE contactlog.contact_log SET next_contact_at = '2030-05-10 11:00+00' "
+             "WHERE id = %s", log_id)
+    db.wait_synced(log_id)
+    quiet_rounds(db, sim, backend)
+    assert log_row(db, log_id) == ("in_progress", "2030-05-10 11:00")
+    assert item(sim, log_id, "appointment")["start"] == "2030-05-10T11:00:00Z"
+    assert [c[:2] for c in changes(db, log_id)] == [("moved", True)]
+
+
+def test_changes_made_while_postgresql_was_down_are_applied_once(db, pg, sim, backend,
+                                                                  syncing, alice):
+    log_id = ready_log(db, sim, alice)
+    db.close()
+    pg.pg_ctl("stop")
+    try:
+        wait_for(lambda: "database connection lost" in syncing.output(), timeout=20,
+                 what="the daemon to notice")
+        edit(sim, item(sim, log_id, "task")["id"], status="Completed")
+    finally:
+        pg.pg_ctl("start")
+    db.__init__(pg)
+    wait_for(lambda: log_row(db, log_id)[0] == "completed", timeout=60,
+             what="the change made while PostgreSQL was down")
+    quiet_rounds(db, sim, backend)
+    assert [c[:2] for c in changes(db, log_id)] == [("completed", True)]
+
+
+def test_changes_during_an_exchange_outage_arrive_after_it(db, sim, backend, syncing, alice):
+    log_id = ready_log(db, sim, alice)
+    reads = ["SyncFolderItems"] if backend == "ews" else ["EventsDelta", "TasksDelta"]
+    # Two failed reads: the daemon tries again after 5 s, then 10 s.
+    sim.fault(mode="http_status", status=503, count=2, ops=reads)
+    edit(sim, item(sim, log_id, "appointment")["id"],
+         start="2030-06-01T07:00:00Z", end="2030-06-01T07:30:00Z")
+    wait_for(lambda: log_row(db, log_id)[1] == "2030-06-01 07:00", timeout=60,
+             what="the change after Exchange answers again")
+    assert any(r.get("fault") == "http_status" for r in sim.requests()), \
+        "the outage never happened"
+    quiet_rounds(db, sim, backend)
+    assert [c[:2] for c in changes(db, log_id)] == [("moved", True)]
+
+
+def test_an_expired_subscription_is_made_again_and_nothing_is_missed(db, sim, backend,
+                                                                     syncing, alice):
+    if backend != "ews":
+        pytest.skip("EWS streaming subscriptions; Graph has none")
+    log_id = ready_log(db, sim, alice)
+    wait_for(lambda: sim.call("GET", "/_sim/sync-stats")["streaming_connections"] >= 1,
+             what="a streaming connection")
+    before = len(sim.call("GET", "/_sim/subscriptions"))
+    sim.call("POST", "/_sim/expire", {"mailbox": ALICE, "what": "subscriptions"})
+    edit(sim, item(sim, log_id, "task")["id"], status="Completed")
+    wait_for(lambda: log_row(db, log_id)[0] == "completed", timeout=(LATENCY[backend] + 1) * SLOW,
+             what="the change made as the subscription expired")
+    wait_for(lambda: len(sim.call("GET", "/_sim/subscriptions")) > before,
+             what="a new subscription")
+    quiet_rounds(db, sim, backend)
+    assert [c[:2] for c in changes(db, log_id)] == [("completed", True)]

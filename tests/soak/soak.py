@@ -11,8 +11,17 @@ SPEC §3 says, each once, in the log's home mailbox (the owner's or the creator'
 FollowUpMailbox says at the end), with the newest content, and no tagged item without
 a log that wants it.
 
+With SyncFromOutlook = 1 (issue 17; off with --no-outlook-edits) people act in
+Outlook too, at random: an appointment moved, a task's due date changed, a task ticked
+off, an item deleted. At the end, after the daemon has read every watched mailbox past
+its last change, SPEC §7 must hold on top: an item is missing only when its deletion in
+Outlook was applied (outlook_item.deleted_in_outlook), every change read back is
+recorded once, a refused one has its reason, and the mailboxes agree with the logs (an
+applied change is in the log, a refused one was put back in Outlook).
+
     top_srcdir=. top_builddir=build /usr/bin/python3 tests/soak/soak.py \\
-        [--seconds 120] [--backend ews|graph] [--seed N] [--logs 200] [--mailboxes 12]
+        [--seconds 120] [--backend ews|graph] [--seed N] [--logs 200] [--mailboxes 12] \\
+        [--no-outlook-edits]
 
 Prints the seed first; `--seed N` replays the same random choices (timing still
 varies). Exit status 0 when the invariant holds, 1 with the offending logs listed.
@@ -26,6 +35,8 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
@@ -39,6 +50,14 @@ PROPERTY_KEY = "6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86/FollowupdContactLog"
 CONFIG = ("[delivery]\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\nmax_attempts = 1000\n"
           "settle_ms = 3000\nlease_seconds = 4\nconcurrency = 4\nbatch_size = 5\n")
 LATE_MS = 2500
+# The least poll interval the daemon takes: Graph reads each watched mailbox this often.
+GRAPH_POLL = "\n[graph]\npoll_interval = 5\n"
+# The simulators' request log: what reads a mailbox back, what writes to it.
+READS = ("SyncFolderItems", "EventsDelta", "TasksDelta")
+WRITES = ("CreateItem", "UpdateItem", "DeleteItem", "CreateEvent", "PatchEvent", "DeleteEvent",
+          "CreateTask", "PatchTask", "DeleteTask")
+# How long the end waits for every watched mailbox to be read past its last change.
+READ_BACK_TIMEOUT = 180
 
 
 class Soak:
@@ -54,18 +73,33 @@ class Soak:
         self.sim = (GraphSimulator if args.backend == "graph" else Simulator)(sim_dir)
         self.db = Database(self.pg)
         self.db.set_attribute("AddToTasks", "1")
+        if args.outlook_edits:
+            self.db.query("INSERT INTO contactlog.attribute (name, value) VALUES "
+                          "('SyncFromOutlook', '1') ON CONFLICT (name) DO UPDATE "
+                          "SET value = EXCLUDED.value")
         self.daemons = []
         self.stats = {}
+        # What people did in Outlook: the time of the last edit per mailbox (the end
+        # waits for a read past it) and every edit, for the report of a failure.
+        self.outlook_edited_at = {}
+        self.history = []
 
     def count(self, what):
         self.stats[what] = self.stats.get(what, 0) + 1
+
+    def trace(self, log_id, what):
+        """What the soak did to a log (None: to all), for the report of a failure."""
+        self.history.append((time.time(), log_id, what))
 
     # -- daemons -----------------------------------------------------------------
     def start_daemon(self):
         n = len(self.daemons)
         workdir = os.path.join(self.workdir, f"daemon{n}")
         os.mkdir(workdir)
-        d = Daemon(workdir, self.pg, self.sim, CONFIG)
+        config = CONFIG
+        if self.args.outlook_edits and self.args.backend == "graph":
+            config += GRAPH_POLL
+        d = Daemon(workdir, self.pg, self.sim, config)
         self._set_timeout(d)
         d.start()
         self.daemons.append(d)
@@ -150,20 +184,28 @@ class Soak:
         if op < 0.35:
             self.db.query("UPDATE contactlog.contact_log SET next_contact_at = %s WHERE id = %s",
                           when, log_id)
+            done = f"next_contact_at = {when}"
         elif op < 0.65:
+            done = f"reason = edit {self.rng.randrange(10**6)}"
             self.db.query("UPDATE contactlog.contact_log SET reason = %s WHERE id = %s",
-                          f"edit {self.rng.randrange(10**6)}", log_id)
+                          done[len("reason = "):], log_id)
         elif op < 0.75:
             self.db.query("UPDATE contactlog.contact_log SET next_contact_at = NULL WHERE id = %s",
                           log_id)
+            done = "next_contact_at = NULL"
         elif op < 0.85:
+            reason = f"back {self.rng.randrange(10**6)}"
             self.db.query("UPDATE contactlog.contact_log SET next_contact_at = %s, reason = %s "
-                          "WHERE id = %s", when, f"back {self.rng.randrange(10**6)}", log_id)
+                          "WHERE id = %s", when, reason, log_id)
+            done = f"next_contact_at = {when}, reason = {reason}"
         elif op < 0.93:
             self.db.query("UPDATE contactlog.contact_log SET status = 'completed', owner_id = NULL "
                           "WHERE id = %s", log_id)
+            done = "completed"
         else:
             self.db.query("DELETE FROM contactlog.contact_log WHERE id = %s", log_id)
+            done = "deleted"
+        self.trace(log_id, f"CRM: {done}")
         self.count("edit")
 
     def change_owner(self, log_id):
@@ -179,6 +221,7 @@ class Soak:
                 self.db.query(f"SELECT contactlog.{op}(%s, %s)", log_id,
                               other if op == "take" else actor)
             self.count(op)
+            self.trace(log_id, f"CRM: {op} by {actor}, other {other}")
         except Exception as exc:
             if getattr(exc, "pgcode", None) != "42501":
                 raise
@@ -190,6 +233,50 @@ class Soak:
                       "('FollowUpMailbox', %s) ON CONFLICT (name) DO UPDATE "
                       "SET value = EXCLUDED.value", value)
         self.count(f"FollowUpMailbox = {value}")
+        self.trace(None, f"CRM: FollowUpMailbox = {value}")
+
+    # -- a person in Outlook (SPEC §7) ---------------------------------------------
+    def outlook_edit(self):
+        """Someone acts on a random item of ours in their Outlook, as people do:
+        moves an appointment, changes a task's due date, ticks a task off, deletes."""
+        tagged = [(mailbox, item) for mailbox, items in self.sim.mailboxes().items()
+                  for item in items
+                  if item["extended_properties"].get(PROPERTY_KEY, "").startswith("contactlog:")]
+        if not tagged:
+            return
+        mailbox, item = self.rng.choice(tagged)
+        tag = item["extended_properties"][PROPERTY_KEY]
+        kind = tag.rsplit(":", 1)[1]
+        day = datetime.datetime(2031, self.rng.randint(1, 12), self.rng.randint(1, 28),
+                                tzinfo=datetime.timezone.utc)
+        start = day + datetime.timedelta(hours=self.rng.randint(6, 18),
+                                         minutes=self.rng.choice([0, 15, 30, 45]))
+        op = self.rng.random()
+        if op < 0.2:
+            what, method, fields = "item deleted", "DELETE", None
+        elif kind == "appointment":
+            end = start + datetime.timedelta(minutes=30)
+            what, method = "appointment moved", "PATCH"
+            fields = {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                      "end": end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        elif op < 0.6:
+            what, method = "task due date changed", "PATCH"
+            fields = {"due_date": day.strftime("%Y-%m-%dT00:00:00Z")}
+        else:
+            what, method, fields = "task completed", "PATCH", {"status": "Completed"}
+        path = "/_sim/items/" + urllib.parse.quote(item["id"], safe="")
+        try:
+            answer = self.sim.call(method, path, fields)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+            self.count("Outlook: item gone before the edit (404)")
+            return
+        self.outlook_edited_at[mailbox] = time.time()
+        self.trace(int(tag.split(":")[1]),
+                   f"Outlook: {kind} {what} in {mailbox} {fields or ''} (item {item['id'][-12:]}, "
+                   f"change key now {(answer or {}).get('change_key')})")
+        self.count(f"Outlook: {what}")
 
     def new_log(self):
         owner = self.rng.choice(self.people)
@@ -207,9 +294,12 @@ class Soak:
         while time.monotonic() < deadline:
             r = self.rng.random()
             try:
-                if r < 0.80:
+                if r < 0.76 or (r < 0.80 and not args.outlook_edits):
                     for _ in range(self.rng.randint(1, 8)):
                         self.edit()
+                elif r < 0.80:
+                    for _ in range(self.rng.randint(1, 3)):
+                        self.outlook_edit()
                 elif r < 0.81:
                     self.switch_follow_up_mailbox()
                 elif r < 0.88:
@@ -255,24 +345,143 @@ class Soak:
             if d.proc and d.proc.poll() is not None and d.proc.returncode not in (0, -9):
                 print(f"a daemon exited with {d.proc.returncode}:\n{d.output()[-3000:]}")
                 return 1
-        wait_for(lambda: self.db.value(
-            "SELECT count(*) FROM contactlog.followupd_log_state WHERE dirty AND NOT failed") == 0,
-            timeout=180, what="the queue to drain")
+        self.wait_drained()
+        problems = self.wait_read_back() if self.args.outlook_edits else []
         parked = self.db.query("SELECT contact_log_id, last_error FROM "
                                "contactlog.followupd_log_state WHERE failed")
-        problems = [f"log {i} parked: {e}" for i, e in parked]
+        problems += [f"log {i} parked: {e}" for i, e in parked]
         problems += self.check_mailboxes()
+        if self.args.outlook_edits:
+            problems += self.check_outlook_changes()
+            for what, applied, n in self.db.query(
+                    "SELECT what, applied, count(*) FROM contactlog.outlook_change_log "
+                    "GROUP BY 1, 2"):
+                self.stats[f"read back: {what} {'applied' if applied else 'refused'}"] = n
         print("soak:", ", ".join(f"{k} {v}" for k, v in sorted(self.stats.items())))
         if problems:
             print(f"soak: {len(problems)} problems (seed {self.args.seed}):")
             for p in problems[:50]:
                 print("  " + p)
+            self.print_history(problems)
             return 1
         print(f"soak: invariant holds for {len(self.ids)} logs (seed {self.args.seed})")
         return 0
 
+    def drained(self):
+        return self.db.value("SELECT count(*) FROM contactlog.followupd_log_state "
+                             "WHERE dirty AND NOT failed") == 0
+
+    def wait_drained(self):
+        wait_for(self.drained, timeout=180, what="the queue to drain")
+
+    # -- the end: Outlook -> CRM ---------------------------------------------------
+    def wait_read_back(self):
+        """Waits, the queue drained, until the daemon has read every watched mailbox
+        after the last change to it (a write of the daemon's, a person's edit) and
+        stored what it read: a change still on its way is no failure of the invariant.
+        Refusals put Outlook back and applied changes update the other item, which
+        are writes again: so until nothing new happens."""
+        time.sleep(LATE_MS / 1000)   # a write the last fault made late lands first
+        deadline = time.monotonic() + READ_BACK_TIMEOUT
+        unread = []
+        while time.monotonic() < deadline:
+            self.wait_drained()
+            unread, writes = self.mailboxes_not_read_back()
+            if not unread:
+                time.sleep(1)
+                unread, writes_now = self.mailboxes_not_read_back()
+                if not unread and writes_now == writes and self.drained():
+                    return []
+            time.sleep(0.5)
+        return [f"mailbox {m}: not read back after its last change in {READ_BACK_TIMEOUT} s "
+                f"({why})" for m, why in unread]
+
+    def mailboxes_not_read_back(self):
+        """[(mailbox, why)] of the watched mailboxes whose calendar and then tasks were
+        not read after the last write to them and the last edit in them, or whose last
+        read is not stored yet; and the number of writes so far."""
+        requests = self.sim.requests()
+        folder = {}   # request seq -> "calendar" / "tasks"
+        if self.args.backend == "ews":
+            for r in self.sim.call("GET", "/_sim/requests?op=SyncFolderItems&body=1"):
+                folder[r["seq"]] = "tasks" if 'Id="tasks"' in (r.get("body") or "") \
+                    else "calendar"
+        last_write, reads, writes = {}, {}, 0
+        for r in requests:
+            mailbox = r.get("mailbox")
+            if r["op"] in WRITES:
+                writes += 1
+                if mailbox:
+                    last_write[mailbox] = r["seq"]
+            elif r["op"] in READS and mailbox:
+                where = folder.get(r["seq"], "tasks" if r["op"] == "TasksDelta" else "calendar")
+                reads.setdefault(mailbox, []).append((r["seq"], r["time"], where))
+        unread = []
+        for mailbox, stored_at in self.db.query(
+                "SELECT mailbox, extract(epoch FROM last_sync_at)::float8 "
+                "FROM contactlog.followupd_watched_mailboxes()"):
+            after_write = last_write.get(mailbox, -1)
+            after_edit = self.outlook_edited_at.get(mailbox, 0)
+            seen = reads.get(mailbox, [])
+            calendar = next((seq for seq, at, where in seen if where == "calendar"
+                             and seq > after_write and at > after_edit), None)
+            if calendar is None:
+                unread.append((mailbox, "no read of the calendar since"))
+            elif not any(seq > calendar and where == "tasks" for seq, _, where in seen):
+                unread.append((mailbox, "no read of the tasks since"))
+            elif stored_at is None or stored_at < seen[-1][1]:
+                unread.append((mailbox, "the last read not stored"))
+        return unread, writes
+
+    def check_outlook_changes(self):
+        """SPEC §7 in contactlog.outlook_change_log: each change read back is recorded
+        once (a page read twice, by two daemons or after a crash, applies once), and a
+        refused one says why."""
+        problems = []
+        for item_id, key, what, n, logs in self.db.query(
+                "SELECT item_id, change_key, what, count(*), array_agg(DISTINCT contact_log_id) "
+                "FROM contactlog.outlook_change_log GROUP BY 1, 2, 3 HAVING count(*) > 1"):
+            problems.append(f"log {logs[0]}: {what} of item {item_id} (change key {key!r}) "
+                            f"recorded {n} times")
+        for log_id, what in self.db.query(
+                "SELECT contact_log_id, what FROM contactlog.outlook_changes "
+                "WHERE NOT applied AND coalesce(btrim(reason), '') = ''"):
+            problems.append(f"log {log_id}: {what} in Outlook refused without a reason")
+        return problems
+
+    def print_history(self, problems, most=8):
+        """What happened to the first logs named in the problems: the soak's actions,
+        the changes read back, the outbox, the items' rows."""
+        named = []
+        for p in problems:
+            if p.startswith("log ") and p.split()[1].rstrip(":").isdigit():
+                log_id = int(p.split()[1].rstrip(":"))
+                if log_id not in named:
+                    named.append(log_id)
+        start = self.history[0][0] if self.history else 0
+        for log_id in named[:most]:
+            print(f"soak: history of log {log_id} (seconds since the first action):")
+            for at, which, what in self.history:
+                if which in (log_id, None):
+                    print(f"    {at - start:8.3f} {what}")
+            for row in self.db.query(
+                    "SELECT extract(epoch FROM at)::float8, kind, what, mailbox, old_value, "
+                    "new_value, applied, reason FROM contactlog.outlook_changes "
+                    "WHERE contact_log_id = %s ORDER BY id", log_id):
+                print(f"    {row[0] - start:8.3f} read back: {row[1]} {row[2]} in {row[3]} "
+                      f"{row[4]} -> {row[5]}, {'applied' if row[6] else 'refused: ' + row[7]}")
+            for row in self.db.query(
+                    "SELECT kind, mailbox, item_id, change_key, deleted_in_outlook "
+                    "FROM contactlog.outlook_item WHERE contact_log_id = %s", log_id):
+                print(f"    item row: {row}")
+            print("    log (status, owner, creator, next_contact_at, reason):", self.db.query(
+                "SELECT status, owner_id, created_by, next_contact_at, reason "
+                "FROM contactlog.contact_log WHERE id = %s", log_id))
+
     def check_mailboxes(self):
-        """Every item, in every mailbox, against what the logs want now."""
+        """Every item, in every mailbox, against what the logs want now. An item its
+        user deleted in Outlook (the deletion applied: deleted_in_outlook) stays
+        deleted (SPEC §7): the only item a log may lack."""
         now = datetime.datetime.now(datetime.timezone.utc)
         found = {}
         for mailbox, items in self.sim.mailboxes().items():
@@ -292,6 +501,8 @@ class Soak:
             "JOIN contactlog.employee c ON c.id = l.created_by "
             "LEFT JOIN contactlog.employee o ON o.id = l.owner_id "
             "CROSS JOIN contactlog.effective_attribute a WHERE a.name = 'FollowUpMailbox'")}
+        deleted_in_outlook = set(self.db.query(
+            "SELECT contact_log_id, kind FROM contactlog.outlook_item WHERE deleted_in_outlook"))
         for tag, items in found.items():
             _, log_id, kind = tag.split(":")
             if len(items) > 1:
@@ -301,6 +512,11 @@ class Soak:
         for log_id, (status, next_contact, reason, email) in logs.items():
             for kind in ("appointment", "task"):
                 items = found.get(f"contactlog:{log_id}:{kind}", [])
+                if (log_id, kind) in deleted_in_outlook:
+                    if items:
+                        problems.append(f"log {log_id}: {kind} deleted in Outlook (as recorded) "
+                                        f"is back in {items[0][0]}")
+                    continue
                 if next_contact is None:
                     if items:
                         problems.append(f"log {log_id}: {kind} without a follow-up")
@@ -325,6 +541,12 @@ class Soak:
                 if kind == "appointment" and item["start"] != start.strftime("%Y-%m-%dT%H:%M:%SZ"):
                     problems.append(f"log {log_id}: appointment at {item['start']}, the log at "
                                     f"{start.isoformat()}")
+                # The employees have no time zone: due on the UTC date (SPEC §3).
+                if kind == "task" and (item.get("due_date") or "")[:10] != start.date().isoformat():
+                    problems.append(f"log {log_id}: task due {item.get('due_date')}, the log at "
+                                    f"{start.isoformat()}")
+                if kind == "task" and item["status"] == "Completed":
+                    problems.append(f"log {log_id}: task completed, the log {status}")
         return problems
 
     def close(self):
@@ -354,11 +576,14 @@ def main():
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--logs", type=int, default=200)
     p.add_argument("--mailboxes", type=int, default=12)
+    p.add_argument("--no-outlook-edits", dest="outlook_edits", action="store_false",
+                   help="SyncFromOutlook stays 0 and nobody edits in Outlook")
     args = p.parse_args()
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**31)
     print(f"soak: seed {args.seed}, {args.seconds:.0f} s, {args.backend}, {args.logs} logs, "
-          f"{args.mailboxes} mailboxes", flush=True)
+          f"{args.mailboxes} mailboxes, Outlook edits {'on' if args.outlook_edits else 'off'}",
+          flush=True)
     soak = Soak(args)
     try:
         rc = soak.run()

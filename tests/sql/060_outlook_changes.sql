@@ -5,7 +5,7 @@
 -- remembered, the conflict rule, the position stored with the page (all or
 -- nothing), and who may call and read what.
 BEGIN;
-SELECT plan(104);
+SELECT plan(108);
 
 -- The outbox version of a log (0: none), and whether a forced pass is queued.
 CREATE FUNCTION pg_temp.version_of(log_id bigint) RETURNS bigint LANGUAGE sql AS $$
@@ -58,16 +58,17 @@ VALUES (1701, 601, 'Completed',  'in_progress', 601, 'r', '2030-01-01 09:00+00')
        (1711, 603, 'Ed''s',      'in_progress', 603, 'r', '2030-01-11 09:00+00'),
        (1712, 601, 'By daemon',  'in_progress', 601, 'r', '2030-01-12 09:00+00'),
        (1713, 602, 'Bob''s',     'in_progress', 602, 'r', '2030-01-13 09:00+00'),
-       (1714, 601, 'Due day',    'in_progress', 601, 'r', '2030-01-14 09:00+00');
+       (1714, 601, 'Due day',    'in_progress', 601, 'r', '2030-01-14 09:00+00'),
+       (1715, 601, 'In flight',  'in_progress', 601, 'r', '2030-01-15 09:00+00');
 INSERT INTO contactlog.outlook_item (contact_log_id, kind, mailbox, item_id, change_key)
 SELECT l.id, k.kind, CASE l.created_by WHEN 601 THEN 'alice@example.org'
                                        WHEN 602 THEN 'bob@example.org' ELSE 'ed@example.org' END,
        CASE k.kind WHEN 'appointment' THEN 'A' ELSE 'T' END || l.id, 'k0'
 FROM contactlog.contact_log l
 CROSS JOIN (VALUES ('appointment'), ('task')) k(kind)
-WHERE l.id BETWEEN 1701 AND 1714;
+WHERE l.id BETWEEN 1701 AND 1715;
 -- Everything is in Outlook: the daemon synced it all (synced outbox rows leave).
-DELETE FROM contactlog.outlook_sync WHERE contact_log_id BETWEEN 1701 AND 1714;
+DELETE FROM contactlog.outlook_sync WHERE contact_log_id BETWEEN 1701 AND 1715;
 
 SELECT has_function('contactlog', 'followupd_apply_outlook_changes',
                     ARRAY['text', 'text[]', 'text[]', 'text[]', 'text[]', 'text[]', 'text', 'text'],
@@ -172,6 +173,26 @@ SELECT is(pg_temp.apply('{task,task}', '{T1714,T1714}', '{k7,k7}', '{moved,compl
           ARRAY['T1714 false no change', 'T1714 true -'],
           'ticked off on its due day: moved is no change, completed is applied');
 SELECT is(pg_temp.log_state(1714), 'completed/-/2030-01-14 09:00', '... and the log is completed');
+
+-- A pass over the log under way (its claim stands): what is read may be that pass's own
+-- write, whose key is recorded only when it ends. Put off, and the position kept, so the
+-- page is read again.
+INSERT INTO contactlog.outlook_queue (contact_log_id, claimed_until, claim_token, claimed_by)
+VALUES (1715, now() + interval '1 minute', 77, 'test')
+ON CONFLICT (contact_log_id) DO UPDATE
+SET claimed_until = excluded.claimed_until, claim_token = 77, claimed_by = 'test';
+SELECT is(pg_temp.apply('{appointment}', '{A1715}', '{k1}', '{moved}', '{2030-02-15T09:00:00Z}',
+                        'calendar', 'C-after-flight'),
+          ARRAY['A1715 false in flight'], 'a change to a log with a pass under way: put off');
+SELECT is(pg_temp.log_state(1715), 'in_progress/601/2030-01-15 09:00', '... the log unchanged');
+SELECT isnt((SELECT calendar_position FROM contactlog.outlook_watch
+             WHERE mailbox = 'alice@example.org'), 'C-after-flight',
+            '... and the position not stored: the page is read again');
+UPDATE contactlog.outlook_queue SET claimed_until = NULL, claim_token = NULL, claimed_by = NULL
+WHERE contact_log_id = 1715;
+SELECT is(pg_temp.apply('{appointment}', '{A1715}', '{k1}', '{moved}', '{2030-02-15T09:00:00Z}',
+                        'calendar', 'C-after-flight'),
+          ARRAY['A1715 true -'], 'read again after the pass: applied');
 
 -- ---- refused: not the owner -----------------------------------------------------------------
 SELECT pg_temp.version_of(1703) AS v \gset
