@@ -86,6 +86,10 @@ typedef struct delivery_sync_result {
      * SyncState, a Graph nextLink/deltaLink); NULL keeps the old one. */
     const char *new_position;
     bool more;                     /* more changes wait: sync again from new_position */
+    /* Read afresh, the pages list every item of the folder (EWS; Graph's To Do list),
+     * so an item of ours they do not list is gone. false: a window only (Graph's
+     * calendarView), which says nothing of the items outside it. */
+    bool whole_folder;
 } delivery_sync_result;
 
 typedef void (*delivery_sync_done_fn)(const delivery_sync_result *result, void *userdata);

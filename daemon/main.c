@@ -52,6 +52,7 @@ typedef struct daemon_state {
     delivery *backend;
     worker *worker;
     watch *watch;                /* Outlook -> CRM (SyncFromOutlook) */
+    uint64_t delivered_seen;     /* the worker's count at the last status timer */
     bool stopping;
     char db_problem[256];        /* why the database is not usable, while it is not */
     loop_timer *status_timer;
@@ -195,6 +196,11 @@ static void on_state_changed(void *userdata)
 static void on_status_timer(void *userdata)
 {
     daemon_state *st = userdata;
+    uint64_t delivered = worker_get_stats(st->worker)->delivered;
+    if (delivered != st->delivered_seen) {   /* maybe items in a mailbox not watched yet */
+        st->delivered_seen = delivered;
+        watch_items_changed(st->watch);
+    }
     refresh_status(st);
     loop_timer_arm(st->status_timer, STATUS_INTERVAL_USEC);
 }

@@ -31,6 +31,10 @@ void watch_free(watch *w);
 void watch_apply_config(watch *w, const config *cfg);
 void watch_db_connected(watch *w);
 void watch_db_disconnected(watch *w);
+/* Logs were delivered: items may now be in a mailbox not watched yet. Lists the
+ * mailboxes again now rather than at the next turn (at most once a second). */
+void watch_items_changed(watch *w);
+
 /* The daemon is stopping: no new reads; pages in flight still reach the database. */
 void watch_stop(watch *w);
 

@@ -273,6 +273,7 @@ void ews_sync_call_done(const delivery_result *result, void *userdata)
     delivery_sync_result sync = page ? page->result : (delivery_sync_result){0};
 
     sync.result = *result;
+    sync.whole_folder = true;   /* SyncFolderItems lists the whole folder */
     call->sync_done(&sync, call->sync_userdata);
     call->sync_page = NULL;
     ews_sync_page_free(page);

@@ -383,6 +383,8 @@ void graph_sync_reply(graph_call *call, const graph_reply *rep)
         .changes = page.changes,
         .new_position = page.link,
         .more = page.more,
+        /* tasks/delta lists the whole list; calendarView/delta only its window */
+        .whole_folder = call->kind == OUTLOOK_TASK,
     };
     call->sync_done(&sync, call->userdata);
     graph_delta_page_clear(&page);

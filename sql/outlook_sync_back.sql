@@ -513,6 +513,53 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------
+-- A folder read afresh (its position was lost) shows what is there, not what
+-- went: every item of ours of that kind in that mailbox that the whole read did
+-- not see was deleted meanwhile, and is judged as a 'deleted' change (as
+-- followupd_apply_outlook_changes, same rules and rows). Only items recorded
+-- before the read started (read_started_at, the database's clock): one created
+-- or moved by a pass during the read was not there to be seen.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION contactlog.followupd_apply_outlook_absent(
+    mailbox text, kind text, seen_item_ids text[], read_started_at timestamptz)
+RETURNS TABLE (item_id text, applied boolean, reason text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, contactlog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    box  constant text := lower(btrim(followupd_apply_outlook_absent.mailbox));
+    gone text[];
+    n    integer;
+BEGIN
+    IF followupd_apply_outlook_absent.kind IS NULL
+       OR followupd_apply_outlook_absent.kind NOT IN ('appointment', 'task') THEN
+        RAISE EXCEPTION 'unknown kind %: expected appointment or task',
+                        coalesce(quote_literal(followupd_apply_outlook_absent.kind), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF read_started_at IS NULL THEN
+        RAISE EXCEPTION 'read_started_at must be given' USING ERRCODE = '22023';
+    END IF;
+    SELECT array_agg(i.item_id ORDER BY i.item_id) INTO gone
+    FROM contactlog.outlook_item i
+    WHERE lower(btrim(i.mailbox)) = box AND i.kind = followupd_apply_outlook_absent.kind
+      AND i.item_id IS NOT NULL AND NOT i.deleted_in_outlook
+      AND i.updated_at < read_started_at
+      AND i.item_id <> ALL (coalesce(seen_item_ids, '{}'::text[]));
+    n := coalesce(cardinality(gone), 0);
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT r.item_id, r.applied, r.reason
+    FROM contactlog.followupd_apply_outlook_changes(
+        box, array_fill(followupd_apply_outlook_absent.kind, ARRAY[n]), gone,
+        array_fill(NULL::text, ARRAY[n]), array_fill('deleted'::text, ARRAY[n]),
+        array_fill(NULL::text, ARRAY[n]), NULL, NULL) r;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
 -- Every change that flowed back from Outlook, applied or refused (SPEC §7), for
 -- the front end and the administrator: the log, the employee whose mailbox it came
 -- from, what (completed / moved / deleted), the old and new value (moved: times

@@ -69,6 +69,9 @@ def ready_log(db, sim, alice, **columns):
     # One more read after the items exist: their creation is in the past for the watch.
     wait_for(lambda: item(sim, log_id, "task") and item(sim, log_id, "appointment"),
              what="both items")
+    if sim.backend == "ews":   # subscribed, and the stream open: changes are told of
+        wait_for(lambda: sim.call("GET", "/_sim/sync-stats")["streaming_connections"] >= 1,
+                 timeout=10, what="a streaming connection")
     return log_id
 
 
@@ -108,6 +111,8 @@ def test_a_task_ticked_off_in_outlook_completes_the_log(db, sim, backend, syncin
     quiet_rounds(db, sim, backend)
     assert len(changes(db, log_id)) == 1, "our own writes came back as changes (echo)"
     assert item(sim, log_id, "task")["status"] == "Completed"
+    assert item(sim, log_id, "appointment") is None, \
+        "the completed log's future appointment was not removed"
     # followupctl mailboxes: where reading back stands.
     result = run_ctl(syncing.config_path, "mailboxes", "--json")
     assert result.returncode == 0, result.stderr
@@ -300,3 +305,23 @@ def test_an_expired_subscription_is_made_again_and_nothing_is_missed(db, sim, ba
              what="a new subscription")
     quiet_rounds(db, sim, backend)
     assert [c[:2] for c in changes(db, log_id)] == [("completed", True)]
+
+
+def test_an_item_deleted_while_the_position_was_lost_is_found_gone(db, sim, backend, syncing,
+                                                                   alice):
+    """Read afresh, a folder shows what is there, not what went: what the whole read
+    did not list is judged deleted (the To Do list on Graph; its calendarView delta
+    is a window and says nothing of the items outside it)."""
+    log_id = ready_log(db, sim, alice)
+    keep = ready_log(db, sim, alice, next_contact_at="2030-03-02 09:00+00")
+    sim.call("POST", "/_sim/expire",
+             {"mailbox": ALICE, "what": "sync_state" if backend == "ews" else "delta"})
+    sim.call("DELETE", f"/_sim/items/{item(sim, log_id, 'task')['id']}?hard=1")
+    wait_for(lambda: [c[:2] for c in changes(db, log_id)] == [("deleted", True)],
+             timeout=(LATENCY[backend] + 5) * SLOW, what="the deletion found by reading afresh")
+    quiet_rounds(db, sim, backend)
+    assert changes(db, keep) == [], "an item still there was taken for gone"
+    assert log_row(db, log_id) == ("in_progress", "2030-03-01 09:00")
+    db.query("UPDATE contactlog.contact_log SET reason = 'edited' WHERE id = %s", log_id)
+    db.wait_synced(log_id)
+    assert item(sim, log_id, "task") is None

@@ -5,7 +5,7 @@
 -- remembered, the conflict rule, the position stored with the page (all or
 -- nothing), and who may call and read what.
 BEGIN;
-SELECT plan(108);
+SELECT plan(112);
 
 -- The outbox version of a log (0: none), and whether a forced pass is queued.
 CREATE FUNCTION pg_temp.version_of(log_id bigint) RETURNS bigint LANGUAGE sql AS $$
@@ -59,16 +59,17 @@ VALUES (1701, 601, 'Completed',  'in_progress', 601, 'r', '2030-01-01 09:00+00')
        (1712, 601, 'By daemon',  'in_progress', 601, 'r', '2030-01-12 09:00+00'),
        (1713, 602, 'Bob''s',     'in_progress', 602, 'r', '2030-01-13 09:00+00'),
        (1714, 601, 'Due day',    'in_progress', 601, 'r', '2030-01-14 09:00+00'),
-       (1715, 601, 'In flight',  'in_progress', 601, 'r', '2030-01-15 09:00+00');
+       (1715, 601, 'In flight',  'in_progress', 601, 'r', '2030-01-15 09:00+00'),
+       (1716, 601, 'Gone',       'in_progress', 601, 'r', '2030-01-16 09:00+00');
 INSERT INTO contactlog.outlook_item (contact_log_id, kind, mailbox, item_id, change_key)
 SELECT l.id, k.kind, CASE l.created_by WHEN 601 THEN 'alice@example.org'
                                        WHEN 602 THEN 'bob@example.org' ELSE 'ed@example.org' END,
        CASE k.kind WHEN 'appointment' THEN 'A' ELSE 'T' END || l.id, 'k0'
 FROM contactlog.contact_log l
 CROSS JOIN (VALUES ('appointment'), ('task')) k(kind)
-WHERE l.id BETWEEN 1701 AND 1715;
+WHERE l.id BETWEEN 1701 AND 1716;
 -- Everything is in Outlook: the daemon synced it all (synced outbox rows leave).
-DELETE FROM contactlog.outlook_sync WHERE contact_log_id BETWEEN 1701 AND 1715;
+DELETE FROM contactlog.outlook_sync WHERE contact_log_id BETWEEN 1701 AND 1716;
 
 SELECT has_function('contactlog', 'followupd_apply_outlook_changes',
                     ARRAY['text', 'text[]', 'text[]', 'text[]', 'text[]', 'text[]', 'text', 'text'],
@@ -193,6 +194,24 @@ WHERE contact_log_id = 1715;
 SELECT is(pg_temp.apply('{appointment}', '{A1715}', '{k1}', '{moved}', '{2030-02-15T09:00:00Z}',
                         'calendar', 'C-after-flight'),
           ARRAY['A1715 true -'], 'read again after the pass: applied');
+
+-- A folder read afresh: an item of ours it did not see went meanwhile ...
+UPDATE contactlog.outlook_item SET updated_at = now() - interval '1 day'
+WHERE contact_log_id = 1716;
+SELECT is(ARRAY(SELECT r.item_id || ' ' || r.applied || ' ' || coalesce(r.reason, '-')
+                FROM contactlog.followupd_apply_outlook_absent(
+                    'Alice@Example.org', 'appointment',
+                    ARRAY(SELECT i.item_id FROM contactlog.outlook_item i
+                          WHERE i.kind = 'appointment' AND i.item_id <> 'A1716'), now()) r),
+          ARRAY['A1716 true -'], 'read afresh: an item not seen is judged deleted');
+SELECT is((SELECT deleted_in_outlook FROM contactlog.outlook_item
+           WHERE contact_log_id = 1716 AND kind = 'appointment'), true, '... and flagged');
+-- ... but not one recorded after the read started (a pass created or moved it meanwhile).
+SELECT is(ARRAY(SELECT r.item_id FROM contactlog.followupd_apply_outlook_absent(
+                    'alice@example.org', 'task', '{}', now() - interval '2 days') r),
+          '{}'::text[], 'items recorded after the read started are not judged');
+SELECT throws_ok($$SELECT * FROM contactlog.followupd_apply_outlook_absent('alice@example.org',
+                   'note', '{}', now())$$, '22023', NULL, 'an unknown kind is refused');
 
 -- ---- refused: not the owner -----------------------------------------------------------------
 SELECT pg_temp.version_of(1703) AS v \gset
