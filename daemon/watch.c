@@ -196,14 +196,16 @@ static void pump(watch *w)
         return;
     int64_t now = loop_timer_now_ms(), next = -1;
     int64_t interval = read_interval_ms(w);
+    for (size_t i = 0; i < w->n_boxes; i++) {
+        mailbox_watch *box = w->boxes[i];
+        if (!box->busy && (box->last_read_ms == 0 || now - box->last_read_ms >= interval))
+            box->due = true;
+    }
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < w->n_boxes && w->reads < MAX_READS; i++) {
             mailbox_watch *box = w->boxes[i];
-            if (box->busy || box->not_before_ms > now)
-                continue;
-            if (box->last_read_ms == 0 || now - box->last_read_ms >= interval)
-                box->due = true;
-            if (box->due && (pass == 1 || box->told))
+            if (!box->busy && box->due && box->not_before_ms <= now &&
+                (pass == 1 || box->told))
                 watch_read_start(w, box);
         }
     }
