@@ -272,7 +272,8 @@ class Soak:
                 raise
             self.count("Outlook: item gone before the edit (404)")
             return
-        self.outlook_edited_at[mailbox] = time.time()
+        finally:   # the end waits for a read of the mailbox after this
+            self.outlook_edited_at[mailbox] = time.time()
         self.trace(int(tag.split(":")[1]),
                    f"Outlook: {kind} {what} in {mailbox} {fields or ''} (item {item['id'][-12:]}, "
                    f"change key now {(answer or {}).get('change_key')})")
@@ -372,7 +373,16 @@ class Soak:
                              "WHERE dirty AND NOT failed") == 0
 
     def wait_drained(self):
-        wait_for(self.drained, timeout=180, what="the queue to drain")
+        try:
+            wait_for(self.drained, timeout=180, what="the queue to drain")
+        except TimeoutError:
+            for row in self.db.query(
+                    "SELECT q.claimed_by, count(*), max(q.attempts), min(q.last_error) "
+                    "FROM contactlog.outlook_queue q JOIN contactlog.followupd_log_state s "
+                    "USING (contact_log_id) WHERE s.dirty AND NOT s.failed GROUP BY 1"):
+                print(f"soak: still dirty: claimed by {row[0]}: {row[1]} logs, attempts up to "
+                      f"{row[2]}, e.g. {row[3]}")
+            raise
 
     # -- the end: Outlook -> CRM ---------------------------------------------------
     def wait_read_back(self):
@@ -382,7 +392,8 @@ class Soak:
         Refusals put Outlook back and applied changes update the other item, which
         are writes again: so until nothing new happens."""
         time.sleep(LATE_MS / 1000)   # a write the last fault made late lands first
-        deadline = time.monotonic() + READ_BACK_TIMEOUT
+        started = time.monotonic()
+        deadline = started + READ_BACK_TIMEOUT
         unread = []
         while time.monotonic() < deadline:
             self.wait_drained()
@@ -391,6 +402,8 @@ class Soak:
                 time.sleep(1)
                 unread, writes_now = self.mailboxes_not_read_back()
                 if not unread and writes_now == writes and self.drained():
+                    self.stats["read back: s waited at the end"] = round(
+                        time.monotonic() - started)
                     return []
             time.sleep(0.5)
         return [f"mailbox {m}: not read back after its last change in {READ_BACK_TIMEOUT} s "
@@ -503,6 +516,8 @@ class Soak:
             "CROSS JOIN contactlog.effective_attribute a WHERE a.name = 'FollowUpMailbox'")}
         deleted_in_outlook = set(self.db.query(
             "SELECT contact_log_id, kind FROM contactlog.outlook_item WHERE deleted_in_outlook"))
+        if self.args.outlook_edits:
+            self.stats["read back: items staying deleted"] = len(deleted_in_outlook)
         for tag, items in found.items():
             _, log_id, kind = tag.split(":")
             if len(items) > 1:
