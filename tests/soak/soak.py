@@ -11,13 +11,11 @@ SPEC §3 says, each once, in the log's home mailbox (the owner's or the creator'
 FollowUpMailbox says at the end), with the newest content, and no tagged item without
 a log that wants it.
 
-With SyncFromOutlook = 1 (issue 17; off with --no-outlook-edits) people act in
-Outlook too, at random: an appointment moved, a task's due date changed, a task ticked
-off, an item deleted. At the end, after the daemon has read every watched mailbox past
-its last change, SPEC §7 must hold on top: an item is missing only when its deletion in
-Outlook was applied (outlook_item.deleted_in_outlook), every change read back is
-recorded once, a refused one has its reason, and the mailboxes agree with the logs (an
-applied change is in the log, a refused one was put back in Outlook).
+With SyncFromOutlook = 1 (issue 17; off with --no-outlook-edits) people move, tick off
+and delete items in Outlook too. At the end, once every watched mailbox was read past
+its last change, SPEC §7 holds on top: an item is missing only when its deletion in
+Outlook was applied, each change read back is recorded once, a refusal says why, and the
+mailboxes agree with the logs (applied: in the log; refused: Outlook put back).
 
     top_srcdir=. top_builddir=build /usr/bin/python3 tests/soak/soak.py \\
         [--seconds 120] [--backend ews|graph] [--seed N] [--logs 200] [--mailboxes 12] \\
@@ -79,16 +77,13 @@ class Soak:
                           "SET value = EXCLUDED.value")
         self.daemons = []
         self.stats = {}
-        # What people did in Outlook: the time of the last edit per mailbox (the end
-        # waits for a read past it) and every edit, for the report of a failure.
-        self.outlook_edited_at = {}
-        self.history = []
+        self.outlook_edited_at = {}   # mailbox -> last edit there (the end reads past it)
+        self.history = []             # (time, log id or None, what the soak did)
 
     def count(self, what):
         self.stats[what] = self.stats.get(what, 0) + 1
 
-    def trace(self, log_id, what):
-        """What the soak did to a log (None: to all), for the report of a failure."""
+    def trace(self, log_id, what):   # for the report of a failure
         self.history.append((time.time(), log_id, what))
 
     # -- daemons -----------------------------------------------------------------
@@ -275,7 +270,8 @@ class Soak:
         finally:   # the end waits for a read of the mailbox after this
             self.outlook_edited_at[mailbox] = time.time()
         self.trace(int(tag.split(":")[1]),
-                   f"Outlook: {kind} {what} in {mailbox} {fields or ''} (item {item['id'][-12:]}, "
+                   f"Outlook: {what.replace('item', kind)} in {mailbox} {fields or ''} "
+                   f"(item ...{item['id'][-12:]}, "
                    f"change key now {(answer or {}).get('change_key')})")
         self.count(f"Outlook: {what}")
 
@@ -463,30 +459,26 @@ class Soak:
         return problems
 
     def print_history(self, problems, most=8):
-        """What happened to the first logs named in the problems: the soak's actions,
-        the changes read back, the outbox, the items' rows."""
-        named = []
-        for p in problems:
-            if p.startswith("log ") and p.split()[1].rstrip(":").isdigit():
-                log_id = int(p.split()[1].rstrip(":"))
-                if log_id not in named:
-                    named.append(log_id)
+        """For the first logs named in the problems, in order of time: what the soak
+        did (to it, or to all), the changes read back; then its rows now."""
+        named = list(dict.fromkeys(int(p.split()[1].rstrip(":")) for p in problems
+                                   if p.startswith("log ") and p.split()[1][0].isdigit()))
         start = self.history[0][0] if self.history else 0
         for log_id in named[:most]:
             print(f"soak: history of log {log_id} (seconds since the first action):")
-            for at, which, what in self.history:
-                if which in (log_id, None):
-                    print(f"    {at - start:8.3f} {what}")
-            for row in self.db.query(
-                    "SELECT extract(epoch FROM at)::float8, kind, what, mailbox, old_value, "
-                    "new_value, applied, reason FROM contactlog.outlook_changes "
-                    "WHERE contact_log_id = %s ORDER BY id", log_id):
-                print(f"    {row[0] - start:8.3f} read back: {row[1]} {row[2]} in {row[3]} "
-                      f"{row[4]} -> {row[5]}, {'applied' if row[6] else 'refused: ' + row[7]}")
+            events = [(at, what) for at, which, what in self.history if which in (log_id, None)]
+            events += [(at, f"read back: {kind} {what} in {box} {old} -> {new}, "
+                            f"{'applied' if applied else 'refused: ' + reason}")
+                       for at, kind, what, box, old, new, applied, reason in self.db.query(
+                           "SELECT extract(epoch FROM at)::float8, kind, what, mailbox, "
+                           "old_value, new_value, applied, reason FROM "
+                           "contactlog.outlook_changes WHERE contact_log_id = %s", log_id)]
+            for at, what in sorted(events):
+                print(f"    {at - start:8.3f} {what}")
             for row in self.db.query(
                     "SELECT kind, mailbox, item_id, change_key, deleted_in_outlook "
                     "FROM contactlog.outlook_item WHERE contact_log_id = %s", log_id):
-                print(f"    item row: {row}")
+                print(f"    item row (kind, mailbox, id, change key, deleted): {row}")
             print("    log (status, owner, creator, next_contact_at, reason):", self.db.query(
                 "SELECT status, owner_id, created_by, next_contact_at, reason "
                 "FROM contactlog.contact_log WHERE id = %s", log_id))
