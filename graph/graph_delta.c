@@ -18,7 +18,6 @@
 #include "daemon/timezone.h"
 #include "graph/graph_json.h"
 
-#define PARSE_DEPTH 32
 #define DAY_SECONDS INT64_C(86400)
 
 /* ---- dates and times ----------------------------------------------------------- */
@@ -330,59 +329,6 @@ char *graph_delta_calendar_path(const char *escaped_mailbox, int64_t now)
 
 /* ---- pages ----------------------------------------------------------------------- */
 
-static json_object *parse(const char *body, size_t len, char *err, size_t errlen)
-{
-    if (!body || len == 0) {
-        text_set_error(err, errlen, "empty answer");
-        return NULL;
-    }
-    if (len > GRAPH_RESPONSE_MAX_BYTES) {
-        text_set_error(err, errlen, "answer larger than %u bytes", GRAPH_RESPONSE_MAX_BYTES);
-        return NULL;
-    }
-    json_tokener *tok = json_tokener_new_ex(PARSE_DEPTH);
-    if (!tok) {
-        text_set_error(err, errlen, "out of memory");
-        return NULL;
-    }
-    json_object *obj = json_tokener_parse_ex(tok, body, (int)len);
-    enum json_tokener_error e = json_tokener_get_error(tok);
-    if (!obj || e != json_tokener_success) {
-        text_set_error(err, errlen, "not JSON: %s", json_tokener_error_desc(
-                           e == json_tokener_continue ? json_tokener_error_parse_eof : e));
-        json_object_put(obj);
-        obj = NULL;
-    } else if (!json_object_is_type(obj, json_type_object)) {
-        text_set_error(err, errlen, "not a JSON object");
-        json_object_put(obj);
-        obj = NULL;
-    } else {
-#if JSON_C_VERSION_NUM >= ((0 << 16) | (15 << 8))
-        size_t end = json_tokener_get_parse_end(tok);
-#else
-        size_t end = (size_t)tok->char_offset;
-#endif
-        while (end < len && strchr(" \t\r\n", body[end]) && body[end])
-            end++;
-        if (end < len) {
-            text_set_error(err, errlen, "not JSON: something after the object");
-            json_object_put(obj);
-            obj = NULL;
-        }
-    }
-    json_tokener_free(tok);
-    return obj;
-}
-
-static const char *get_string(json_object *obj, const char *key)
-{
-    json_object *value;
-    if (!obj || !json_object_object_get_ex(obj, key, &value) ||
-        !json_object_is_type(value, json_type_string))
-        return NULL;
-    return json_object_get_string(value);
-}
-
 /* An id or change key as we pass it on: one line, bounded. */
 static bool usable_text(const char *s)
 {
@@ -437,7 +383,7 @@ static void add_change(graph_delta_page *page, const char *id, const char *key, 
 static int read_entry(graph_delta_page *page, outlook_item_kind kind, const char *list_id,
                       json_object *entry, size_t index)
 {
-    const char *raw_id = get_string(entry, "id");
+    const char *raw_id = graph_json_string(entry, "id");
     const char *id, *key = NULL, *value = NULL;
     json_object *time_obj;
     char text[32];
@@ -465,7 +411,7 @@ static int read_entry(graph_delta_page *page, outlook_item_kind kind, const char
         add_change(page, id, NULL, "deleted", NULL);
         return 0;
     }
-    if (get_string(entry, "changeKey") || get_string(entry, "@odata.etag")) {
+    if (graph_json_string(entry, "changeKey") || graph_json_string(entry, "@odata.etag")) {
         if (!(key = keep(page, change_key_of(entry)))) {
             unreadable(page, index, raw_id, "a change key that is not one line of text");
             return 0;
@@ -476,8 +422,8 @@ static int read_entry(graph_delta_page *page, outlook_item_kind kind, const char
                                                                            : "start", &time_obj) &&
                     !json_object_is_type(time_obj, json_type_null);
     if (has_time) {
-        const char *date_time = get_string(time_obj, "dateTime");
-        const char *zone = get_string(time_obj, "timeZone");
+        const char *date_time = graph_json_string(time_obj, "dateTime");
+        const char *zone = graph_json_string(time_obj, "timeZone");
         if (!zone || !parse_wall_time(date_time, &wall)) {
             unreadable(page, index, raw_id, kind == OUTLOOK_TASK
                        ? "a dueDateTime without a readable dateTime and timeZone"
@@ -510,7 +456,7 @@ static int read_entry(graph_delta_page *page, outlook_item_kind kind, const char
         unreadable(page, index, raw_id, "an event without a start");
         return 0;
     }
-    const char *status = kind == OUTLOOK_TASK ? get_string(entry, "status") : NULL;
+    const char *status = kind == OUTLOOK_TASK ? graph_json_string(entry, "status") : NULL;
     if (status && strcasecmp(status, "completed") == 0)
         add_change(page, id, key, "completed", NULL);
     return 0;
@@ -531,7 +477,7 @@ int graph_delta_parse(outlook_item_kind kind, const char *list_id, const char *b
     json_object *value;
     const char *link;
     memset(page, 0, sizeof *page);
-    json_object *root = parse(body, len, err, errlen);
+    json_object *root = graph_json_parse_object(body, len, true, err, errlen);
     if (!root)
         return -1;
     if (!json_object_object_get_ex(root, "value", &value) ||
@@ -545,8 +491,8 @@ int graph_delta_parse(outlook_item_kind kind, const char *list_id, const char *b
                        GRAPH_DELTA_ENTRIES_MAX);
         goto fail;
     }
-    page->more = (link = get_string(root, "@odata.nextLink")) != NULL;
-    if (!link && !(link = get_string(root, "@odata.deltaLink"))) {
+    page->more = (link = graph_json_string(root, "@odata.nextLink")) != NULL;
+    if (!link && !(link = graph_json_string(root, "@odata.deltaLink"))) {
         text_set_error(err, errlen, "a delta page with neither @odata.nextLink nor "
                        "@odata.deltaLink");
         goto fail;

@@ -258,7 +258,8 @@ char *graph_url_escape(const char *text, bool keep_at)
 
 /* ---- parsing ---------------------------------------------------------------- */
 
-static json_object *parse(const char *body, size_t len, char *err, size_t errlen)
+json_object *graph_json_parse_object(const char *body, size_t len, bool nothing_after,
+                                    char *err, size_t errlen)
 {
     if (!body || len == 0) {
         snprintf(err, errlen, "empty answer");
@@ -284,13 +285,31 @@ static json_object *parse(const char *body, size_t len, char *err, size_t errlen
         snprintf(err, errlen, "not a JSON object");
         json_object_put(obj);
         obj = NULL;
+    } else if (nothing_after) {
+#if JSON_C_VERSION_NUM >= ((0 << 16) | (15 << 8))
+        size_t end = json_tokener_get_parse_end(tok);
+#else
+        size_t end = (size_t)tok->char_offset;
+#endif
+        while (end < len && body[end] && strchr(" \t\r\n", body[end]))
+            end++;
+        if (end < len) {
+            snprintf(err, errlen, "not JSON: something after the object");
+            json_object_put(obj);
+            obj = NULL;
+        }
     }
     json_tokener_free(tok);
     return obj;
 }
 
+static json_object *parse(const char *body, size_t len, char *err, size_t errlen)
+{
+    return graph_json_parse_object(body, len, false, err, errlen);
+}
+
 /* A member that must be a string, else NULL. */
-static const char *get_string(json_object *obj, const char *key)
+const char *graph_json_string(json_object *obj, const char *key)
 {
     json_object *value;
     if (!obj || !json_object_object_get_ex(obj, key, &value) ||
@@ -315,21 +334,21 @@ int graph_json_parse_error(const char *body, size_t len, char *code, size_t code
         json_object_put(root);
         return -1;
     }
-    text_copy_one_line(code, code_size, get_string(error, "code"));
-    text_copy_one_line(message, message_size, get_string(error, "message"));
+    text_copy_one_line(code, code_size, graph_json_string(error, "code"));
+    text_copy_one_line(message, message_size, graph_json_string(error, "message"));
     json_object_put(root);
     return 0;
 }
 
 char *graph_json_change_key(json_object *entity, bool *oom)
 {
-    const char *key = get_string(entity, "changeKey");
+    const char *key = graph_json_string(entity, "changeKey");
     size_t n;
     *oom = false;
     if (!key) {
         /* A To Do task has no changeKey; its @odata.etag (W/"<key>") is the same
          * thing, and the delta query names versions by it too. */
-        key = get_string(entity, "@odata.etag");
+        key = graph_json_string(entity, "@odata.etag");
         if (!key)
             return NULL;
         if (strncmp(key, "W/", 2) == 0)
@@ -349,7 +368,7 @@ char *graph_json_change_key(json_object *entity, bool *oom)
 
 static int entity_ids(json_object *obj, char **id, char **change_key)
 {
-    const char *i = get_string(obj, "id");
+    const char *i = graph_json_string(obj, "id");
     bool oom = false;
     *id = NULL;
     *change_key = NULL;
@@ -509,7 +528,7 @@ int graph_json_parse_batch(const char *body, size_t len, graph_batch_response **
     for (size_t i = 0; i < n; i++) {
         json_object *member = json_object_array_get_idx(responses, i), *status, *headers,
                     *member_body;
-        const char *id = get_string(member, "id");
+        const char *id = graph_json_string(member, "id");
         if (!id || !json_object_object_get_ex(member, "status", &status) ||
             !json_object_is_type(status, json_type_int))
             continue;   /* unusable member: its request counts as unanswered */

@@ -67,6 +67,14 @@ int graph_json_parse_error(const char *body, size_t len, char *code, size_t code
 
 /* An entity: its "id" and its "changeKey" (events) — change_key may come back NULL.
  * Returns 0, or -1 with the reason in err (no id, not JSON, ...). */
+/* body as one JSON object (at most GRAPH_RESPONSE_MAX_BYTES, nesting bounded); with
+ * nothing_after, only blanks may follow it. NULL with the reason in err. */
+json_object *graph_json_parse_object(const char *body, size_t len, bool nothing_after,
+                                    char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* obj's member key when it is a string, else NULL (also for obj NULL). */
+const char *graph_json_string(json_object *obj, const char *key);
+
 /* An entity's version: its changeKey, else its @odata.etag without the W/"..."
  * wrapping (To Do tasks); malloc'd, NULL when it names none (*oom: out of memory). */
 char *graph_json_change_key(json_object *entity, bool *oom) __attribute__((warn_unused_result));
