@@ -214,33 +214,6 @@ static bool ref_ok(const outlook_item_ref *ref)
 
 /* ---- elements -------------------------------------------------------------- */
 
-static const char *folder_name(outlook_item_kind kind)
-{
-    return kind == OUTLOOK_TASK ? "tasks" : "calendar";
-}
-
-/* t:DistinguishedFolderId Id=calendar|tasks, with t:Mailbox when the mailbox is not
- * already named by an impersonation header. */
-static void add_folder_id(ews_soap *b, xmlNodePtr parent, const ews_request_options *opt,
-                          const char *folder)
-{
-    xmlNodePtr id = ews_soap_element(b, parent, b->ns_t, "DistinguishedFolderId");
-    ews_soap_attribute(b, id, "Id", folder);
-    if (!opt->impersonation) {
-        xmlNodePtr mailbox = ews_soap_element(b, id, b->ns_t, "Mailbox");
-        ews_soap_text(b, mailbox, b->ns_t, "EmailAddress", opt->mailbox);
-    }
-}
-
-/* t:ExtendedFieldURI of our naming property (item field, restriction, shape). */
-static void add_naming_field_uri(ews_soap *b, xmlNodePtr parent)
-{
-    xmlNodePtr uri = ews_soap_element(b, parent, b->ns_t, "ExtendedFieldURI");
-    ews_soap_attribute(b, uri, "PropertySetId", OUTLOOK_TAG_PROPERTY_SET_ID);
-    ews_soap_attribute(b, uri, "PropertyName", OUTLOOK_TAG_PROPERTY_NAME);
-    ews_soap_attribute(b, uri, "PropertyType", "String");
-}
-
 static void add_naming_property(ews_soap *b, xmlNodePtr item_node, const outlook_item *item)
 {
     char tag[TAG_SIZE];
@@ -251,7 +224,7 @@ static void add_naming_property(ews_soap *b, xmlNodePtr item_node, const outlook
         return;
     }
     xmlNodePtr property = ews_soap_element(b, item_node, b->ns_t, "ExtendedProperty");
-    add_naming_field_uri(b, property);
+    ews_soap_naming_field_uri(b, property);
     ews_soap_text(b, property, b->ns_t, "Value", tag);
 }
 
@@ -376,7 +349,7 @@ char *ews_request_create_items(const ews_request_options *opt, const outlook_ite
         ews_soap_attribute(&b, create, "MessageDisposition", "SaveOnly");
 
     xmlNodePtr folder = ews_soap_element(&b, create, b.ns_m, "SavedItemFolderId");
-    add_folder_id(&b, folder, opt, folder_name(kind));
+    ews_soap_folder_id(&b, folder, opt, ews_soap_folder_name(kind));
 
     xmlNodePtr list = ews_soap_element(&b, create, b.ns_m, "Items");
     for (size_t i = 0; i < n && !b.failed; i++) {
@@ -534,7 +507,7 @@ char *ews_request_find_item(const ews_request_options *opt, outlook_item_kind ki
     /* IdOnly plus our property: the answer carries ids and the tag, nothing else. */
     xmlNodePtr shape = ews_soap_element(&b, find, b.ns_m, "ItemShape");
     ews_soap_text(&b, shape, b.ns_t, "BaseShape", "IdOnly");
-    add_naming_field_uri(&b, ews_soap_element(&b, shape, b.ns_t, "AdditionalProperties"));
+    ews_soap_naming_field_uri(&b, ews_soap_element(&b, shape, b.ns_t, "AdditionalProperties"));
 
     /* More than one hit means an earlier duplicate; ten is plenty to clean those up. */
     xmlNodePtr view = ews_soap_element(&b, find, b.ns_m, "IndexedPageItemView");
@@ -544,13 +517,13 @@ char *ews_request_find_item(const ews_request_options *opt, outlook_item_kind ki
 
     xmlNodePtr restriction = ews_soap_element(&b, find, b.ns_m, "Restriction");
     xmlNodePtr equal = ews_soap_element(&b, restriction, b.ns_t, "IsEqualTo");
-    add_naming_field_uri(&b, equal);
+    ews_soap_naming_field_uri(&b, equal);
     xmlNodePtr operand = ews_soap_element(&b, equal, b.ns_t, "FieldURIOrConstant");
     xmlNodePtr constant = ews_soap_element(&b, operand, b.ns_t, "Constant");
     ews_soap_attribute(&b, constant, "Value", tag);
 
     xmlNodePtr parents = ews_soap_element(&b, find, b.ns_m, "ParentFolderIds");
-    add_folder_id(&b, parents, opt, folder_name(kind));
+    ews_soap_folder_id(&b, parents, opt, ews_soap_folder_name(kind));
     return ews_soap_finish(&b, len);
 
 fail:
@@ -573,7 +546,7 @@ char *ews_request_get_folder(const ews_request_options *opt, size_t *len)
     xmlNodePtr shape = ews_soap_element(&b, get, b.ns_m, "FolderShape");
     ews_soap_text(&b, shape, b.ns_t, "BaseShape", "IdOnly");
     xmlNodePtr ids = ews_soap_element(&b, get, b.ns_m, "FolderIds");
-    add_folder_id(&b, ids, opt, "calendar");
+    ews_soap_folder_id(&b, ids, opt, "calendar");
     return ews_soap_finish(&b, len);
 
 fail:

@@ -144,8 +144,7 @@ void ews_response_free(ews_response *response)
 
 /* ---- items ----------------------------------------------------------------- */
 
-/* The value of our naming property among an item's t:ExtendedProperty children. */
-static char *tag_of_item(const xmlNode *item, bool *oom)
+char *ews_response_item_tag(const xmlNode *item, bool *oom)
 {
     for (xmlNode *c = ews_xml_first_child(item); c != NULL; c = ews_xml_next_element(c)) {
         if (!ews_xml_is_element(c, NS_TYPES, "ExtendedProperty"))
@@ -193,7 +192,7 @@ static int collect_items(const xmlNode *items_node, ews_response_message *messag
         ews_found_item *found = &message->items[message->n_items];
         found->item_id = ews_xml_attribute(id, "Id", &oom);
         found->change_key = ews_xml_attribute(id, "ChangeKey", &oom);
-        found->tag = tag_of_item(c, &oom);
+        found->tag = ews_response_item_tag(c, &oom);
         message->n_items++;     /* counted now, so free() releases whatever was set */
         if (oom)
             return -1;

@@ -4,8 +4,12 @@
 #ifndef FOLLOWUPD_EWS_RESPONSE_H
 #define FOLLOWUPD_EWS_RESPONSE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <libxml/tree.h>
+
 #include "ews/ews_errors.h"
 
 #define EWS_RESPONSE_MAX_BYTES (4u * 1024u * 1024u)
@@ -61,5 +65,9 @@ int ews_response_parse(const char *body, size_t len, ews_response **out,
     __attribute__((warn_unused_result));
 
 void ews_response_free(ews_response *response);
+
+/* The value of our naming property among an item's t:ExtendedProperty children
+ * (malloc'd), NULL when it has none (*oom: out of memory). */
+char *ews_response_item_tag(const xmlNode *item, bool *oom);
 
 #endif

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/outlook_item.h"
+
 #define NS_SOAP "http://schemas.xmlsoap.org/soap/envelope/"
 #define NS_TYPES "http://schemas.microsoft.com/exchange/services/2006/types"
 #define NS_MESSAGES "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -77,7 +79,7 @@ bool ews_soap_start(ews_soap *b, const ews_request_options *opt,
     ews_soap_attribute(b, version, "Version", opt->server_version);
 
     /* Impersonation names the mailbox once, in the header; delegate access names it
-     * in every DistinguishedFolderId instead (add_folder_id). SmtpAddress, not
+     * in every DistinguishedFolderId instead (ews_soap_folder_id). SmtpAddress, not
      * PrimarySmtpAddress: employee.email may be any of the mailbox's addresses, and
      * only SmtpAddress resolves an alias (SPEC section 4). */
     if (opt->impersonation) {
@@ -131,3 +133,26 @@ void ews_soap_abandon(ews_soap *b)
     b->doc = NULL;
 }
 
+void ews_soap_folder_id(ews_soap *b, xmlNodePtr parent, const ews_request_options *opt,
+                        const char *folder)
+{
+    xmlNodePtr id = ews_soap_element(b, parent, b->ns_t, "DistinguishedFolderId");
+    ews_soap_attribute(b, id, "Id", folder);
+    if (!opt->impersonation) {
+        xmlNodePtr mailbox = ews_soap_element(b, id, b->ns_t, "Mailbox");
+        ews_soap_text(b, mailbox, b->ns_t, "EmailAddress", opt->mailbox);
+    }
+}
+
+void ews_soap_naming_field_uri(ews_soap *b, xmlNodePtr parent)
+{
+    xmlNodePtr uri = ews_soap_element(b, parent, b->ns_t, "ExtendedFieldURI");
+    ews_soap_attribute(b, uri, "PropertySetId", OUTLOOK_TAG_PROPERTY_SET_ID);
+    ews_soap_attribute(b, uri, "PropertyName", OUTLOOK_TAG_PROPERTY_NAME);
+    ews_soap_attribute(b, uri, "PropertyType", "String");
+}
+
+const char *ews_soap_folder_name(outlook_item_kind kind)
+{
+    return kind == OUTLOOK_TASK ? "tasks" : "calendar";
+}

@@ -14,6 +14,7 @@
 
 #include <libxml/tree.h>
 
+#include "daemon/outlook_item.h"
 #include "ews/ews_request.h"
 
 typedef struct ews_soap {
@@ -41,5 +42,15 @@ xmlNodePtr ews_soap_element(ews_soap *b, xmlNodePtr parent, xmlNsPtr ns, const c
 xmlNodePtr ews_soap_text(ews_soap *b, xmlNodePtr parent, xmlNsPtr ns, const char *name,
                          const char *text);
 void ews_soap_attribute(ews_soap *b, xmlNodePtr node, const char *name, const char *value);
+
+/* t:DistinguishedFolderId Id=folder (calendar, tasks, ...), with t:Mailbox when no
+ * impersonation header already names the mailbox (delegate access). */
+void ews_soap_folder_id(ews_soap *b, xmlNodePtr parent, const ews_request_options *opt,
+                        const char *folder);
+/* t:ExtendedFieldURI of our naming property: as CreateItem writes it, FindItem and
+ * SyncFolderItems ask for it. */
+void ews_soap_naming_field_uri(ews_soap *b, xmlNodePtr parent);
+/* The distinguished folder of a kind of item: "calendar" or "tasks". */
+const char *ews_soap_folder_name(outlook_item_kind kind);
 
 #endif

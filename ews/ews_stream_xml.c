@@ -45,17 +45,6 @@ static bool options_ok(const ews_request_options *opt)
            (!opt->impersonation || is_plain_text(opt->mailbox));
 }
 
-static void add_folder(ews_soap *b, xmlNodePtr parent, const ews_request_options *opt,
-                       const char *folder)
-{
-    xmlNodePtr id = ews_soap_element(b, parent, b->ns_t, "DistinguishedFolderId");
-    ews_soap_attribute(b, id, "Id", folder);
-    if (!opt->impersonation) {
-        xmlNodePtr mailbox = ews_soap_element(b, id, b->ns_t, "Mailbox");
-        ews_soap_text(b, mailbox, b->ns_t, "EmailAddress", opt->mailbox);
-    }
-}
-
 char *ews_stream_request_subscribe(const ews_request_options *opt, size_t *len)
 {
     static const char *const event_types[] = {"CreatedEvent", "ModifiedEvent",
@@ -71,8 +60,8 @@ char *ews_stream_request_subscribe(const ews_request_options *opt, size_t *len)
     xmlNodePtr subscribe = ews_soap_element(&b, b.body, b.ns_m, "Subscribe");
     xmlNodePtr request = ews_soap_element(&b, subscribe, b.ns_m, "StreamingSubscriptionRequest");
     xmlNodePtr folders = ews_soap_element(&b, request, b.ns_t, "FolderIds");
-    add_folder(&b, folders, opt, "calendar");
-    add_folder(&b, folders, opt, "tasks");
+    ews_soap_folder_id(&b, folders, opt, "calendar");
+    ews_soap_folder_id(&b, folders, opt, "tasks");
     xmlNodePtr types = ews_soap_element(&b, request, b.ns_t, "EventTypes");
     for (size_t i = 0; i < sizeof event_types / sizeof event_types[0]; i++)
         ews_soap_text(&b, types, b.ns_t, "EventType", event_types[i]);

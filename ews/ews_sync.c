@@ -46,11 +46,6 @@
  * recovers the date for every zone within 12 hours of UTC. */
 #define DUE_DATE_ROUNDING_SECONDS (12 * 3600)
 
-static const char *folder_name(outlook_item_kind kind)
-{
-    return kind == OUTLOOK_TASK ? "tasks" : "calendar";
-}
-
 static bool kind_ok(outlook_item_kind kind)
 {
     return kind == OUTLOOK_APPOINTMENT || kind == OUTLOOK_TASK;
@@ -82,32 +77,10 @@ bool ews_sync_state_ok(const char *sync_state)
     return true;
 }
 
-/* As ews_request addresses a folder: with impersonation the header names the mailbox;
- * with delegate access the folder id does. */
-static void add_folder_id(ews_soap *b, xmlNodePtr parent, const ews_request_options *opt,
-                          const char *folder)
-{
-    xmlNodePtr id = ews_soap_element(b, parent, b->ns_t, "DistinguishedFolderId");
-    ews_soap_attribute(b, id, "Id", folder);
-    if (!opt->impersonation) {
-        xmlNodePtr mailbox = ews_soap_element(b, id, b->ns_t, "Mailbox");
-        ews_soap_text(b, mailbox, b->ns_t, "EmailAddress", opt->mailbox);
-    }
-}
-
 static void add_field_uri(ews_soap *b, xmlNodePtr parent, const char *field)
 {
     xmlNodePtr uri = ews_soap_element(b, parent, b->ns_t, "FieldURI");
     ews_soap_attribute(b, uri, "FieldURI", field);
-}
-
-/* Our naming property, named as CreateItem writes it and FindItem asks for it. */
-static void add_naming_field_uri(ews_soap *b, xmlNodePtr parent)
-{
-    xmlNodePtr uri = ews_soap_element(b, parent, b->ns_t, "ExtendedFieldURI");
-    ews_soap_attribute(b, uri, "PropertySetId", OUTLOOK_TAG_PROPERTY_SET_ID);
-    ews_soap_attribute(b, uri, "PropertyName", OUTLOOK_TAG_PROPERTY_NAME);
-    ews_soap_attribute(b, uri, "PropertyType", "String");
 }
 
 char *ews_sync_request(const ews_request_options *opt, outlook_item_kind kind,
@@ -133,10 +106,10 @@ char *ews_sync_request(const ews_request_options *opt, outlook_item_kind kind,
         add_field_uri(&b, properties, "task:DueDate");
         add_field_uri(&b, properties, "task:Status");
     }
-    add_naming_field_uri(&b, properties);
+    ews_soap_naming_field_uri(&b, properties);
 
-    add_folder_id(&b, ews_soap_element(&b, sync, b.ns_m, "SyncFolderId"), opt,
-                  folder_name(kind));
+    ews_soap_folder_id(&b, ews_soap_element(&b, sync, b.ns_m, "SyncFolderId"), opt,
+                       ews_soap_folder_name(kind));
     if (sync_state != NULL)
         ews_soap_text(&b, sync, b.ns_m, "SyncState", sync_state);
     snprintf(max_changes, sizeof max_changes, "%d", EWS_SYNC_CHANGES_PER_PAGE);
@@ -318,26 +291,10 @@ static int add_change(ews_sync_page *page, const char *what, const char *item_id
 /* Does the item carry our naming property (with a value)? */
 static bool has_naming_property(const xmlNode *item, bool *oom)
 {
-    for (xmlNode *c = ews_xml_first_child(item); c != NULL; c = ews_xml_next_element(c)) {
-        if (!ews_xml_is_element(c, NS_TYPES, "ExtendedProperty"))
-            continue;
-        xmlNode *uri = ews_xml_find_child(c, NS_TYPES, "ExtendedFieldURI");
-        char *set_id = ews_xml_attribute(uri, "PropertySetId", oom);
-        char *name = ews_xml_attribute(uri, "PropertyName", oom);
-        /* GUIDs compare case-insensitively; Exchange may echo them upper-case. */
-        bool ours = set_id != NULL && name != NULL &&
-                    strcasecmp(set_id, OUTLOOK_TAG_PROPERTY_SET_ID) == 0 &&
-                    strcmp(name, OUTLOOK_TAG_PROPERTY_NAME) == 0;
-        free(set_id);
-        free(name);
-        if (!ours)
-            continue;
-        char *value = ews_xml_text(ews_xml_find_child(c, NS_TYPES, "Value"), oom);
-        bool tagged = value != NULL && value[0] != '\0';
-        free(value);
-        return tagged;
-    }
-    return false;
+    char *tag = ews_response_item_tag(item, oom);
+    bool tagged = tag != NULL && tag[0] != '\0';
+    free(tag);
+    return tagged;
 }
 
 /* The t:ItemId's Id and ChangeKey; false when the id is missing or over the bound

@@ -1028,21 +1028,6 @@ static void test_validator_rejects_broken_requests(void **state)
     free(xml);
 }
 
-static int setup(void **state)
-{
-    (void)state;
-    xmlInitParser();
-    return xsd_check_init();
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    xsd_check_fini();
-    xmlCleanupParser();
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1067,5 +1052,5 @@ int main(void)
         cmocka_unit_test(test_extreme_times),
         cmocka_unit_test(test_validator_rejects_broken_requests),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, xsd_check_group_setup, xsd_check_group_teardown);
 }

@@ -432,20 +432,6 @@ static void test_grouping(void **state)
 void test_against_sim(void **state);
 int test_against_sim_teardown(void **state);
 
-static int setup(void **state)
-{
-    (void)state;
-    xmlInitParser();
-    return xsd_check_init();
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    xsd_check_fini();
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -461,5 +447,5 @@ int main(void)
         cmocka_unit_test(test_grouping),
         cmocka_unit_test_teardown(test_against_sim, test_against_sim_teardown),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, xsd_check_group_setup, xsd_check_group_teardown);
 }

@@ -732,21 +732,6 @@ static void test_parse_hostile_sizes(void **state)
     free(body);
 }
 
-static int setup(void **state)
-{
-    (void)state;
-    xmlInitParser();
-    return xsd_check_init();
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    xsd_check_fini();
-    xmlCleanupParser();
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -764,5 +749,5 @@ int main(void)
         cmocka_unit_test(test_parse_bad_values),
         cmocka_unit_test(test_parse_hostile_sizes),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, xsd_check_group_setup, xsd_check_group_teardown);
 }

@@ -292,3 +292,18 @@ void xsd_check_fini(void)
     }
     remove_temp_dir();
 }
+
+int xsd_check_group_setup(void **state)
+{
+    (void)state;
+    xmlInitParser();
+    return xsd_check_init();
+}
+
+int xsd_check_group_teardown(void **state)
+{
+    (void)state;
+    xsd_check_fini();
+    xmlCleanupParser();
+    return 0;
+}

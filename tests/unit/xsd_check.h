@@ -25,4 +25,9 @@ int xsd_check_validate(const char *xml, size_t len, char *err, size_t errlen);
 /* Frees the schema and removes the temporary directory. */
 void xsd_check_fini(void);
 
+/* cmocka group setup and teardown of the request tests: libxml2 and the schema up,
+ * then down again. */
+int xsd_check_group_setup(void **state);
+int xsd_check_group_teardown(void **state);
+
 #endif
