@@ -99,8 +99,9 @@ void watch_replace_text(char **slot, const char *value);
 /* Starts reading box (both folders, page by page); the chain ends by itself. */
 void watch_read_start(watch *w, mailbox_watch *box);
 
-/* watch_free: chains waiting for the database go now (db_free drops their queries);
- * those waiting for the back end are orphaned and free themselves when answered. */
+/* watch_free, after the event loop ended: every chain goes now, whether it waits
+ * for the database or the back end (db_free and delivery_free drop what they hold
+ * without calling back, and nothing is answered once the loop ended). */
 void watch_read_release_all(watch *w);
 
 #endif

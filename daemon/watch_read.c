@@ -436,13 +436,8 @@ void watch_read_start(watch *w, mailbox_watch *box)
 void watch_read_release_all(watch *w)
 {
     for (size_t i = 0; i < MAX_READS; i++) {
-        read_chain *c = w->chains[i];
-        if (c && c->at_database) {
-            chain_free(c);
-        } else if (c) {
-            c->w = NULL;
-            c->box = NULL;
-        }
+        if (w->chains[i])
+            chain_free(w->chains[i]);
         w->chains[i] = NULL;
     }
 }

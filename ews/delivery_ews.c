@@ -53,16 +53,19 @@ static void ews_free(void *impl)
     if (!b)
         return;
     ews_stream_free(b);   /* before the HTTP client its streams run on */
-    /* In-flight posts are dropped with their HTTP client; waiting calls here. */
     while (b->waiting_head) {
         ews_call *next = b->waiting_head->next;
         ews_call_free(b->waiting_head);
         b->waiting_head = next;
     }
     loop_timer_free(b->flush);
+    /* Requests still on their way (a mailbox read at exit: the daemon does not wait
+     * for those) are aborted without their callbacks; then their posts are freed. */
     http_client_free(b->http_client_handle);
     http_client_free(b->create_client);
     oauth2_client_free(b->oauth);
+    while (b->on_their_way)
+        ews_post_free(b->on_their_way);
     free_http_template(&b->http);
     free(b->password_path);
     free(b->url);

@@ -57,6 +57,9 @@ typedef struct ews_post {
     char anchor[512];
     uint64_t token_generation;
     bool token_retried;
+    /* In the backend's list of posts on their way (sent, or waiting for a token), so
+     * that freeing the backend frees the ones whose answer never came. */
+    struct ews_post *prev, *next;
 } ews_post;
 
 typedef struct ews_backend {
@@ -75,6 +78,7 @@ typedef struct ews_backend {
     /* Requests wait here until one of max_in_flight slots is free. */
     ews_call *waiting_head, *waiting_tail;
     size_t in_flight;
+    ews_post *on_their_way;      /* the in_flight posts */
     size_t max_in_flight;        /* [delivery] concurrency */
     size_t batch_size;           /* [delivery] batch_size: items per CreateItem */
     loop_timer *flush;           /* sends what a loop turn queued, batched */
@@ -96,6 +100,7 @@ void ews_sync_on_answer(const http_response *hr, void *userdata);
 /* ---- ews_queue.c ---------------------------------------------------------- */
 
 void ews_call_free(ews_call *call);
+/* Frees a post and its calls without answering them; unlinks it from on_their_way. */
 void ews_post_free(ews_post *post);
 /* Queues a call. It leaves on a later loop turn, so that creates queued in this one
  * for the same mailbox travel together. Takes body (NULL for a create). */

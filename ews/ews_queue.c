@@ -22,6 +22,12 @@ void ews_call_free(ews_call *call)
 
 void ews_post_free(ews_post *post)
 {
+    if (post->prev)
+        post->prev->next = post->next;
+    else if (post->backend->on_their_way == post)
+        post->backend->on_their_way = post->next;
+    if (post->next)
+        post->next->prev = post->prev;
     for (size_t i = 0; i < post->n_calls; i++)
         ews_call_free(post->calls[i]);
     free(post->calls);
@@ -161,6 +167,10 @@ void ews_queue_dispatch(ews_backend *b)
         if (!post)
             return;   /* out of memory: the flush timer or the next answer tries again */
         b->in_flight++;
+        post->next = b->on_their_way;
+        if (post->next)
+            post->next->prev = post;
+        b->on_their_way = post;
         if (!build_post_body(b, post)) {
             delivery_result failed = {.outcome = DELIVERY_PERMANENT, .retry_after_ms = -1,
                                       .code = "request",
