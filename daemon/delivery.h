@@ -90,6 +90,10 @@ typedef struct delivery_sync_result {
      * so an item of ours they do not list is gone. false: a window only (Graph's
      * calendarView), which says nothing of the items outside it. */
     bool whole_folder;
+    /* Not whole_folder: a read afresh lists every item whose time lies in this window
+     * (Unix seconds), told on the page of the request that opened it; 0 and 0 on the
+     * other pages. */
+    int64_t window_from, window_to;
 } delivery_sync_result;
 
 typedef void (*delivery_sync_done_fn)(const delivery_sync_result *result, void *userdata);

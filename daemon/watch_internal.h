@@ -54,6 +54,7 @@ typedef struct read_chain {
     char *read_started;
     int folder_pages;            /* pages of the folder read in this chain */
     bool whole_folder;
+    int64_t window_from, window_to;   /* not whole_folder: the window read (Unix s) */
     char **seen;
     size_t n_seen, seen_cap;
     char *new_position;          /* of the page on its way to the database */

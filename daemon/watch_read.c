@@ -27,6 +27,7 @@ static void forget_afresh(read_chain *c)
     c->n_seen = c->seen_cap = 0;
     free(c->read_started);
     c->read_started = NULL;
+    c->window_from = c->window_to = 0;
 }
 
 static void chain_free(read_chain *c)
@@ -204,15 +205,22 @@ static void on_absent_judged(PGresult *result, void *userdata)
     next_folder(c);
 }
 
-/* A folder read afresh to its last page: what it did not list went meanwhile. */
+/* A folder read afresh to its last page: what it did not list went meanwhile (of a
+ * window read, only what lies in the window). */
 static void judge_absent(read_chain *c)
 {
     char *seen = db_array_literal(c->n_seen, seen_at, c);
-    const char *params[4] = {c->box->mailbox, watch_kind_name(c->kind), seen, c->read_started};
+    char from[32], to[32];
+    bool window = !c->whole_folder;
+    snprintf(from, sizeof from, "%" PRId64, c->window_from);
+    snprintf(to, sizeof to, "%" PRId64, c->window_to);
+    const char *params[6] = {c->box->mailbox, watch_kind_name(c->kind), seen, c->read_started,
+                             window ? from : NULL, window ? to : NULL};
     int q = seen ? db_query(c->w->database,
                             "SELECT item_id, applied, reason FROM "
                             "contactlog.followupd_apply_outlook_absent($1, $2, $3::text[], "
-                            "$4::timestamptz)", 4, params, on_absent_judged, c)
+                            "$4::timestamptz, to_timestamp($5::bigint), "
+                            "to_timestamp($6::bigint))", 6, params, on_absent_judged, c)
                  : -ENOMEM;
     free(seen);
     if (q < 0)
@@ -251,7 +259,7 @@ static void on_page_applied(PGresult *result, void *userdata)
     }
     if (c->more) {
         read_next(c);
-    } else if (c->read_started && c->whole_folder && c->box) {
+    } else if (c->read_started && (c->whole_folder || c->window_to != 0) && c->box) {
         judge_absent(c);
     } else {
         next_folder(c);
@@ -332,6 +340,10 @@ static void on_page(const delivery_sync_result *r, void *userdata)
     c->folder_pages++;
     if (c->read_started) {
         c->whole_folder = r->whole_folder;
+        if (r->window_to != 0) {   /* told on the first page of the read */
+            c->window_from = r->window_from;
+            c->window_to = r->window_to;
+        }
         if (c->more != r->more || !remember_seen(c, r))
             forget_afresh(c);   /* not read to the end here: no judging of what went */
     }

@@ -322,11 +322,14 @@ static int graph_sync(void *impl, const char *mailbox, outlook_item_kind kind,
         graph_queue_call(b, call);
         return 0;
     }
-    if (kind == OUTLOOK_APPOINTMENT)
-        error = (call->path = graph_delta_calendar_path(call->box->escaped,
-                                                        (int64_t)time(NULL))) ? 0 : -ENOMEM;
-    else
+    if (kind == OUTLOOK_APPOINTMENT) {
+        int64_t now = (int64_t)time(NULL);
+        call->path = graph_delta_calendar_path(call->box->escaped, now);
+        error = call->path && graph_delta_calendar_window(now, &call->window_from,
+                                                          &call->window_to) ? 0 : -ENOMEM;
+    } else {
         error = (call->suffix = strdup(GRAPH_DELTA_TASKS_SUFFIX)) ? 0 : -ENOMEM;
+    }
     if (error < 0) {
         graph_call_free(call);
         return error;
@@ -385,6 +388,8 @@ void graph_sync_reply(graph_call *call, const graph_reply *rep)
         .more = page.more,
         /* tasks/delta lists the whole list; calendarView/delta only its window */
         .whole_folder = call->kind == OUTLOOK_TASK,
+        .window_from = call->window_from,
+        .window_to = call->window_to,
     };
     call->sync_done(&sync, call->userdata);
     graph_delta_page_clear(&page);

@@ -57,6 +57,7 @@ struct graph_call {
     const char *prefer_header; /* "Prefer: ..." of a plain request; NULL: PREFER_HEADER's */
     const char *refused;       /* answered without sending, for this reason (static text) */
     bool position_invalid;     /* sync: the failure means "read the folder afresh" */
+    int64_t window_from, window_to;   /* calendar read afresh: the window asked for */
 };
 
 /* One HTTP request in flight: a single call or a $batch of several. */

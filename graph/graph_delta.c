@@ -307,19 +307,27 @@ out:
     return r;
 }
 
-char *graph_delta_calendar_path(const char *escaped_mailbox, int64_t now)
+bool graph_delta_calendar_window(int64_t now, int64_t *from, int64_t *to)
 {
-    char from[32], to[32], *path;
     time_t when = (time_t)now;
     struct tm tm;
 
     if (!gmtime_r(&when, &tm))
-        return NULL;
+        return false;
     tm.tm_year += GRAPH_DELTA_WINDOW_FUTURE_YEARS;
-    time_t later = timegm(&tm);   /* 29 February ten years on becomes 1 March */
-    if (!format_utc(from, sizeof from, now - GRAPH_DELTA_WINDOW_PAST_DAYS * DAY_SECONDS,
-                    "%Y-%m-%dT%H:%M:%SZ") ||
-        !format_utc(to, sizeof to, (int64_t)later, "%Y-%m-%dT%H:%M:%SZ"))
+    *from = now - GRAPH_DELTA_WINDOW_PAST_DAYS * DAY_SECONDS;
+    *to = (int64_t)timegm(&tm);   /* 29 February ten years on becomes 1 March */
+    return true;
+}
+
+char *graph_delta_calendar_path(const char *escaped_mailbox, int64_t now)
+{
+    char from[32], to[32], *path;
+    int64_t window_from, window_to;
+
+    if (!graph_delta_calendar_window(now, &window_from, &window_to) ||
+        !format_utc(from, sizeof from, window_from, "%Y-%m-%dT%H:%M:%SZ") ||
+        !format_utc(to, sizeof to, window_to, "%Y-%m-%dT%H:%M:%SZ"))
         return NULL;
     if (asprintf(&path, "/users/%s/calendarView/delta?startDateTime=%s&endDateTime=%s",
                  escaped_mailbox, from, to) < 0)

@@ -30,6 +30,10 @@
 /* What follows "/users/{m}/todo/lists/{list}" in the first request of a task round. */
 #define GRAPH_DELTA_TASKS_SUFFIX "/tasks/delta"
 
+/* The calendar window of a round that starts at now (Unix seconds); false when the
+ * time cannot be converted. */
+bool graph_delta_calendar_window(int64_t now, int64_t *from, int64_t *to);
+
 /* The first request of a calendar round, below the base URL:
  * "/users/{escaped_mailbox}/calendarView/delta?startDateTime=...Z&endDateTime=...Z",
  * the window around now (Unix seconds). malloc'd; NULL when out of memory. */

@@ -519,9 +519,15 @@ $$;
 -- followupd_apply_outlook_changes, same rules and rows). Only items recorded
 -- before the read started (read_started_at, the database's clock): one created
 -- or moved by a pass during the read was not there to be seen.
+-- A read of a window only (Graph's calendarView delta: window_from, window_to)
+-- lists the items whose time lies in it: only items whose log's follow-up lies
+-- inside it, a day clear of either end, are judged; the others say nothing.
 -- ---------------------------------------------------------------------------
+DROP FUNCTION IF EXISTS contactlog.followupd_apply_outlook_absent(text, text, text[],
+                                                                  timestamptz);
 CREATE OR REPLACE FUNCTION contactlog.followupd_apply_outlook_absent(
-    mailbox text, kind text, seen_item_ids text[], read_started_at timestamptz)
+    mailbox text, kind text, seen_item_ids text[], read_started_at timestamptz,
+    window_from timestamptz DEFAULT NULL, window_to timestamptz DEFAULT NULL)
 RETURNS TABLE (item_id text, applied boolean, reason text)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, contactlog, pg_temp AS $$
@@ -540,12 +546,23 @@ BEGIN
     IF read_started_at IS NULL THEN
         RAISE EXCEPTION 'read_started_at must be given' USING ERRCODE = '22023';
     END IF;
+    IF (followupd_apply_outlook_absent.window_from IS NULL)
+       <> (followupd_apply_outlook_absent.window_to IS NULL) THEN
+        RAISE EXCEPTION 'window_from and window_to: both or neither' USING ERRCODE = '22023';
+    END IF;
     SELECT array_agg(i.item_id ORDER BY i.item_id) INTO gone
     FROM contactlog.outlook_item i
     WHERE lower(btrim(i.mailbox)) = box AND i.kind = followupd_apply_outlook_absent.kind
       AND i.item_id IS NOT NULL AND NOT i.deleted_in_outlook
       AND i.updated_at < read_started_at
-      AND i.item_id <> ALL (coalesce(seen_item_ids, '{}'::text[]));
+      AND i.item_id <> ALL (coalesce(seen_item_ids, '{}'::text[]))
+      AND (followupd_apply_outlook_absent.window_to IS NULL OR EXISTS (
+               SELECT 1 FROM contactlog.contact_log l
+               WHERE l.id = i.contact_log_id
+                 AND l.next_contact_at >= followupd_apply_outlook_absent.window_from
+                                          + interval '1 day'
+                 AND l.next_contact_at < followupd_apply_outlook_absent.window_to
+                                         - interval '1 day'));
     n := coalesce(cardinality(gone), 0);
     IF n = 0 THEN
         RETURN;

@@ -5,7 +5,7 @@
 -- remembered, the conflict rule, the position stored with the page (all or
 -- nothing), and who may call and read what.
 BEGIN;
-SELECT plan(112);
+SELECT plan(115);
 
 -- The outbox version of a log (0: none), and whether a forced pass is queued.
 CREATE FUNCTION pg_temp.version_of(log_id bigint) RETURNS bigint LANGUAGE sql AS $$
@@ -198,12 +198,31 @@ SELECT is(pg_temp.apply('{appointment}', '{A1715}', '{k1}', '{moved}', '{2030-02
 -- A folder read afresh: an item of ours it did not see went meanwhile ...
 UPDATE contactlog.outlook_item SET updated_at = now() - interval '1 day'
 WHERE contact_log_id = 1716;
+-- ... unless the read was of a window (Graph's calendarView) the follow-up does not lie
+-- in, a day clear of its ends: such a read says nothing of it.
+SELECT is(ARRAY(SELECT r.item_id FROM contactlog.followupd_apply_outlook_absent(
+                    'alice@example.org', 'appointment',
+                    ARRAY(SELECT i.item_id FROM contactlog.outlook_item i
+                          WHERE i.kind = 'appointment' AND i.item_id <> 'A1716'), now(),
+                    '2030-01-15 12:00+00', '2031-01-01 00:00+00') r),
+          '{}'::text[], 'a window read: an item whose follow-up lies near its start is not judged');
+SELECT is(ARRAY(SELECT r.item_id FROM contactlog.followupd_apply_outlook_absent(
+                    'alice@example.org', 'appointment',
+                    ARRAY(SELECT i.item_id FROM contactlog.outlook_item i
+                          WHERE i.kind = 'appointment' AND i.item_id <> 'A1716'), now(),
+                    '2029-01-01 00:00+00', '2030-01-17 00:00+00') r),
+          '{}'::text[], '... nor one whose follow-up lies near its end');
+SELECT throws_ok($$SELECT * FROM contactlog.followupd_apply_outlook_absent('alice@example.org',
+                   'task', '{}', now(), now(), NULL)$$, '22023', NULL,
+                 'a window needs both ends');
 SELECT is(ARRAY(SELECT r.item_id || ' ' || r.applied || ' ' || coalesce(r.reason, '-')
                 FROM contactlog.followupd_apply_outlook_absent(
                     'Alice@Example.org', 'appointment',
                     ARRAY(SELECT i.item_id FROM contactlog.outlook_item i
-                          WHERE i.kind = 'appointment' AND i.item_id <> 'A1716'), now()) r),
-          ARRAY['A1716 true -'], 'read afresh: an item not seen is judged deleted');
+                          WHERE i.kind = 'appointment' AND i.item_id <> 'A1716'), now(),
+                    '2029-12-01 00:00+00', '2031-01-01 00:00+00') r),
+          ARRAY['A1716 true -'], 'read afresh (a window it lies in): an item not seen is '
+                                 'judged deleted');
 SELECT is((SELECT deleted_in_outlook FROM contactlog.outlook_item
            WHERE contact_log_id = 1716 AND kind = 'appointment'), true, '... and flagged');
 -- ... but not one recorded after the read started (a pass created or moved it meanwhile).

@@ -87,6 +87,11 @@ static void test_calendar_path(void **state)
     assert_string_equal(path, "/users/x%2By@example.org/calendarView/delta?"
                               "startDateTime=2024-01-30T12:00:00Z&endDateTime=2034-03-01T12:00:00Z");
     free(path);
+    /* The window the watcher judges deletions in is the one the path asks for. */
+    int64_t from = 0, to = 0;
+    assert_true(graph_delta_calendar_window(INT64_C(1709208000), &from, &to));
+    assert_int_equal(from, INT64_C(1706616000));   /* 2024-01-30T12:00:00Z */
+    assert_int_equal(to, INT64_C(2024827200));     /* 2034-03-01T12:00:00Z */
 }
 
 /* ---- stored links ----------------------------------------------------------------- */
