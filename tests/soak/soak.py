@@ -398,7 +398,7 @@ class Soak:
                 time.sleep(1)
                 unread, writes_now = self.mailboxes_not_read_back()
                 if not unread and writes_now == writes and self.drained():
-                    self.stats["read back: s waited at the end"] = round(
+                    self.stats["read back: seconds waited at the end"] = round(
                         time.monotonic() - started)
                     return []
             time.sleep(0.5)
