@@ -460,8 +460,9 @@ void ews_stream_free(ews_backend *b)
     }
     for (size_t i = 0; i < s->n_groups; i++)
         group_free(s, s->groups[i]);
-    if (s->token_wait)
-        s->token_wait->owner = NULL;   /* its callback frees it */
+    /* Only ews_free frees the streams, and the OAuth2 client it frees next drops its
+     * waiters without calling them back. */
+    free(s->token_wait);
     loop_timer_free(s->kick);
     free(s->mailboxes);
     free(s->groups);

@@ -130,6 +130,7 @@ const char *ews_stream_token(ews_stream *s, uint64_t *generation)
         server_failed(s, "oauth2", "cannot ask for an OAuth2 token", -1);
         return NULL;
     }
+    log_debug("watching mailboxes: waiting for an OAuth2 token");
     s->token_wait = w;
     return NULL;
 }

@@ -44,7 +44,7 @@ struct oauth2_client {
     char *token;
     uint64_t token_generation;
     uint64_t expires_usec;        /* CLOCK_MONOTONIC */
-    bool fetching;
+    fetch *fetching;              /* the token request on its way (NULL: none) */
     waiter *waiters, **waiters_tail;
 };
 
@@ -160,7 +160,7 @@ static void on_token_answer(const http_response *hr, void *userdata)
     const char *token = NULL;
     int64_t expires_in = 3600;
 
-    c->fetching = false;
+    c->fetching = NULL;
     if (f->settings_generation != c->settings_generation) {
         /* Asked with settings that were replaced meanwhile: ask again. */
         free(f);
@@ -253,12 +253,12 @@ static void start_fetch(oauth2_client *c)
     f->client = c;
     f->settings_generation = c->settings_generation;
     static const char *const headers[] = {"Accept: application/json", NULL};
-    c->fetching = true;
+    c->fetching = f;
     /* http_client owns body from here and frees it after the transfer. */
     int r = http_client_post(c->http, c->token_url, "application/x-www-form-urlencoded", body,
                              (size_t)n, headers, on_token_answer, f);
     if (r < 0) {
-        c->fetching = false;
+        c->fetching = NULL;
         free(f);
         call_waiters(c, NULL, "cannot start the OAuth2 token request");
     }
@@ -301,6 +301,7 @@ void oauth2_client_free(oauth2_client *c)
     if (!c)
         return;
     http_client_free(c->http);   /* a fetch in flight is aborted without its callback */
+    free(c->fetching);
     sd_event_source_disable_unref(c->deliver);
     while (c->waiters) {
         waiter *w = c->waiters;

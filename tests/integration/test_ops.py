@@ -228,16 +228,22 @@ def test_check_and_start_refuse_a_malformed_file(tmp_path):
 
 # ---- OAuth2 for EWS ---------------------------------------------------------------
 
-def test_ews_oauth2_token_fetched_cached_and_refreshed_on_401(pg, db, tmp_path, alice):
+def ews_oauth2_daemon(pg, tmp_path):
+    """An EWS simulator that takes OAuth2 bearer tokens, and a daemon set up for it."""
     sim = Simulator(str(tmp_path), ["--oauth-client", f"{GRAPH_CLIENT_ID}:{GRAPH_CLIENT_SECRET}"])
     d = Daemon(str(tmp_path), pg, sim)
+    with open(d.config_path, "w") as f:
+        f.write(f"[database]\nconninfo = {pg.conninfo_as(DAEMON_LOGIN)}\n\n"
+                f"[exchange]\nurl = {sim.url}\nauth = oauth2\ntimeout = 5\n\n[oauth2]\n"
+                f"token_url = {sim.base}/tenant/oauth2/v2.0/token\n"
+                f"client_id = {GRAPH_CLIENT_ID}\n"
+                f"client_secret_file = {d.client_secret_file}\n")
+    return sim, d
+
+
+def test_ews_oauth2_token_fetched_cached_and_refreshed_on_401(pg, db, tmp_path, alice):
+    sim, d = ews_oauth2_daemon(pg, tmp_path)
     try:
-        with open(d.config_path, "w") as f:
-            f.write(f"[database]\nconninfo = {pg.conninfo_as(DAEMON_LOGIN)}\n\n"
-                    f"[exchange]\nurl = {sim.url}\nauth = oauth2\ntimeout = 5\n\n[oauth2]\n"
-                    f"token_url = {sim.base}/tenant/oauth2/v2.0/token\n"
-                    f"client_id = {GRAPH_CLIENT_ID}\n"
-                    f"client_secret_file = {d.client_secret_file}\n")
         d.start()
         first = db.log(alice, reason="first")
         second = db.log(alice, reason="second")
@@ -256,6 +262,31 @@ def test_ews_oauth2_token_fetched_cached_and_refreshed_on_401(pg, db, tmp_path, 
         assert GRAPH_CLIENT_SECRET not in d.output()
     finally:
         code = d.stop()
+        d.notify.close()
+        sim.stop()
+    assert code == 0
+
+
+def test_ews_oauth2_a_stop_while_waiting_for_a_token_is_prompt_and_clean(pg, db, tmp_path,
+                                                                         alice):
+    """A mailbox read and the mailbox watch waiting for an OAuth2 token when the daemon
+    is told to stop are dropped and freed (the ASan build's exit status says so)."""
+    db.set_attribute("SyncFromOutlook", "1")
+    sim, d = ews_oauth2_daemon(pg, tmp_path)
+    try:
+        d.start()
+        db.wait_synced(db.log(alice))   # an item: the mailbox is watched from now on
+        assert d.stop() == 0
+        waiting = "watching mailboxes: waiting for an OAuth2 token"
+        before = d.output().count(waiting)
+        sim.fault(mode="delay", when="before_perform", ms=30000, count=-1, ops=["Token"])
+        d.start()
+        wait_for(lambda: d.output().count(waiting) > before
+                 and any(r["op"] == "Token" and r["fault"] for r in sim.requests()),
+                 timeout=20, what="the watch waiting for a token the simulator holds")
+        code = d.stop(timeout=10)
+    finally:
+        d.stop()
         d.notify.close()
         sim.stop()
     assert code == 0

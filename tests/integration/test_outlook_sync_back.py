@@ -351,3 +351,22 @@ def test_a_stop_while_a_read_is_on_its_way_is_prompt_and_clean(db, sim, backend,
     wait_for(lambda: log_row(db, log_id)[0] == "completed", timeout=(LATENCY[backend] + 5) * SLOW,
              what="the change read after the start")
     assert [c[:2] for c in changes(db, log_id)] == [("completed", True)]
+
+
+def test_a_stop_while_reads_wait_for_a_token_is_clean(db, sim, backend, syncing, alice):
+    """Graph: the mailbox reads of a fresh start wait for the OAuth2 token the simulator
+    holds back; a stop then drops and frees them (the ASan build's exit status says so).
+    (EWS with OAuth2: tests/integration/test_ops.py.)"""
+    if backend != "graph":
+        pytest.skip("Graph only: the EWS tests here use Basic authentication")
+    ready_log(db, sim, alice)
+    assert syncing.stop() == 0
+    watching = "Outlook -> CRM: watching 1 mailbox"
+    before = syncing.output().count(watching)
+    sim.fault(mode="delay", when="before_perform", ms=30000, count=-1, ops=["Token"])
+    syncing.start()
+    wait_for(lambda: syncing.output().count(watching) > before
+             and any(r["op"] == "Token" and r["fault"] for r in sim.requests()),
+             timeout=20, what="the reads waiting for a token the simulator holds")
+    assert syncing.stop(timeout=10 * SLOW) == 0
+    sim.call("DELETE", "/_sim/faults")

@@ -1793,6 +1793,14 @@ class EwsRequestHandler(ews_sync.StreamingHandler, ControlHandlerMixin,
             "content_type": self.headers.get("Content-Type"), "http_status": None,
             "fault": None, "server_version": None, "path": self.path, "schema_checked": False,
             "body": "(token request)"})
+        # Faults with "ops": ["Token"]: "delay" (before_perform: the token comes late)
+        # and "http_status" (the token endpoint fails).
+        fault = self.server.store.take_fault("Token", None)
+        self.server.store.update_request(record, fault=fault["mode"] if fault else None)
+        delay_before_perform(fault)
+        if fault and fault["mode"] == "http_status":
+            self.server.store.update_request(record, http_status=int(fault.get("status", 503)))
+            return self.send_json(int(fault.get("status", 503)), {"error": "temporarily_unavailable"})
         secret = clients.get(form.get("client_id", ""))
         if (form.get("grant_type") != "client_credentials" or secret is None
                 or not hmac.compare_digest(secret.encode(), form.get("client_secret", "").encode())):
