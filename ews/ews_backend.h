@@ -124,5 +124,10 @@ void ews_post_finish(ews_post *post, const delivery_result *common,
                      const ews_response *parsed);
 /* http_client's callback for a post. */
 void ews_post_on_answer(const http_response *hr, void *userdata);
+/* Why Exchange's 401 (with a password or Kerberos, not OAuth2) stands, into reason:
+ * Kerberos's own words when GSSAPI gave no ticket, else what to check for the auth
+ * configured. password_changed: the password file was read again and differs. */
+void ews_refused_credentials_reason(const ews_backend *b, const http_response *hr,
+                                    bool password_changed, char *reason, size_t size);
 
 #endif

@@ -18,6 +18,25 @@ static void set_result(delivery_result *r, delivery_outcome outcome, const char 
     r->reason = reason;
 }
 
+void ews_refused_credentials_reason(const ews_backend *b, const http_response *hr,
+                                    bool password_changed, char *reason, size_t size)
+{
+    if (hr->auth_detail)
+        snprintf(reason, size, "Exchange refused the credentials (HTTP 401): Kerberos gave "
+                 "no ticket (%s): check the keytab or ticket cache (KRB5_CLIENT_KTNAME, "
+                 "KRB5CCNAME), the password it was made from, and that the host in "
+                 "[exchange] url has an HTTP/ SPN", hr->auth_detail);
+    else if (b->http.auth == HTTP_AUTH_NEGOTIATE)
+        snprintf(reason, size, "Exchange refused the credentials (HTTP 401): it did not "
+                 "accept the Kerberos ticket: check that the clocks of this host, the KDC "
+                 "and Exchange agree (within 5 minutes; then kdestroy the ticket cache) "
+                 "and that Exchange's HTTP/ SPN keytab is current");
+    else
+        snprintf(reason, size, "Exchange refused the credentials (HTTP 401)%s: check "
+                 "[exchange] username, auth and the password file",
+                 password_changed ? "; the password file changed, retrying with it" : "");
+}
+
 static delivery_outcome outcome_for_code(ews_code code)
 {
     if (code == EWS_ERROR_ITEM_NOT_FOUND)
@@ -139,9 +158,7 @@ void ews_post_on_answer(const http_response *hr, void *userdata)
         /* The password may have been changed in its file since: read it again and
          * retry. Refused again with the same password: retrying cannot help. */
         bool changed = ews_backend_reload_password(b);
-        snprintf(reason, sizeof reason, "Exchange refused the credentials (HTTP 401)%s: check "
-                 "[exchange] username, auth and the password file",
-                 changed ? "; the password file changed, retrying with it" : "");
+        ews_refused_credentials_reason(b, hr, changed, reason, sizeof reason);
         set_result(&r, DELIVERY_TRANSIENT, code, reason);
         r.auth_failed = true;   /* a KDC hiccup or a lock-out ends by itself: retry */
         goto common;

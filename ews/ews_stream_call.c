@@ -303,7 +303,7 @@ static void subscribe_answered(ews_stream *s, watch_call *call, const http_respo
 {
     ews_backend *b = s->backend;
     watch_mailbox *mb = call->mailbox;
-    char reason[512], code[64], error[256];
+    char reason[1024], code[64], error[256];
     ews_response *parsed = NULL;
 
     if (mb) {
@@ -326,12 +326,13 @@ static void subscribe_answered(ews_stream *s, watch_call *call, const http_respo
     }
     snprintf(code, sizeof code, "HTTP %ld", hr->status);
     if (hr->status == 401) {
+        bool changed = false;
         if (b->use_oauth)
             oauth2_invalidate(b->oauth, call->token_generation);
         else
-            ews_backend_reload_password(b);
-        server_failed(s, code, "Exchange refused the credentials (HTTP 401): check "
-                      "[exchange] username, auth and the password file", -1);
+            changed = ews_backend_reload_password(b);
+        ews_refused_credentials_reason(b, hr, changed, reason, sizeof reason);
+        server_failed(s, code, reason, -1);
         goto wait_for_server;
     }
     if (call->group)

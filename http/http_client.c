@@ -35,6 +35,7 @@ typedef struct http_transfer {
     bool too_large;
     int64_t retry_after_ms;
     char error[CURL_ERROR_SIZE];
+    char auth_detail[512];       /* auth = negotiate: libcurl's last GSSAPI complaint */
     http_done_fn done;
     void *userdata;
     /* Streaming (http_client_stream): the body goes to data, header lines to header. */
@@ -164,6 +165,7 @@ static void check_finished(http_client *client)
         }
         r.body = t->response ? t->response : "";
         r.body_len = t->response_len;
+        r.auth_detail = t->auth_detail[0] ? t->auth_detail : NULL;
         if (!t->cancelled)
             t->done(&r, t->userdata);
         transfer_free(t);
@@ -401,6 +403,26 @@ static long curl_auth_mask(http_auth auth)
     return CURLAUTH_NONE;
 }
 
+/* auth = negotiate: libcurl tells why GSSAPI gave no token only as an informational
+ * text; the last such line is kept (the rest of the verbose output is dropped). */
+static int on_curl_debug(CURL *easy, curl_infotype type, char *data, size_t size,
+                         void *userdata)
+{
+    http_transfer *t = userdata;
+    static const char gss[] = "gss_";
+
+    (void)easy;
+    if (type != CURLINFO_TEXT || size < sizeof gss - 1 || memcmp(data, gss, sizeof gss - 1) != 0)
+        return 0;
+    size_t n = size < sizeof t->auth_detail - 1 ? size : sizeof t->auth_detail - 1;
+    while (n > 0 && data[n - 1] != '\0' && strchr("\r\n .", data[n - 1]))
+        n--;
+    memcpy(t->auth_detail, data, n);
+    t->auth_detail[n] = '\0';
+    text_one_line(t->auth_detail, sizeof t->auth_detail);
+    return 0;
+}
+
 static int configure_easy(http_transfer *t, const char *method, const char *url,
                           const http_settings *s)
 {
@@ -442,6 +464,11 @@ static int configure_easy(http_transfer *t, const char *method, const char *url,
         bad |= curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, s->password ? s->password : "");
     } else if (s->auth != HTTP_AUTH_NONE) {
         bad |= curl_easy_setopt(e, CURLOPT_HTTPAUTH, curl_auth_mask(s->auth));
+        if (s->auth == HTTP_AUTH_NEGOTIATE) {
+            bad |= curl_easy_setopt(e, CURLOPT_DEBUGFUNCTION, on_curl_debug);
+            bad |= curl_easy_setopt(e, CURLOPT_DEBUGDATA, t);
+            bad |= curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
+        }
         bad |= curl_easy_setopt(e, CURLOPT_USERNAME, s->username ? s->username : "");
         bad |= curl_easy_setopt(e, CURLOPT_PASSWORD, s->password ? s->password : "");
     }

@@ -44,6 +44,10 @@ typedef struct http_response {
     const char *body;            /* NUL-terminated */
     size_t body_len;
     int64_t retry_after_ms;      /* Retry-After header, -1 when absent */
+    /* auth = negotiate: why GSSAPI made no token, as libcurl told it ("gss_init_sec_context()
+     * failed: ..."), one line; NULL when it did not fail. Says which of no ticket or
+     * keytab, a refused password or an unknown SPN a 401 stands for. */
+    const char *auth_detail;
 } http_response;
 
 typedef void (*http_done_fn)(const http_response *response, void *userdata);

@@ -37,10 +37,13 @@ PASSWORD = EWS_PASSWORD            # the conftest Daemon's password file holds i
 FAST = ("[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\nmax_attempts = 100\n"
         "settle_ms = 300\n")
 PAUSED = "waiting for Exchange to accept the service account"
-# What followupctl test-connection prints today for any refused logon (followupctl.c,
-# explain_probe; the reason from delivery_ews.c).
+# How followupctl test-connection begins for any refused logon (followupctl.c,
+# explain_probe); what follows says why (ews_refused_credentials_reason): Kerberos's
+# own words when it gave no ticket (libcurl's GSSAPI text), the clocks and the SPN's
+# keytab when Exchange refused the ticket, the password file for basic and ntlm.
 CTL_AUTH_FAILURE = ("followupctl: authentication: Exchange refused the credentials "
                     "(HTTP 401)")
+NO_TICKET = CTL_AUTH_FAILURE + ": Kerberos gave no ticket (gss_init_sec_context() failed: "
 GSS_NTLMSSP_CONF = "/etc/gss/mech.d/mech.ntlmssp.conf"
 
 
@@ -269,7 +272,9 @@ class TestNegotiate:
         assert refused and all(r["auth_result"] == "challenged" and r["auth_scheme"] is None
                                for r in refused)
         assert not sim.soap("CreateItem")      # nothing got past authentication
-        assert_ctl_names_auth(d)
+        said = assert_ctl_names_auth(d)
+        assert said.startswith(NO_TICKET) and "No credentials were supplied" in said, said
+        assert "No credentials were supplied" in d.output()   # the journal says it too
 
         shutil.copy(realm.client_keytab, keytab)
         os.chmod(keytab, 0o600)
@@ -292,7 +297,8 @@ class TestNegotiate:
         assert_paused_not_parked(d, db, log_id)
         assert f"PREAUTH_FAILED: {SERVICE_PRINCIPAL}" in realm.kdc.output()
         assert not sim.soap("CreateItem")
-        assert_ctl_names_auth(d)
+        said = assert_ctl_names_auth(d)
+        assert said.startswith(NO_TICKET) and "Preauthentication failed" in said, said
 
         realm.keytab_from_password(str(tmp_path / "good.keytab"), SERVICE, PASSWORD)
         os.replace(tmp_path / "good.keytab", keytab)
@@ -322,7 +328,8 @@ class TestNegotiate:
             assert refused, sim.soap()
             assert all("Clock skew too great" in r["auth_error"] for r in refused), refused
             assert not sim.soap("CreateItem")
-            assert_ctl_names_auth(d)
+            said = assert_ctl_names_auth(d)
+            assert "did not accept the Kerberos ticket: check that the clocks" in said, said
 
             # The KDC's clock is put right (a KDC in real time on the same port).
             skewed.stop()
@@ -352,7 +359,9 @@ class TestNegotiate:
                 "Server not found in Kerberos database") in realm.kdc.output()
         assert all(r["auth_result"] == "challenged" for r in sim.soap()
                    if r["http_status"] == 401)
-        assert_ctl_names_auth(d)
+        said = assert_ctl_names_auth(d)
+        assert said.startswith(NO_TICKET) and (f"Server HTTP/127.0.0.1@{REALM} not found in "
+                                               "Kerberos database") in said, said
 
 
     def test_database_connects_with_kerberos_credentials(self, db, sim, realm,
