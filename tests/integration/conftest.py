@@ -390,6 +390,17 @@ def daemon(daemon_factory):
     return daemon_factory()
 
 
+def restart_holding_the_token(daemon, sim, line):
+    """Starts daemon (stopped) while the simulator holds every OAuth2 token request
+    30 s; returns once daemon has logged `line` anew and a token request is held."""
+    before = daemon.output().count(line)
+    sim.fault(mode="delay", when="before_perform", ms=30000, count=-1, ops=["Token"])
+    daemon.start()
+    wait_for(lambda: daemon.output().count(line) > before
+             and any(r["op"] == "Token" and r["fault"] for r in sim.requests()),
+             timeout=20, what=f"{line!r} while the simulator holds the token")
+
+
 def run_ctl(config_path, *args):
     return subprocess.run([FOLLOWUPCTL, "-c", config_path] + list(args),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

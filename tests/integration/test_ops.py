@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from conftest import (DAEMON_LOGIN, Daemon, Database, EWS_PASSWORD, FOLLOWUPCTL, GRAPH_CLIENT_ID,
-                      GRAPH_CLIENT_SECRET, Simulator, run_ctl)
+                      GRAPH_CLIENT_SECRET, Simulator, restart_holding_the_token, run_ctl)
 from pgcluster import PgCluster, free_port, wait_for
 
 MAILBOX = "alice@example.org"
@@ -277,13 +277,7 @@ def test_ews_oauth2_a_stop_while_waiting_for_a_token_is_prompt_and_clean(pg, db,
         d.start()
         db.wait_synced(db.log(alice))   # an item: the mailbox is watched from now on
         assert d.stop() == 0
-        waiting = "watching mailboxes: waiting for an OAuth2 token"
-        before = d.output().count(waiting)
-        sim.fault(mode="delay", when="before_perform", ms=30000, count=-1, ops=["Token"])
-        d.start()
-        wait_for(lambda: d.output().count(waiting) > before
-                 and any(r["op"] == "Token" and r["fault"] for r in sim.requests()),
-                 timeout=20, what="the watch waiting for a token the simulator holds")
+        restart_holding_the_token(d, sim, "watching mailboxes: waiting for an OAuth2 token")
         code = d.stop(timeout=10)
     finally:
         d.stop()

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import SLOW, run_ctl
+from conftest import SLOW, restart_holding_the_token, run_ctl
 from pgcluster import wait_for
 
 PROPERTY_KEY = "6f1c3e2a-8b4d-4f5e-9a7c-2d3b1e0f4a86/FollowupdContactLog"
@@ -361,12 +361,6 @@ def test_a_stop_while_reads_wait_for_a_token_is_clean(db, sim, backend, syncing,
         pytest.skip("Graph only: the EWS tests here use Basic authentication")
     ready_log(db, sim, alice)
     assert syncing.stop() == 0
-    watching = "Outlook -> CRM: watching 1 mailbox"
-    before = syncing.output().count(watching)
-    sim.fault(mode="delay", when="before_perform", ms=30000, count=-1, ops=["Token"])
-    syncing.start()
-    wait_for(lambda: syncing.output().count(watching) > before
-             and any(r["op"] == "Token" and r["fault"] for r in sim.requests()),
-             timeout=20, what="the reads waiting for a token the simulator holds")
+    restart_holding_the_token(syncing, sim, "Outlook -> CRM: watching 1 mailbox")
     assert syncing.stop(timeout=10 * SLOW) == 0
     sim.call("DELETE", "/_sim/faults")
