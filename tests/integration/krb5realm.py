@@ -4,8 +4,8 @@ KRB5_KDC_PROFILE), principals and keytabs made with kadmin.local, tickets with k
 Nothing of the system's Kerberos setup (/etc/krb5.conf, /etc/krb5kdc) is read or
 written; stop() ends the KDCs it started and removes the folder.
 
-Debian packages: krb5-kdc (krb5kdc, kdb5_util, kadmin.local), krb5-user (kinit, klist,
-kdestroy, ktutil) and, for KDCs whose clock is off, faketime.
+Debian packages: krb5-kdc (krb5kdc, kdb5_util), krb5-admin-server (kadmin.local),
+krb5-user (kinit, klist, kdestroy, ktutil) and, for KDCs whose clock is off, faketime.
 """
 import glob
 import os
@@ -20,7 +20,7 @@ from pgcluster import free_port, wait_for
 REALM = "FOLLOWUPD.TEST"
 
 # binary -> Debian package
-TOOLS = {"krb5kdc": "krb5-kdc", "kdb5_util": "krb5-kdc", "kadmin.local": "krb5-kdc",
+TOOLS = {"krb5kdc": "krb5-kdc", "kdb5_util": "krb5-kdc", "kadmin.local": "krb5-admin-server",
          "kinit": "krb5-user", "klist": "krb5-user", "ktutil": "krb5-user",
          "kdestroy": "krb5-user"}
 SBIN = ("/usr/sbin", "/sbin")
