@@ -43,11 +43,10 @@ typedef struct mailbox_watch {
 /* One chain: the reading of one mailbox. */
 typedef struct read_chain {
     watch *w;
-    mailbox_watch *box;          /* NULL once the mailbox was dropped meanwhile */
+    mailbox_watch *box;          /* kept by the watch while busy */
     outlook_item_kind kind;
     int pages;
     bool reset_done;             /* read afresh once after an invalid position */
-    bool at_database;            /* waiting for the database (else for the back end) */
     int64_t read_again_at_ms;    /* > 0: read the mailbox again then (a change put off) */
     /* A folder read afresh from its first page in this chain: when it started (the
      * database's clock) and the ids it listed, to find what went meanwhile. */

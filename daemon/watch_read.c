@@ -67,32 +67,25 @@ static void chain_end(read_chain *c, const char *why)
 {
     watch *w = c->w;
     mailbox_watch *box = c->box;
-    if (!w) {   /* the watch was freed while a call was on its way */
-        chain_free(c);
-        return;
-    }
     for (size_t i = 0; i < MAX_READS; i++)
         if (w->chains[i] == c)
             w->chains[i] = NULL;
     w->reads--;
-    if (box) {
-        box->busy = false;
-        box->last_read_ms = loop_timer_now_ms();
-        if (why) {
-            int64_t delay = RETRY_FIRST_MS;
-            for (int i = 0; i < box->failures && delay < RETRY_MAX_MS; i++)
-                delay *= 2;
-            box->failures++;
-            box->not_before_ms = box->last_read_ms + (delay < RETRY_MAX_MS ? delay
-                                                                          : RETRY_MAX_MS);
-            box->due = true;
-        } else {
-            box->failures = 0;
-            box->not_before_ms = c->read_again_at_ms;
-            box->due = box->again || c->pages >= MAX_PAGES || c->read_again_at_ms > 0;
-        }
-        box->again = false;
+    box->busy = false;
+    box->last_read_ms = loop_timer_now_ms();
+    if (why) {
+        int64_t delay = RETRY_FIRST_MS;
+        for (int i = 0; i < box->failures && delay < RETRY_MAX_MS; i++)
+            delay *= 2;
+        box->failures++;
+        box->not_before_ms = box->last_read_ms + (delay < RETRY_MAX_MS ? delay : RETRY_MAX_MS);
+        box->due = true;
+    } else {
+        box->failures = 0;
+        box->not_before_ms = c->read_again_at_ms;
+        box->due = box->again || c->pages >= MAX_PAGES || c->read_again_at_ms > 0;
     }
+    box->again = false;
     chain_free(c);
     loop_timer_arm(w->pump_timer, 0);
 }
@@ -115,15 +108,12 @@ static void store_error(watch *w, const char *mailbox, const char *error)
 static void on_reset(PGresult *result, void *userdata)
 {
     read_chain *c = userdata;
-    c->at_database = false;
-    if (!c->w || !db_result_ok(result)) {
+    if (!db_result_ok(result)) {
         chain_end(c, "cannot reset the position");
         return;
     }
-    if (c->box) {
-        watch_replace_text(&c->box->position[0], NULL);
-        watch_replace_text(&c->box->position[1], NULL);
-    }
+    watch_replace_text(&c->box->position[0], NULL);
+    watch_replace_text(&c->box->position[1], NULL);
     c->kind = OUTLOOK_APPOINTMENT;   /* both folders afresh */
     c->folder_pages = 0;
     forget_afresh(c);
@@ -191,16 +181,14 @@ static const char *seen_at(const void *ctx, size_t i)
 static void on_absent_judged(PGresult *result, void *userdata)
 {
     read_chain *c = userdata;
-    c->at_database = false;
-    if (!c->w || !db_result_ok(result)) {
-        if (c->w)
-            log_warning("Outlook -> CRM: %s: cannot judge the items gone from the %s: %s",
-                        c->box ? c->box->mailbox : "?", watch_folder_name(c->kind),
-                        result ? PQresultErrorMessage(result) : "connection lost");
+    if (!db_result_ok(result)) {
+        log_warning("Outlook -> CRM: %s: cannot judge the items gone from the %s: %s",
+                    c->box->mailbox, watch_folder_name(c->kind),
+                    result ? PQresultErrorMessage(result) : "connection lost");
         chain_end(c, "database");
         return;
     }
-    if (judge_rows(c, result, c->box ? c->box->mailbox : "?") > 0)
+    if (judge_rows(c, result, c->box->mailbox) > 0)
         c->read_again_at_ms = loop_timer_now_ms() + IN_FLIGHT_RETRY_MS;
     next_folder(c);
 }
@@ -225,22 +213,17 @@ static void judge_absent(read_chain *c)
     free(seen);
     if (q < 0)
         chain_end(c, "database");
-    else
-        c->at_database = true;
 }
 
 static void on_page_applied(PGresult *result, void *userdata)
 {
     read_chain *c = userdata;
-    watch *w = c->w;
-    const char *mailbox = c->box ? c->box->mailbox : "(dropped)";
-    c->at_database = false;
+    const char *mailbox = c->box->mailbox;
 
-    if (!w || !db_result_ok(result)) {
+    if (!db_result_ok(result)) {
         /* Nothing of the page was applied: read it again later, from the old position. */
-        if (w)
-            log_warning("Outlook -> CRM: %s: cannot apply the changes read: %s", mailbox,
-                        result ? PQresultErrorMessage(result) : "connection lost");
+        log_warning("Outlook -> CRM: %s: cannot apply the changes read: %s", mailbox,
+                    result ? PQresultErrorMessage(result) : "connection lost");
         chain_end(c, "database");
         return;
     }
@@ -252,14 +235,14 @@ static void on_page_applied(PGresult *result, void *userdata)
         chain_end(c, NULL);
         return;
     }
-    if (c->box && c->new_position) {
+    if (c->new_position) {
         free(c->box->position[c->kind]);
         c->box->position[c->kind] = c->new_position;
         c->new_position = NULL;
     }
     if (c->more) {
         read_next(c);
-    } else if (c->read_started && (c->whole_folder || c->window_to != 0) && c->box) {
+    } else if (c->read_started && (c->whole_folder || c->window_to != 0)) {
         judge_absent(c);
     } else {
         next_folder(c);
@@ -302,9 +285,9 @@ static void on_page(const delivery_sync_result *r, void *userdata)
 {
     read_chain *c = userdata;
     watch *w = c->w;
-    const char *mailbox = c->box ? c->box->mailbox : NULL;
+    const char *mailbox = c->box->mailbox;
 
-    if (!w || !mailbox || w->stopped) {
+    if (w->stopped) {
         chain_end(c, NULL);
         return;
     }
@@ -318,8 +301,6 @@ static void on_page(const delivery_sync_result *r, void *userdata)
         if (db_query(w->database, "SELECT contactlog.followupd_watch_reset($1, $2)", 2, params,
                      on_reset, c) < 0)
             chain_end(c, "database");
-        else
-            c->at_database = true;
         return;
     }
     if (r->result.outcome != DELIVERY_OK || r->position_invalid) {
@@ -382,15 +363,12 @@ static void on_page(const delivery_sync_result *r, void *userdata)
     free(values);
     if (q < 0)
         chain_end(c, q == -ENOMEM ? "out of memory" : "database");
-    else
-        c->at_database = true;
 }
 
 static void on_read_started(PGresult *result, void *userdata)
 {
     read_chain *c = userdata;
-    c->at_database = false;
-    if (!c->w || !db_result_ok(result) || PQntuples(result) != 1) {
+    if (!db_result_ok(result) || PQntuples(result) != 1) {
         chain_end(c, "database");
         return;
     }
@@ -405,7 +383,7 @@ static void on_read_started(PGresult *result, void *userdata)
 static void read_next(read_chain *c)
 {
     watch *w = c->w;
-    if (!c->box || w->stopped || !w->connected || c->kind > OUTLOOK_TASK) {
+    if (w->stopped || !w->connected || c->kind > OUTLOOK_TASK) {
         chain_end(c, NULL);
         return;
     }
@@ -413,8 +391,6 @@ static void read_next(read_chain *c)
         /* Read afresh: first the time it starts, to tell what went meanwhile. */
         if (db_query(w->database, "SELECT now()", 0, NULL, on_read_started, c) < 0)
             chain_end(c, "database");
-        else
-            c->at_database = true;
         return;
     }
     int r = delivery_sync(w->backend, c->box->mailbox, c->kind, c->box->position[c->kind],
