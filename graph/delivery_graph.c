@@ -323,10 +323,12 @@ static int graph_sync(void *impl, const char *mailbox, outlook_item_kind kind,
         return 0;
     }
     if (kind == OUTLOOK_APPOINTMENT) {
-        int64_t now = (int64_t)time(NULL);
-        call->path = graph_delta_calendar_path(call->box->escaped, now);
-        error = call->path && graph_delta_calendar_window(now, &call->window_from,
-                                                          &call->window_to) ? 0 : -ENOMEM;
+        /* The window asked for is the one told with the first page. */
+        if (graph_delta_calendar_window((int64_t)time(NULL), &call->window_from,
+                                        &call->window_to))
+            call->path = graph_delta_calendar_path(call->box->escaped, call->window_from,
+                                                   call->window_to);
+        error = call->path ? 0 : -ENOMEM;
     } else {
         error = (call->suffix = strdup(GRAPH_DELTA_TASKS_SUFFIX)) ? 0 : -ENOMEM;
     }

@@ -320,17 +320,15 @@ bool graph_delta_calendar_window(int64_t now, int64_t *from, int64_t *to)
     return true;
 }
 
-char *graph_delta_calendar_path(const char *escaped_mailbox, int64_t now)
+char *graph_delta_calendar_path(const char *escaped_mailbox, int64_t from, int64_t to)
 {
-    char from[32], to[32], *path;
-    int64_t window_from, window_to;
+    char start[32], end[32], *path;
 
-    if (!graph_delta_calendar_window(now, &window_from, &window_to) ||
-        !format_utc(from, sizeof from, window_from, "%Y-%m-%dT%H:%M:%SZ") ||
-        !format_utc(to, sizeof to, window_to, "%Y-%m-%dT%H:%M:%SZ"))
+    if (!format_utc(start, sizeof start, from, "%Y-%m-%dT%H:%M:%SZ") ||
+        !format_utc(end, sizeof end, to, "%Y-%m-%dT%H:%M:%SZ"))
         return NULL;
     if (asprintf(&path, "/users/%s/calendarView/delta?startDateTime=%s&endDateTime=%s",
-                 escaped_mailbox, from, to) < 0)
+                 escaped_mailbox, start, end) < 0)
         return NULL;
     return path;
 }

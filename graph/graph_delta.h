@@ -36,8 +36,9 @@ bool graph_delta_calendar_window(int64_t now, int64_t *from, int64_t *to);
 
 /* The first request of a calendar round, below the base URL:
  * "/users/{escaped_mailbox}/calendarView/delta?startDateTime=...Z&endDateTime=...Z",
- * the window around now (Unix seconds). malloc'd; NULL when out of memory. */
-char *graph_delta_calendar_path(const char *escaped_mailbox, int64_t now)
+ * for the window from, to (Unix seconds; graph_delta_calendar_window). malloc'd; NULL
+ * when out of memory or a time cannot be written. */
+char *graph_delta_calendar_path(const char *escaped_mailbox, int64_t from, int64_t to)
     __attribute__((warn_unused_result));
 
 /* A stored link (position) checked before our token follows it: it must be on the
