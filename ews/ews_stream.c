@@ -114,7 +114,7 @@ static void service(void *userdata)
     }
     const char *token = ews_stream_token(s, &generation);
     if (!token) {   /* on_token runs this again, or the pause ends */
-        if (!s->token_wait)
+        if (!s->waiting_for_token)
             ews_stream_schedule(s, s->pause_until);
         return;
     }
@@ -460,9 +460,6 @@ void ews_stream_free(ews_backend *b)
     }
     for (size_t i = 0; i < s->n_groups; i++)
         group_free(s, s->groups[i]);
-    /* Only ews_free frees the streams, and the OAuth2 client it frees next drops its
-     * waiters without calling them back. */
-    free(s->token_wait);
     loop_timer_free(s->kick);
     free(s->mailboxes);
     free(s->groups);

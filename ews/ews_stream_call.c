@@ -120,18 +120,16 @@ const char *ews_stream_token(ews_stream *s, uint64_t *generation)
     if (!s->backend->use_oauth)
         return "";
     const char *token = oauth2_cached_token(s->backend->oauth, generation);
-    if (token || s->token_wait)
+    if (token || s->waiting_for_token)
         return token;
-    token_wait *w = calloc(1, sizeof *w);
-    if (w)
-        w->owner = s;
-    if (!w || oauth2_with_token(s->backend->oauth, on_token, w) < 0) {
-        free(w);
+    /* s itself waits: only ews_free frees it, and the OAuth2 client it frees next drops
+     * its waiters without calling them back. */
+    if (oauth2_with_token(s->backend->oauth, on_token, s) < 0) {
         server_failed(s, "oauth2", "cannot ask for an OAuth2 token", -1);
         return NULL;
     }
     log_debug("watching mailboxes: waiting for an OAuth2 token");
-    s->token_wait = w;
+    s->waiting_for_token = true;
     return NULL;
 }
 
@@ -476,13 +474,9 @@ uint64_t ews_stream_start_subscribes(ews_stream *s, const char *token, uint64_t 
 
 static void on_token(const char *token, const char *error, void *userdata)
 {
-    token_wait *w = userdata;
-    ews_stream *s = w->owner;
+    ews_stream *s = userdata;
 
-    free(w);
-    if (!s)
-        return;
-    s->token_wait = NULL;
+    s->waiting_for_token = false;
     if (!token) {
         char reason[512];
         snprintf(reason, sizeof reason, "no OAuth2 token: %s", error ? error : "unknown error");

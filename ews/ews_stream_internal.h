@@ -98,10 +98,6 @@ typedef struct watch_call {
     struct watch_call *prev, *next;
 } watch_call;
 
-typedef struct token_wait {
-    struct ews_stream *owner;        /* NULL: the watcher is gone */
-} token_wait;
-
 typedef struct ews_stream {
     ews_backend *backend;
     struct ews_stream *next_registered;
@@ -122,7 +118,7 @@ typedef struct ews_stream {
     uint64_t pause_until;            /* Exchange itself failed: nothing goes before */
     unsigned pause_failures;
     char pause_problem[64];
-    token_wait *token_wait;
+    bool waiting_for_token;          /* an OAuth2 token is asked for; on_token goes on */
     size_t invalid_logged;
     bool stopped;
 } ews_stream;
