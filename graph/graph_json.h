@@ -65,8 +65,6 @@ char *graph_url_escape(const char *text, bool keep_at);
 int graph_json_parse_error(const char *body, size_t len, char *code, size_t code_size,
                            char *message, size_t message_size);
 
-/* An entity: its "id" and its "changeKey" (events) — change_key may come back NULL.
- * Returns 0, or -1 with the reason in err (no id, not JSON, ...). */
 /* body as one JSON object (at most GRAPH_RESPONSE_MAX_BYTES, nesting bounded); with
  * nothing_after, only blanks may follow it. NULL with the reason in err. */
 json_object *graph_json_parse_object(const char *body, size_t len, bool nothing_after,
@@ -79,6 +77,8 @@ const char *graph_json_string(json_object *obj, const char *key);
  * wrapping (To Do tasks); malloc'd, NULL when it names none (*oom: out of memory). */
 char *graph_json_change_key(json_object *entity, bool *oom) __attribute__((warn_unused_result));
 
+/* An entity: its "id" and its "changeKey" (events) — change_key may come back NULL.
+ * Returns 0, or -1 with the reason in err (no id, not JSON, ...). */
 int graph_json_parse_entity(const char *body, size_t len, char **id, char **change_key,
                             char *err, size_t errlen);
 

@@ -1799,8 +1799,9 @@ class EwsRequestHandler(ews_sync.StreamingHandler, ControlHandlerMixin,
         self.server.store.update_request(record, fault=fault["mode"] if fault else None)
         delay_before_perform(fault)
         if fault and fault["mode"] == "http_status":
-            self.server.store.update_request(record, http_status=int(fault.get("status", 503)))
-            return self.send_json(int(fault.get("status", 503)), {"error": "temporarily_unavailable"})
+            status = int(fault.get("status", 503))
+            self.server.store.update_request(record, http_status=status)
+            return self.send_json(status, {"error": "temporarily_unavailable"})
         secret = clients.get(form.get("client_id", ""))
         if (form.get("grant_type") != "client_credentials" or secret is None
                 or not hmac.compare_digest(secret.encode(), form.get("client_secret", "").encode())):
